@@ -1,0 +1,263 @@
+//! The one error type of the crate.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
+
+/// Every failure `twine` reports, each variant carrying the context a log line needs.
+///
+/// `Display` is short and specific, in the manner of Twisted's `CannotListenError`
+/// ("couldn't listen on 127.0.0.1:9: Address already in use"). Where the operating system
+/// gave the cause, [`std::error::Error::source`] returns it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// Creating or binding a port's socket failed (Twisted: `CannotListenError`).
+    CannotListen {
+        /// The address the port was to bind.
+        addr: SocketAddr,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// An address that must be an IP literal was not one (Twisted: `InvalidAddressError`).
+    InvalidAddress {
+        /// The text as given.
+        address: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// An address of the wrong family for the port: IPv6 on an IPv4 port or the other way.
+    AddressFamilyMismatch {
+        /// The address as given.
+        address: SocketAddr,
+        /// The port's own address.
+        local: SocketAddr,
+    },
+    /// A datagram longer than UDP can carry (Twisted: `MessageLengthError`).
+    MessageTooLong {
+        /// The datagram's length in bytes.
+        len: usize,
+        /// The most this port can send in one datagram.
+        max: usize,
+    },
+    /// The port's send queue is at its bound; the datagram was not sent and was counted.
+    SendQueueFull {
+        /// The datagram's length in bytes.
+        len: usize,
+        /// Bytes already waiting in the queue.
+        queued: usize,
+    },
+    /// The kernel refused to send a datagram.
+    Send {
+        /// The destination.
+        addr: SocketAddr,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// A connected port's peer refused an earlier datagram (ICMP port unreachable); this
+    /// datagram was not sent. `connection_refused` is called too.
+    ConnectionRefused {
+        /// The connected peer.
+        peer: SocketAddr,
+    },
+    /// `connect` was called on a port that is already connected.
+    AlreadyConnected {
+        /// The peer it is connected to.
+        peer: SocketAddr,
+    },
+    /// A connected port was asked to write to another address than its peer.
+    WrongPeer {
+        /// The connected peer.
+        peer: SocketAddr,
+        /// The address given.
+        requested: SocketAddr,
+    },
+    /// An address-less send on a port that is not connected.
+    NotConnected,
+    /// The kernel refused to connect the port.
+    Connect {
+        /// The address given.
+        addr: SocketAddr,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// A group address that is not a multicast address.
+    NotMulticast {
+        /// The address given.
+        group: IpAddr,
+    },
+    /// Joining or leaving a multicast group failed (Twisted: `MulticastJoinError`).
+    Multicast {
+        /// `"join"` or `"leave"`.
+        op: &'static str,
+        /// The group.
+        group: IpAddr,
+        /// The interface as described to the kernel.
+        interface: String,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// Reading or setting a socket option failed.
+    SocketOption {
+        /// The option's name, e.g. `"IP_MULTICAST_TTL"`.
+        option: &'static str,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// A listen option out of its range.
+    InvalidOption {
+        /// The option's name.
+        option: &'static str,
+        /// The value given.
+        value: usize,
+        /// The accepted range, in words.
+        expected: &'static str,
+    },
+    /// The fd given to `adopt_datagram_port` is not an open socket.
+    BadDescriptor {
+        /// The fd given.
+        fd: RawFd,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// The fd given to `adopt_datagram_port` is a socket, but not a datagram one
+    /// (Twisted: `UnsupportedSocketType`).
+    UnsupportedSocketType {
+        /// The fd given.
+        fd: RawFd,
+        /// Its `SO_TYPE`.
+        socket_type: i32,
+    },
+    /// The fd given to `adopt_datagram_port` is not an IPv4 or IPv6 socket
+    /// (Twisted: `UnsupportedAddressFamily`).
+    UnsupportedAddressFamily {
+        /// The fd given.
+        fd: RawFd,
+        /// Its address family.
+        family: i32,
+    },
+    /// The socket given to `adopt_datagram_port` is not bound to a port.
+    NotBound {
+        /// The fd given.
+        fd: RawFd,
+    },
+    /// The port is closed, closing, or is the one whose callback is running.
+    PortClosed,
+    /// A port-scoped timer was scheduled with a closure for another protocol type.
+    ProtocolMismatch {
+        /// The protocol type of the port.
+        port: &'static str,
+        /// The protocol type the closure takes.
+        requested: &'static str,
+    },
+    /// The protocol panicked in `start_protocol`; the port was closed.
+    StartPanicked {
+        /// The port's address.
+        addr: SocketAddr,
+        /// The panic message.
+        message: String,
+    },
+    /// `run` or `iterate` was called from inside a callback of the same reactor.
+    Reentrant,
+    /// The reactor behind a [`ReactorHandle`](crate::ReactorHandle) is gone.
+    ReactorGone,
+    /// An operating-system call of the reactor itself failed (poll, waker, signals).
+    Io {
+        /// What the reactor was doing.
+        context: &'static str,
+        /// What the kernel said.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Error::*;
+        match self {
+            CannotListen { addr, source } => write!(f, "couldn't listen on {addr}: {source}"),
+            InvalidAddress { address, reason } => {
+                write!(f, "invalid address {address:?}: {reason}")
+            }
+            AddressFamilyMismatch { address, local } => {
+                write!(
+                    f,
+                    "address {address} is of another family than the port's {local}"
+                )
+            }
+            MessageTooLong { len, max } => {
+                write!(f, "message is too long to send: {len} bytes, at most {max}")
+            }
+            SendQueueFull { len, queued } => write!(
+                f,
+                "send queue full: {len}-byte datagram dropped, {queued} bytes already queued"
+            ),
+            Send { addr, source } => write!(f, "couldn't send to {addr}: {source}"),
+            ConnectionRefused { peer } => write!(f, "connection refused by {peer}"),
+            AlreadyConnected { peer } => write!(
+                f,
+                "already connected to {peer}, reconnecting is not supported"
+            ),
+            WrongPeer { peer, requested } => {
+                write!(f, "port is connected to {peer}, not {requested}")
+            }
+            NotConnected => write!(f, "port is not connected: write needs an address"),
+            Connect { addr, source } => write!(f, "couldn't connect to {addr}: {source}"),
+            NotMulticast { group } => write!(f, "{group} is not a multicast group address"),
+            Multicast {
+                op,
+                group,
+                interface,
+                source,
+            } => write!(f, "couldn't {op} group {group} on {interface}: {source}"),
+            SocketOption { option, source } => write!(f, "socket option {option}: {source}"),
+            InvalidOption {
+                option,
+                value,
+                expected,
+            } => write!(f, "{option} = {value} is out of range, expected {expected}"),
+            BadDescriptor { fd, source } => write!(f, "fd {fd} is not an open socket: {source}"),
+            UnsupportedSocketType { fd, socket_type } => write!(
+                f,
+                "fd {fd} is not a datagram socket (SO_TYPE {socket_type})"
+            ),
+            UnsupportedAddressFamily { fd, family } => {
+                write!(f, "fd {fd} is not an IPv4 or IPv6 socket (family {family})")
+            }
+            NotBound { fd } => write!(f, "fd {fd} is not bound to a port"),
+            PortClosed => write!(f, "port is closed"),
+            ProtocolMismatch { port, requested } => write!(
+                f,
+                "timer closure takes {requested} but the port's protocol is {port}"
+            ),
+            StartPanicked { addr, message } => {
+                write!(f, "start_protocol on {addr} panicked: {message}")
+            }
+            Reentrant => write!(
+                f,
+                "the reactor is already running a turn (called from a callback?)"
+            ),
+            ReactorGone => write!(f, "the reactor is gone"),
+            Io { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        use Error::*;
+        match self {
+            CannotListen { source, .. }
+            | Send { source, .. }
+            | Connect { source, .. }
+            | Multicast { source, .. }
+            | SocketOption { source, .. }
+            | BadDescriptor { source, .. }
+            | Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// `Result` with [`Error`] as its error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,123 @@
+//! Twisted's reactor model for UDP, on a hand-rolled mio event loop.
+//!
+//! # The model
+//!
+//! - A [`Reactor`] is one event loop on one thread. It owns every port, every timer, and
+//!   a queue of calls from other threads. [`Reactor::run`] turns it until
+//!   [`Reactor::stop`], SIGINT or SIGTERM.
+//! - A **port** is one UDP socket with one protocol, opened with
+//!   [`Reactor::listen_udp`], [`Reactor::listen_multicast`] or
+//!   [`Reactor::adopt_datagram_port`]; the call returns a [`ListeningPort`] handle.
+//! - A **protocol** is your type implementing [`DatagramProtocol`]: the reactor calls its
+//!   hooks (`start_protocol`, `datagram_received`, `connection_refused`,
+//!   `stop_protocol`). A closure works too ([`from_fn`]).
+//! - A **transport** ([`UdpTransport`]) is handed to every hook: it writes datagrams,
+//!   connects, joins multicast groups, schedules timers and stops the port, and reaches
+//!   the whole reactor ([`UdpTransport::reactor`]).
+//! - **Timers** replace the threads Python UDP programs use for periodic work:
+//!   [`Reactor::call_later`] and [`Reactor::call_every`] (Twisted's `callLater` and
+//!   `LoopingCall`), or their port-scoped forms on the transport, whose closures get the
+//!   protocol and its transport. Other threads get a [`ReactorHandle`].
+//!
+//! # Example: an echo server
+//!
+//! ```
+//! use std::net::{SocketAddr, UdpSocket};
+//! use std::time::Duration;
+//! use twine::{DatagramProtocol, ListenOptions, Reactor, UdpTransport};
+//!
+//! struct Echo;
+//!
+//! impl DatagramProtocol for Echo {
+//!     fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], from: SocketAddr) {
+//!         if let Err(e) = t.write(data, from) {
+//!             log::warn!("echo to {from}: {e}");
+//!         }
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut reactor = Reactor::new()?;
+//! let port = reactor.listen_udp_with(ListenOptions::new(0).interface("127.0.0.1"), Echo)?;
+//!
+//! // A plain client, to show it works; a server would just call `reactor.run()`.
+//! let client = UdpSocket::bind("127.0.0.1:0")?;
+//! client.send_to(b"hello", port.local_addr())?;
+//! client.set_nonblocking(true)?;
+//! let mut buf = [0; 64];
+//! let mut reply = None;
+//! reactor.run_until(Duration::from_secs(5), |_| {
+//!     reply = client.recv(&mut buf).ok();
+//!     reply.is_some()
+//! })?;
+//! assert_eq!(reply.map(|n| &buf[..n]), Some(&b"hello"[..]));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **`start_protocol` first, `stop_protocol` last, each once.** `start_protocol` runs
+//!   inside the listen call, before any datagram. `stop_protocol` runs on a reactor turn
+//!   after the stop was asked for (`stop_listening`, `Reactor::stop`, a signal, a panic),
+//!   while the socket is still open; no datagram is delivered after the stop is asked for.
+//! - **Fair.** A port reads until the kernel has nothing more (`EAGAIN`), but at most a
+//!   budget per turn (256 datagrams or 256 KiB by default, both counted, so empty
+//!   datagrams cannot dodge it); a port with data left is served again next turn without
+//!   waiting for a new readiness event, after the other ports and the due timers.
+//! - **Timers** never fire early; calls due at the same instant fire in the order they
+//!   were scheduled; a call scheduled for "now" from a timer runs on the next turn.
+//! - **Writes never block the reactor and never panic.** A full kernel buffer queues the
+//!   datagram (bounded; see [`UdpTransport`]); every failure is a typed [`Error`].
+//! - **Nothing is lost silently.** A datagram longer than the port's max packet size is
+//!   dropped (never delivered cut short), logged and counted in
+//!   [`PortStats::truncated`]; a send dropped at the queue bound is counted in
+//!   [`PortStats::send_dropped`]. Counters are readable per port at any time.
+//! - **Fault isolation.** A panic in a hook is caught, logged with the port's address, and
+//!   closes that port only. A panic in a reactor-level timer or cross-thread call is
+//!   caught and logged. (Not with `panic = "abort"`.)
+//! - **Stale handles are harmless.** Port slots and timer slots are reused, but each
+//!   carries a generation: an event, timer or handle for a closed port never reaches a
+//!   later one.
+//! - **Logging** goes through the `log` crate only: `info` when a port starts
+//!   (`"<Protocol> starting on <addr>"`) and stops (`"(UDP Port <addr> Closed)"`), `warn`
+//!   for truncated datagrams (at most once a second per port), `error` for a caught
+//!   panic, `debug`/`trace` for the rest; nothing per datagram above `debug`.
+//!
+//! # Implementation notes
+//!
+//! | what | Linux | other Unix |
+//! |---|---|---|
+//! | readiness | epoll, edge-triggered (mio) | kqueue (mio) |
+//! | receive | `recvmsg`, `MSG_TRUNC` flags truncation | same |
+//! | send | `sendto` / `send` (connected) | same |
+//! | cross-thread wake-up | eventfd (mio `Waker`) | pipe or kqueue user event |
+//! | signals | signal-hook's self-pipe, registered while `run` runs | same |
+//! | adoption checks | `fcntl(F_GETFD)`, `SO_TYPE`, `getsockname` | same |
+
+#![deny(unsafe_code)]
+#![deny(missing_docs, missing_debug_implementations)]
+#![doc(test(attr(deny(warnings))))]
+
+mod error;
+mod handle;
+mod protocol;
+mod reactor;
+#[allow(unsafe_code)]
+mod sys;
+mod timer;
+mod token;
+mod udp;
+
+pub use error::{Error, Result};
+pub use handle::ReactorHandle;
+pub use protocol::{DatagramProtocol, from_fn};
+pub use reactor::{ListeningPort, Reactor};
+pub use timer::DelayedCall;
+pub use udp::options::{
+    DEFAULT_MAX_PACKET_SIZE, DEFAULT_READ_BUDGET, DEFAULT_READ_BUDGET_BYTES,
+    DEFAULT_SEND_QUEUE_LIMIT,
+};
+pub use udp::{
+    Interface, IntoInterface, IpLiteral, ListenOptions, PeerAddr, PortStats, UdpTransport,
+};

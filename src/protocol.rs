@@ -1,0 +1,148 @@
+//! `DatagramProtocol`: the hooks the reactor calls, and the closure adapter.
+
+use std::net::SocketAddr;
+
+use crate::udp::UdpTransport;
+
+/// What a UDP server or client implements: the reactor calls these hooks, and the protocol
+/// talks back through the [`UdpTransport`] each hook is handed.
+///
+/// Every hook but [`datagram_received`](Self::datagram_received) has an empty default.
+///
+/// A panic in any hook is caught: it is logged with the port's address, and that port is
+/// closed (its [`stop_protocol`](Self::stop_protocol) still runs); the reactor and its other
+/// ports go on.
+///
+/// # Examples
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use twine::{DatagramProtocol, UdpTransport};
+///
+/// struct Upper;
+/// impl DatagramProtocol for Upper {
+///     fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], from: SocketAddr) {
+///         if let Err(e) = t.write(&data.to_ascii_uppercase(), from) {
+///             log::warn!("reply to {from}: {e}");
+///         }
+///     }
+/// }
+///
+/// let mut reactor = twine::Reactor::new()?;
+/// let port = reactor.listen_udp_with(twine::ListenOptions::new(0).interface("127.0.0.1"), Upper)?;
+/// assert!(reactor.is_listening(&port));
+/// # Ok::<(), twine::Error>(())
+/// ```
+pub trait DatagramProtocol: 'static {
+    /// Called once when the port is up, before any datagram: inside `listen_udp` (and the
+    /// other listen calls), as in Twisted. A good place to join groups, connect, or start
+    /// a repeating call.
+    #[doc(alias = "startProtocol")]
+    fn start_protocol(&mut self, transport: &mut UdpTransport<'_>) {
+        let _ = transport;
+    }
+
+    /// Called once when the port goes down, on a reactor turn after the stop was asked for
+    /// (`stop_listening`, `Reactor::stop`, SIGINT/SIGTERM, or a panic in a hook). The socket
+    /// is still open: writes made here are sent (or dropped if the kernel buffer is full),
+    /// then it is closed.
+    #[doc(alias = "stopProtocol")]
+    fn stop_protocol(&mut self, transport: &mut UdpTransport<'_>) {
+        let _ = transport;
+    }
+
+    /// Called for each datagram, with a slice borrowed from the port's receive buffer
+    /// (never copied) and the sender's address. An empty datagram arrives as an empty slice.
+    #[doc(alias = "datagramReceived")]
+    fn datagram_received(
+        &mut self,
+        transport: &mut UdpTransport<'_>,
+        data: &[u8],
+        from: SocketAddr,
+    );
+
+    /// Called on a connected port when its peer refused an *earlier* datagram (an ICMP
+    /// port unreachable came back: nothing listens there). The port keeps working.
+    ///
+    /// Unconnected ports are not told, as in Twisted: the kernel does not say which
+    /// destination refused.
+    #[doc(alias = "connectionRefused")]
+    fn connection_refused(&mut self, transport: &mut UdpTransport<'_>) {
+        let _ = transport;
+    }
+
+    /// The name used in the port's log lines (`"<prefix> starting on <addr>"`); by
+    /// default the type's name without its module path (Twisted's `logPrefix`).
+    #[doc(alias = "logPrefix")]
+    fn log_prefix(&self) -> &str {
+        short_type_name::<Self>()
+    }
+}
+
+/// A closure `FnMut(&mut UdpTransport, &[u8], SocketAddr)` is a protocol whose only hook is
+/// `datagram_received`.
+///
+/// Closures given to a generic function often need their argument types written out; use
+/// [`from_fn`] to have them inferred.
+impl<F> DatagramProtocol for F
+where
+    F: FnMut(&mut UdpTransport<'_>, &[u8], SocketAddr) + 'static,
+{
+    fn datagram_received(
+        &mut self,
+        transport: &mut UdpTransport<'_>,
+        data: &[u8],
+        from: SocketAddr,
+    ) {
+        self(transport, data, from)
+    }
+
+    fn log_prefix(&self) -> &str {
+        "FnProtocol"
+    }
+}
+
+/// Makes a protocol of a closure, with its argument types inferred.
+///
+/// # Examples
+///
+/// ```
+/// let mut reactor = twine::Reactor::new()?;
+/// let port = reactor.listen_udp_with(
+///     twine::ListenOptions::new(0).interface("127.0.0.1"),
+///     twine::from_fn(|t, data, from| {
+///         let _ = t.write(data, from);
+///     }),
+/// )?;
+/// assert_ne!(port.local_addr().port(), 0);
+/// # Ok::<(), twine::Error>(())
+/// ```
+pub fn from_fn<F>(f: F) -> F
+where
+    F: FnMut(&mut UdpTransport<'_>, &[u8], SocketAddr) + 'static,
+{
+    f
+}
+
+/// The last path segment of a type's name, generics kept: `my::mod::Echo` -> `Echo`.
+pub(crate) fn short_type_name<T: ?Sized>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    let head = full.split('<').next().unwrap_or(full);
+    match head.rfind("::") {
+        Some(i) => &full[i + 2..],
+        None => full,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_type_name;
+
+    struct Echo;
+
+    #[test]
+    fn short_names() {
+        assert_eq!(short_type_name::<Echo>(), "Echo");
+        assert_eq!(short_type_name::<Vec<u8>>(), "Vec<u8>");
+    }
+}

@@ -1,0 +1,1006 @@
+//! The reactor: one `mio::Poll`, a slab of ports, the timer queue, the cross-thread queue.
+//!
+//! One turn: tear down ports whose stop was asked for on an earlier turn; poll (not at all
+//! if a port has data left over from its budget, else until the next timer); dispatch the
+//! events; serve the ports left over from the last turn; run the timers that were due when
+//! the turn began; if a stop was asked for, close every port.
+//!
+//! While a port's callback runs, the port is taken out of its slab slot, so the callback
+//! can be handed `&mut Reactor` whole (it may open ports, schedule timers, stop the
+//! reactor) and is put back afterwards. Teardown only ever happens between dispatches.
+
+use std::any::Any;
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, trace, warn};
+use mio::{Events, Interest, Poll, Waker};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::error::{Error, Result};
+use crate::handle::{ReactorHandle, Shared, ThreadCall};
+use crate::protocol::DatagramProtocol;
+use crate::sys;
+use crate::timer::{DelayedCall, TimerQueue};
+use crate::token::{self, PortKey};
+use crate::udp::ListenOptions;
+use crate::udp::port::{Port, PortStats, PortTimerFn, UdpPort, panic_message};
+use crate::udp::transport::UdpTransport;
+
+/// What a timer runs: a reactor-level closure, or a port-scoped one (type-erased
+/// `PortTimerFn<P>`) that its port runs with its protocol and transport.
+enum TimerAction {
+    Reactor(Box<dyn FnMut(&mut Reactor)>),
+    Port(PortKey, Box<dyn Any>),
+}
+
+impl fmt::Debug for TimerAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TimerAction::Reactor(_) => f.write_str("Reactor(..)"),
+            TimerAction::Port(key, _) => write!(f, "Port({key:?}, ..)"),
+        }
+    }
+}
+
+struct Slot {
+    generation: usize,
+    /// A stop was asked for; the key is in `Reactor::closing`.
+    closing: bool,
+    /// `None` while the port's callback runs.
+    port: Option<Box<dyn Port>>,
+}
+
+/// A handle to a listening port, returned by the listen and adopt calls: its address, and
+/// the key to stop it, read its counters or reach its protocol through the [`Reactor`].
+///
+/// It stays harmless after the port closes: it never reaches a later port.
+pub struct ListeningPort<P> {
+    key: PortKey,
+    local: SocketAddr,
+    _protocol: PhantomData<fn() -> P>,
+}
+
+impl<P> Clone for ListeningPort<P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P> Copy for ListeningPort<P> {}
+
+impl<P> fmt::Debug for ListeningPort<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListeningPort")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P> ListeningPort<P> {
+    /// The address the port is bound to, with the real port number when 0 was asked for.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Twisted's name for [`local_addr`](Self::local_addr).
+    #[doc(alias = "getHost")]
+    pub fn get_host(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+/// The event loop: one thread, any number of UDP ports, timers, and calls from other
+/// threads. See the [crate docs](crate) for the model.
+pub struct Reactor {
+    poll: Poll,
+    events: Option<Events>,
+    ports: Slab<Slot>,
+    next_generation: u64,
+    timers: TimerQueue<TimerAction>,
+    /// Ports whose read budget ran out: served next turn without a new readiness edge.
+    ready: Vec<PortKey>,
+    ready_spare: Vec<PortKey>,
+    /// Ports to tear down at the start of the next turn.
+    closing: Vec<PortKey>,
+    shared: Arc<Shared>,
+    thread_calls: Vec<ThreadCall>,
+    signals: Option<Signals>,
+    handle_signals: bool,
+    stop_requested: bool,
+    in_turn: bool,
+}
+
+impl fmt::Debug for Reactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reactor")
+            .field("ports", &self.ports.len())
+            .field("timers", &self.timers.len())
+            .field("stop_requested", &self.stop_requested)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        self.shared.alive.store(false, Ordering::Release);
+    }
+}
+
+fn io_error(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { context, source }
+}
+
+impl Reactor {
+    /// A new reactor with no ports and no timers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the kernel refuses an epoll instance or an eventfd.
+    pub fn new() -> Result<Reactor> {
+        let poll = Poll::new().map_err(io_error("creating the poll instance"))?;
+        let waker =
+            Waker::new(poll.registry(), token::WAKER).map_err(io_error("creating the waker"))?;
+        Ok(Reactor {
+            poll,
+            events: Some(Events::with_capacity(1024)),
+            ports: Slab::new(),
+            next_generation: 0,
+            timers: TimerQueue::default(),
+            ready: Vec::new(),
+            ready_spare: Vec::new(),
+            closing: Vec::new(),
+            shared: Arc::new(Shared::new(waker)),
+            thread_calls: Vec::new(),
+            signals: None,
+            handle_signals: true,
+            stop_requested: false,
+            in_turn: false,
+        })
+    }
+
+    /// A handle for other threads: [`ReactorHandle::call_from_thread`] and
+    /// [`ReactorHandle::stop`].
+    pub fn handle(&self) -> ReactorHandle {
+        ReactorHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Whether [`run`](Self::run) stops gracefully on SIGINT and SIGTERM (the default).
+    /// Turn it off when the program handles signals itself.
+    pub fn set_handle_signals(&mut self, on: bool) {
+        self.handle_signals = on;
+    }
+
+    // ----- ports -------------------------------------------------------------------------
+
+    /// Listens on UDP `port` on every IPv4 interface (`0.0.0.0`), as Twisted's
+    /// `listenUDP(port, protocol)`; port 0 picks a free one. `start_protocol` runs before
+    /// this returns.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CannotListen`] naming the address if the socket cannot be bound;
+    /// [`Error::StartPanicked`] if `start_protocol` panicked (the port is closed).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let port = reactor.listen_udp(0, twine::from_fn(|t, data, from| {
+    ///     let _ = t.write(data, from);
+    /// }))?;
+    /// assert_ne!(port.local_addr().port(), 0);
+    /// # Ok::<(), twine::Error>(())
+    /// ```
+    #[doc(alias = "listenUDP")]
+    pub fn listen_udp<P: DatagramProtocol>(
+        &mut self,
+        port: u16,
+        protocol: P,
+    ) -> Result<ListeningPort<P>> {
+        self.listen_udp_with(ListenOptions::new(port), protocol)
+    }
+
+    /// Listens with [`ListenOptions`]: interface (IPv4 or IPv6 literal), max packet size,
+    /// buffer sizes, port sharing, read budget, send queue bound.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAddress`] for an interface that is not an IP literal and
+    /// [`Error::InvalidOption`] for a size out of range, both before any socket exists;
+    /// then as [`listen_udp`](Self::listen_udp).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use twine::{ListenOptions, Reactor, from_fn};
+    /// let mut reactor = Reactor::new()?;
+    /// let port = reactor.listen_udp_with(
+    ///     ListenOptions::new(0).interface("127.0.0.1").max_packet_size(1500),
+    ///     from_fn(|_, _, _| {}),
+    /// )?;
+    /// assert_eq!(port.local_addr().ip().to_string(), "127.0.0.1");
+    /// # Ok::<(), twine::Error>(())
+    /// ```
+    pub fn listen_udp_with<P: DatagramProtocol>(
+        &mut self,
+        opts: ListenOptions,
+        protocol: P,
+    ) -> Result<ListeningPort<P>> {
+        let addr = opts.bind_addr()?;
+        let socket =
+            bind_socket(addr, &opts).map_err(|source| Error::CannotListen { addr, source })?;
+        self.open_port(socket, protocol, &opts)
+    }
+
+    /// Listens on `port` for multicast, on every IPv4 interface, as Twisted's
+    /// `listenMulticast`. With `listen_multiple`, other sockets (in this process or
+    /// another) may bind the same port (`SO_REUSEADDR` + `SO_REUSEPORT`), and each gets
+    /// every multicast datagram. Join groups with [`UdpTransport::join_group`].
+    ///
+    /// For an IPv6 port or other options, use
+    /// [`listen_udp_with`](Self::listen_udp_with) and
+    /// [`ListenOptions::listen_multiple`].
+    ///
+    /// # Errors
+    ///
+    /// As [`listen_udp`](Self::listen_udp).
+    #[doc(alias = "listenMulticast")]
+    pub fn listen_multicast<P: DatagramProtocol>(
+        &mut self,
+        port: u16,
+        protocol: P,
+        listen_multiple: bool,
+    ) -> Result<ListeningPort<P>> {
+        self.listen_udp_with(
+            ListenOptions::new(port).listen_multiple(listen_multiple),
+            protocol,
+        )
+    }
+
+    /// Serves `protocol` on an existing, already bound IPv4 or IPv6 datagram socket, given
+    /// by raw fd, as Twisted's `adoptDatagramPort`.
+    ///
+    /// **Ownership:** the reactor works on its own duplicate of `fd` (`dup`), which it
+    /// closes when the port stops; `fd` stays the caller's, to close whenever it likes
+    /// (at once is fine). The duplicate shares the open socket, so `fd` is switched to
+    /// non-blocking mode too, and datagrams read through `fd` are not seen by the port.
+    ///
+    /// **Checks**, before anything is changed: `fd` is open and a socket
+    /// ([`Error::BadDescriptor`]), of an IP family ([`Error::UnsupportedAddressFamily`]),
+    /// a datagram socket ([`Error::UnsupportedSocketType`]), and bound
+    /// ([`Error::NotBound`]). On any of them `fd` is left untouched.
+    ///
+    /// # Errors
+    ///
+    /// As above, and [`Error::Io`] if the duplicate cannot be made.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::fd::AsRawFd;
+    /// let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let port = reactor.adopt_datagram_port(socket.as_raw_fd(), twine::from_fn(|t, d, from| {
+    ///     let _ = t.write(d, from);
+    /// }))?;
+    /// assert_eq!(Some(port.local_addr()), socket.local_addr().ok());
+    /// # Ok::<(), twine::Error>(())
+    /// ```
+    #[doc(alias = "adoptDatagramPort")]
+    pub fn adopt_datagram_port<P: DatagramProtocol>(
+        &mut self,
+        fd: RawFd,
+        protocol: P,
+    ) -> Result<ListeningPort<P>> {
+        self.adopt_with(fd, ListenOptions::new(0), protocol)
+    }
+
+    /// [`adopt_datagram_port`](Self::adopt_datagram_port) for a socket object (a
+    /// `std::net::UdpSocket`, a `socket2::Socket`, ...): the reactor duplicates it, and the
+    /// object stays the caller's.
+    ///
+    /// # Errors
+    ///
+    /// As [`adopt_datagram_port`](Self::adopt_datagram_port).
+    pub fn adopt_socket<P: DatagramProtocol>(
+        &mut self,
+        socket: &impl AsFd,
+        protocol: P,
+    ) -> Result<ListeningPort<P>> {
+        self.adopt_with(socket.as_fd().as_raw_fd(), ListenOptions::new(0), protocol)
+    }
+
+    /// [`adopt_datagram_port`](Self::adopt_datagram_port) with options: the max packet
+    /// size, buffer sizes, read budget and send queue bound apply; the port number,
+    /// interface and port sharing are the socket's own.
+    ///
+    /// # Errors
+    ///
+    /// As [`adopt_datagram_port`](Self::adopt_datagram_port), and
+    /// [`Error::InvalidOption`].
+    pub fn adopt_with<P: DatagramProtocol>(
+        &mut self,
+        fd: RawFd,
+        opts: ListenOptions,
+        protocol: P,
+    ) -> Result<ListeningPort<P>> {
+        opts.bind_addr()?;
+        let bound = sys::inspect_socket(fd)?;
+        trace!("adopting fd {fd}, bound to {bound}");
+        let owned = sys::dup_cloexec(fd).map_err(io_error("duplicating the adopted fd"))?;
+        let socket = Socket::from(owned);
+        socket
+            .set_nonblocking(true)
+            .map_err(io_error("making the adopted fd non-blocking"))?;
+        apply_buffer_sizes(&socket, &opts)
+            .map_err(io_error("setting the adopted socket's buffers"))?;
+        self.open_port(socket.into(), protocol, &opts)
+    }
+
+    /// Validated socket in, running port out: register, start, put in the slab.
+    fn open_port<P: DatagramProtocol>(
+        &mut self,
+        socket: std::net::UdpSocket,
+        protocol: P,
+        opts: &ListenOptions,
+    ) -> Result<ListeningPort<P>> {
+        let local = socket
+            .local_addr()
+            .map_err(io_error("reading the bound address"))?;
+        let mut socket = mio::net::UdpSocket::from_std(socket);
+        let key = self.reserve_slot()?;
+        if let Err(source) =
+            self.poll
+                .registry()
+                .register(&mut socket, key.token(), Interest::READABLE)
+        {
+            self.ports.remove(key.index);
+            return Err(Error::Io {
+                context: "registering the port",
+                source,
+            });
+        }
+        trace!("registered port {local} as {key:?}");
+        let mut port = UdpPort::new(socket, key, local, protocol, opts);
+        info!("{} starting on {local}", port.core().prefix);
+        port.start(self);
+        if let Some(message) = port.core_mut().panic.take() {
+            self.ports.remove(key.index);
+            let _ = self.poll.registry().deregister(&mut port.core_mut().socket);
+            info!("(UDP Port {local} Closed)");
+            return Err(Error::StartPanicked {
+                addr: local,
+                message,
+            });
+        }
+        self.put_back(key, Box::new(port));
+        Ok(ListeningPort {
+            key,
+            local,
+            _protocol: PhantomData,
+        })
+    }
+
+    fn reserve_slot(&mut self) -> Result<PortKey> {
+        let index = self.ports.vacant_key();
+        if !PortKey::index_fits(index) {
+            return Err(Error::Io {
+                context: "opening a port",
+                source: std::io::Error::other("too many ports in one reactor"),
+            });
+        }
+        let generation = PortKey::truncate_generation(self.next_generation);
+        self.next_generation += 1;
+        let index = self.ports.insert(Slot {
+            generation,
+            closing: false,
+            port: None,
+        });
+        Ok(PortKey { index, generation })
+    }
+
+    /// Stops a port, as [`UdpTransport::stop_listening`] does from inside. Returns whether
+    /// it was listening.
+    #[doc(alias = "stopListening")]
+    pub fn stop_listening<P>(&mut self, port: &ListeningPort<P>) -> bool {
+        if !self.is_live(port.key) || self.close_requested(port.key) {
+            return false;
+        }
+        self.request_close(port.key);
+        true
+    }
+
+    /// Whether the port is open and not stopping.
+    pub fn is_listening<P>(&self, port: &ListeningPort<P>) -> bool {
+        self.is_live(port.key) && !self.close_requested(port.key)
+    }
+
+    /// The port's counters, or `None` once it is closed (or while its own callback runs).
+    pub fn port_stats<P>(&self, port: &ListeningPort<P>) -> Option<PortStats> {
+        let slot = self.ports.get(port.key.index)?;
+        if slot.generation != port.key.generation {
+            return None;
+        }
+        slot.port.as_ref().map(|p| p.core().stats)
+    }
+
+    /// Runs `f` with the port's protocol and a transport, from outside its callbacks: e.g.
+    /// to send a first datagram from `main`. A panic in `f` closes the port, as in a hook.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortClosed`] if the port is closed, or is the one whose callback is running.
+    pub fn with_port<P: DatagramProtocol, R>(
+        &mut self,
+        port: &ListeningPort<P>,
+        f: impl FnOnce(&mut P, &mut UdpTransport<'_>) -> R,
+    ) -> Result<R> {
+        let out = self.with_port_dyn(port.key, |p, r| {
+            let port = p.as_any_mut().downcast_mut::<UdpPort<P>>()?;
+            let (protocol, core) = port.protocol_mut();
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                f(protocol, &mut UdpTransport::new(core, r))
+            }));
+            match outcome {
+                Ok(out) => Some(out),
+                Err(panic) => {
+                    error!(
+                        "{} on {}: with_port closure panicked: {}; closing the port",
+                        core.prefix,
+                        core.local,
+                        panic_message(&*panic)
+                    );
+                    core.closing = true;
+                    None
+                }
+            }
+        });
+        out.flatten().ok_or(Error::PortClosed)
+    }
+
+    /// The number of open ports.
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+
+    fn is_live(&self, key: PortKey) -> bool {
+        matches!(self.ports.get(key.index), Some(slot) if slot.generation == key.generation)
+    }
+
+    /// Whether a stop was asked for this port and it is not torn down yet.
+    pub(crate) fn close_requested(&self, key: PortKey) -> bool {
+        matches!(self.ports.get(key.index), Some(slot) if slot.generation == key.generation && slot.closing)
+    }
+
+    fn request_close(&mut self, key: PortKey) {
+        let Some(slot) = self.ports.get_mut(key.index) else {
+            return;
+        };
+        if slot.generation != key.generation || slot.closing {
+            return;
+        }
+        slot.closing = true;
+        if let Some(port) = slot.port.as_mut() {
+            port.core_mut().closing = true;
+        }
+        trace!("close requested for {key:?}");
+        self.closing.push(key);
+    }
+
+    /// Takes the port out of its slot, runs `f` with it and the whole reactor, puts it back.
+    /// `None` if the port is gone or its own callback is running.
+    fn with_port_dyn<R>(
+        &mut self,
+        key: PortKey,
+        f: impl FnOnce(&mut dyn Port, &mut Reactor) -> R,
+    ) -> Option<R> {
+        let slot = self.ports.get_mut(key.index)?;
+        if slot.generation != key.generation {
+            return None;
+        }
+        let mut port = slot.port.take()?;
+        let out = f(port.as_mut(), self);
+        self.put_back(key, port);
+        Some(out)
+    }
+
+    fn put_back(&mut self, key: PortKey, mut port: Box<dyn Port>) {
+        let core = port.core_mut();
+        core.sync_interest(self.poll.registry());
+        let closing = core.closing;
+        if let Some(slot) = self.ports.get_mut(key.index) {
+            slot.port = Some(port);
+        }
+        if closing {
+            self.request_close(key);
+        }
+    }
+
+    /// Tears down the ports whose stop was asked for: `stop_protocol`, then close.
+    fn process_closes(&mut self) {
+        while !self.closing.is_empty() {
+            for key in std::mem::take(&mut self.closing) {
+                if !self.is_live(key) {
+                    continue;
+                }
+                let Some(mut port) = self.ports.remove(key.index).port else {
+                    continue;
+                };
+                if let Err(e) = self.poll.registry().deregister(&mut port.core_mut().socket) {
+                    debug!("deregistering {key:?}: {e}");
+                }
+                port.shut_down(self);
+            }
+        }
+    }
+
+    // ----- timers ------------------------------------------------------------------------
+
+    /// Runs `f` once, `delay` from now, on the reactor's thread: Twisted's `callLater`.
+    /// It never fires early; calls due at the same instant fire in the order they were
+    /// scheduled; one scheduled from a timer for "now" runs on the next turn. A panic in
+    /// `f` is caught and logged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let call = reactor.call_later(Duration::from_millis(1), |r| r.stop());
+    /// assert!(reactor.is_pending(call));
+    /// reactor.run()?;
+    /// assert!(!reactor.is_pending(call));
+    /// # Ok::<(), twine::Error>(())
+    /// ```
+    #[doc(alias = "callLater")]
+    pub fn call_later(
+        &mut self,
+        delay: Duration,
+        f: impl FnOnce(&mut Reactor) + 'static,
+    ) -> DelayedCall {
+        let mut f = Some(f);
+        let action = TimerAction::Reactor(Box::new(move |r| {
+            if let Some(f) = f.take() {
+                f(r)
+            }
+        }));
+        self.timers.schedule(Instant::now(), delay, None, action)
+    }
+
+    /// Runs `f` every `interval` (first after one interval) until cancelled: Twisted's
+    /// `LoopingCall`. Missed runs are skipped, not bunched. A panic in `f` stops it.
+    #[doc(alias = "LoopingCall")]
+    pub fn call_every(
+        &mut self,
+        interval: Duration,
+        f: impl FnMut(&mut Reactor) + 'static,
+    ) -> DelayedCall {
+        let action = TimerAction::Reactor(Box::new(f));
+        self.timers
+            .schedule(Instant::now(), interval, Some(interval), action)
+    }
+
+    /// A port-scoped [`call_later`](Self::call_later) from outside the port's callbacks:
+    /// `f` gets the port's protocol and transport; it is dropped if the port closes first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortClosed`] if the port is closed.
+    pub fn call_later_on<P: DatagramProtocol>(
+        &mut self,
+        port: &ListeningPort<P>,
+        delay: Duration,
+        f: impl FnOnce(&mut P, &mut UdpTransport<'_>) + 'static,
+    ) -> Result<DelayedCall> {
+        let mut f = Some(f);
+        self.call_every_inner(port, delay, None, move |p, t| {
+            if let Some(f) = f.take() {
+                f(p, t)
+            }
+        })
+    }
+
+    /// A port-scoped [`call_every`](Self::call_every) from outside the port's callbacks.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortClosed`] if the port is closed.
+    pub fn call_every_on<P: DatagramProtocol>(
+        &mut self,
+        port: &ListeningPort<P>,
+        interval: Duration,
+        f: impl FnMut(&mut P, &mut UdpTransport<'_>) + 'static,
+    ) -> Result<DelayedCall> {
+        self.call_every_inner(port, interval, Some(interval), f)
+    }
+
+    fn call_every_inner<P: DatagramProtocol>(
+        &mut self,
+        port: &ListeningPort<P>,
+        delay: Duration,
+        interval: Option<Duration>,
+        f: impl FnMut(&mut P, &mut UdpTransport<'_>) + 'static,
+    ) -> Result<DelayedCall> {
+        if !self.is_listening(port) {
+            return Err(Error::PortClosed);
+        }
+        let boxed: PortTimerFn<P> = Box::new(f);
+        Ok(self.schedule_port_timer(port.key, delay, interval, Box::new(boxed)))
+    }
+
+    pub(crate) fn schedule_port_timer(
+        &mut self,
+        key: PortKey,
+        delay: Duration,
+        interval: Option<Duration>,
+        f: Box<dyn Any>,
+    ) -> DelayedCall {
+        self.timers
+            .schedule(Instant::now(), delay, interval, TimerAction::Port(key, f))
+    }
+
+    /// Cancels a call. Returns whether it was pending.
+    pub fn cancel(&mut self, call: DelayedCall) -> bool {
+        self.timers.cancel(call)
+    }
+
+    /// Moves a pending call's deadline to `delay` from now (Twisted's
+    /// `DelayedCall.reset`). Returns whether it was pending.
+    pub fn reset(&mut self, call: DelayedCall, delay: Duration) -> bool {
+        self.is_pending(call) && self.timers.reset(Instant::now(), call, delay)
+    }
+
+    /// Whether a call will still fire: false once a one-shot call has started to run,
+    /// after a cancel, or once a port-scoped call's port is closed.
+    #[doc(alias = "active")]
+    pub fn is_pending(&self, call: DelayedCall) -> bool {
+        if !self.timers.is_pending(call) {
+            return false;
+        }
+        match self.timers.action(call) {
+            Some(TimerAction::Port(key, _)) => self.is_live(*key),
+            _ => true,
+        }
+    }
+
+    /// The number of scheduled calls (cancelled ones excluded).
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    fn run_timers(&mut self, boundary: u64) {
+        let now = Instant::now();
+        while let Some(mut due) = self.timers.pop_due(now, boundary) {
+            match &mut due.action {
+                TimerAction::Reactor(f) => {
+                    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| f(self))) {
+                        error!(
+                            "timer callback panicked: {}; timer cancelled",
+                            panic_message(&*panic)
+                        );
+                        self.timers.cancel(due.call);
+                    }
+                }
+                TimerAction::Port(key, f) => {
+                    if self
+                        .with_port_dyn(*key, |p, r| p.fire_timer(r, f))
+                        .is_none()
+                    {
+                        self.timers.cancel(due.call);
+                    }
+                }
+            }
+            self.timers.finish(now, due);
+        }
+    }
+
+    // ----- running -----------------------------------------------------------------------
+
+    /// Asks the reactor to stop: at the end of the current turn every port is closed
+    /// (each `stop_protocol` runs) and [`run`](Self::run) returns. Timers stay scheduled.
+    pub fn stop(&mut self) {
+        self.stop_requested = true;
+    }
+
+    /// Whether a stop was asked for and has not happened yet.
+    pub fn is_stopping(&self) -> bool {
+        self.stop_requested
+    }
+
+    /// Runs turns until [`stop`](Self::stop) (from a callback, a timer or a
+    /// [`ReactorHandle`]) or, unless turned off with
+    /// [`set_handle_signals`](Self::set_handle_signals), SIGINT or SIGTERM. Then every
+    /// port's `stop_protocol` runs, and `run` returns. After it returns, the signals have
+    /// their default effect again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Reentrant`] if called from a callback; [`Error::Io`] if polling or
+    /// installing the signal handlers fails.
+    pub fn run(&mut self) -> Result<()> {
+        if self.in_turn {
+            return Err(Error::Reentrant);
+        }
+        if self.handle_signals {
+            self.install_signals()?;
+        }
+        let result = loop {
+            match self.turn(None) {
+                Ok(true) => break Ok(()),
+                Ok(false) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.remove_signals();
+        result
+    }
+
+    /// Runs one turn, waiting at most `timeout` for something to happen (Twisted's
+    /// `iterate`). Returns whether a stop happened in this turn (every port was closed).
+    /// Signals are not handled here.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Reentrant`] if called from a callback; [`Error::Io`] if polling fails.
+    pub fn iterate(&mut self, timeout: Duration) -> Result<bool> {
+        if self.in_turn {
+            return Err(Error::Reentrant);
+        }
+        self.turn(Some(timeout))
+    }
+
+    /// Runs turns until `done` returns true or `timeout` has passed; returns the last
+    /// value of `done`. Made for tests and scripts: every wait has a deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`iterate`](Self::iterate).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let call = reactor.call_later(Duration::from_millis(5), |_| {});
+    /// let fired = reactor.run_until(Duration::from_secs(5), |r| !r.is_pending(call))?;
+    /// assert!(fired);
+    /// # Ok::<(), twine::Error>(())
+    /// ```
+    pub fn run_until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&mut Reactor) -> bool,
+    ) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(self) {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            self.iterate((deadline - now).min(Duration::from_millis(50)))?;
+        }
+    }
+
+    /// One turn; returns whether the reactor stopped in it.
+    fn turn(&mut self, max_wait: Option<Duration>) -> Result<bool> {
+        self.in_turn = true;
+        let result = self.turn_inner(max_wait);
+        self.in_turn = false;
+        result
+    }
+
+    fn turn_inner(&mut self, max_wait: Option<Duration>) -> Result<bool> {
+        self.process_closes();
+        let timeout = self.poll_timeout(max_wait);
+        let mut events = self
+            .events
+            .take()
+            .unwrap_or_else(|| Events::with_capacity(1024));
+        let polled = self.poll.poll(&mut events, timeout);
+        if let Err(e) = polled {
+            self.events = Some(events);
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::Io {
+                    context: "polling",
+                    source: e,
+                });
+            }
+            return Ok(false);
+        }
+        let boundary = self.timers.boundary();
+        let left_over = std::mem::replace(&mut self.ready, std::mem::take(&mut self.ready_spare));
+        for event in events.iter() {
+            trace!("event {event:?}");
+            match event.token() {
+                token::WAKER => self.run_thread_calls(),
+                token::SIGNALS => self.on_signals(),
+                token => {
+                    if let Some(key) = PortKey::from_token(token) {
+                        // An error event (e.g. ICMP refusal) may come without readable: read
+                        // anyway, so recv surfaces the error.
+                        let readable =
+                            event.is_readable() || event.is_error() || event.is_read_closed();
+                        self.serve_port(key, readable, event.is_writable());
+                    }
+                }
+            }
+        }
+        self.events = Some(events);
+        self.serve_left_over(left_over);
+        self.run_timers(boundary);
+        if self.stop_requested {
+            self.close_all();
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn poll_timeout(&mut self, max_wait: Option<Duration>) -> Option<Duration> {
+        if !self.ready.is_empty() || !self.closing.is_empty() || self.stop_requested {
+            return Some(Duration::ZERO);
+        }
+        let timer = self
+            .timers
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        match (timer, max_wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn serve_port(&mut self, key: PortKey, readable: bool, writable: bool) {
+        if self.with_port_dyn(key, |p, r| p.on_ready(r, readable, writable)) == Some(true)
+            && !self.ready.contains(&key)
+        {
+            self.ready.push(key);
+        }
+    }
+
+    fn serve_left_over(&mut self, mut left_over: Vec<PortKey>) {
+        for key in left_over.drain(..) {
+            if !self.ready.contains(&key) {
+                self.serve_port(key, true, false);
+            }
+        }
+        self.ready_spare = left_over;
+    }
+
+    fn run_thread_calls(&mut self) {
+        let mut calls = std::mem::take(&mut self.thread_calls);
+        self.shared.drain_into(&mut calls);
+        for call in calls.drain(..) {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| call(self))) {
+                error!(
+                    "call_from_thread closure panicked: {}",
+                    panic_message(&*panic)
+                );
+            }
+        }
+        self.thread_calls = calls;
+    }
+
+    fn close_all(&mut self) {
+        self.stop_requested = false;
+        let keys: Vec<PortKey> = self
+            .ports
+            .iter()
+            .map(|(index, slot)| PortKey {
+                index,
+                generation: slot.generation,
+            })
+            .collect();
+        for key in keys {
+            self.request_close(key);
+        }
+        self.process_closes();
+        info!("reactor stopped");
+    }
+
+    // ----- signals -----------------------------------------------------------------------
+
+    fn install_signals(&mut self) -> Result<()> {
+        install_default_fallback();
+        let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM])
+            .map_err(io_error("installing SIGINT/SIGTERM handlers"))?;
+        self.poll
+            .registry()
+            .register(&mut signals, token::SIGNALS, Interest::READABLE)
+            .map_err(io_error("registering the signal pipe"))?;
+        RUNNING.fetch_add(1, Ordering::SeqCst);
+        default_on_signal().store(false, Ordering::SeqCst);
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    fn remove_signals(&mut self) {
+        if let Some(mut signals) = self.signals.take() {
+            let _ = self.poll.registry().deregister(&mut signals);
+            if RUNNING.fetch_sub(1, Ordering::SeqCst) == 1 {
+                default_on_signal().store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        for signal in signals.pending() {
+            let name = if signal == libc::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            info!("received {name}, stopping");
+            self.stop_requested = true;
+        }
+    }
+}
+
+/// Reactors inside `run` with signal handling on.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// True while no reactor handles signals: SIGINT/SIGTERM then act as if no handler were
+/// installed (signal-hook keeps its handler after a `Signals` is dropped).
+fn default_on_signal() -> &'static Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(true)))
+}
+
+fn install_default_fallback() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            if let Err(e) = signal_hook::flag::register_conditional_default(
+                signal,
+                Arc::clone(default_on_signal()),
+            ) {
+                warn!("signal {signal}: default action fallback not installed: {e}");
+            }
+        }
+    });
+}
+
+/// A non-blocking, close-on-exec UDP socket bound to `addr` with the options applied.
+fn bind_socket(addr: SocketAddr, opts: &ListenOptions) -> std::io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
+    if opts.listen_multiple {
+        socket.set_reuse_address(true)?;
+        match socket.set_reuse_port(true) {
+            // Old kernels lack SO_REUSEPORT; REUSEADDR alone still shares multicast ports.
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {
+                debug!("SO_REUSEPORT unsupported, sharing {addr} with SO_REUSEADDR alone");
+            }
+            other => other?,
+        }
+    }
+    apply_buffer_sizes(&socket, opts)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+fn apply_buffer_sizes(socket: &Socket, opts: &ListenOptions) -> std::io::Result<()> {
+    if let Some(n) = opts.recv_buffer_size {
+        socket.set_recv_buffer_size(n)?;
+    }
+    if let Some(n) = opts.send_buffer_size {
+        socket.set_send_buffer_size(n)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! UDP ports: plain, connected and multicast, and adopted sockets.
+
+pub(crate) mod addr;
+mod multicast;
+pub(crate) mod options;
+pub(crate) mod port;
+pub(crate) mod transport;
+
+pub use addr::{Interface, IntoInterface, IpLiteral, PeerAddr};
+pub use options::ListenOptions;
+pub use port::PortStats;
+pub use transport::UdpTransport;

@@ -1,0 +1,177 @@
+//! Listen options: the interface, buffer sizes and limits of a port.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use crate::error::{Error, Result};
+use crate::udp::addr::parse_ip;
+
+/// Twisted's default `maxPacketSize`: the receive buffer for one datagram.
+pub const DEFAULT_MAX_PACKET_SIZE: usize = 8192;
+/// Datagrams a port reads per reactor turn before it yields to the others.
+pub const DEFAULT_READ_BUDGET: usize = 256;
+/// Bytes a port reads per reactor turn before it yields (Twisted's `maxThroughput`).
+pub const DEFAULT_READ_BUDGET_BYTES: usize = 256 * 1024;
+/// Bytes a port queues while the kernel's send buffer is full, before `write` refuses.
+pub const DEFAULT_SEND_QUEUE_LIMIT: usize = 1024 * 1024;
+
+/// How to open a port: [`Reactor::listen_udp_with`](crate::Reactor::listen_udp_with) and
+/// [`Reactor::listen_multicast_with`](crate::Reactor::listen_multicast_with) take one.
+///
+/// Values are checked when the port is opened, so a bad interface or size is a typed
+/// error from the listen call, before any socket exists.
+///
+/// # Examples
+///
+/// ```
+/// use twine::ListenOptions;
+/// let opts = ListenOptions::new(0)
+///     .interface("::1")
+///     .max_packet_size(1500)
+///     .recv_buffer_size(1 << 20);
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone)]
+pub struct ListenOptions {
+    pub(crate) port: u16,
+    pub(crate) interface: String,
+    pub(crate) max_packet_size: usize,
+    pub(crate) recv_buffer_size: Option<usize>,
+    pub(crate) send_buffer_size: Option<usize>,
+    pub(crate) listen_multiple: bool,
+    pub(crate) read_budget: usize,
+    pub(crate) read_budget_bytes: usize,
+    pub(crate) send_queue_limit: usize,
+}
+
+impl ListenOptions {
+    /// Options for `port` (0 picks a free one) on every IPv4 interface, with Twisted's
+    /// defaults: max packet size 8192, the kernel's buffer sizes, no port sharing.
+    pub fn new(port: u16) -> Self {
+        ListenOptions {
+            port,
+            interface: String::new(),
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            recv_buffer_size: None,
+            send_buffer_size: None,
+            listen_multiple: false,
+            read_budget: DEFAULT_READ_BUDGET,
+            read_budget_bytes: DEFAULT_READ_BUDGET_BYTES,
+            send_queue_limit: DEFAULT_SEND_QUEUE_LIMIT,
+        }
+    }
+
+    /// The interface to bind: an IPv4 or IPv6 literal (`"127.0.0.1"`, `"::1"`, `"::"`,
+    /// `"fe80::1%2"`), or `""` for every IPv4 interface. An IPv6 literal makes an IPv6
+    /// port. A hostname is refused with [`Error::InvalidAddress`] when the port is opened.
+    pub fn interface(mut self, interface: impl Into<String>) -> Self {
+        self.interface = interface.into();
+        self
+    }
+
+    /// The receive buffer for one datagram (1..=65535). A longer datagram is dropped and
+    /// counted as truncated, never delivered cut short.
+    #[doc(alias = "maxPacketSize")]
+    pub fn max_packet_size(mut self, bytes: usize) -> Self {
+        self.max_packet_size = bytes;
+        self
+    }
+
+    /// The kernel receive buffer (`SO_RCVBUF`); the kernel may double or cap it.
+    pub fn recv_buffer_size(mut self, bytes: usize) -> Self {
+        self.recv_buffer_size = Some(bytes);
+        self
+    }
+
+    /// The kernel send buffer (`SO_SNDBUF`); the kernel may double or cap it.
+    pub fn send_buffer_size(mut self, bytes: usize) -> Self {
+        self.send_buffer_size = Some(bytes);
+        self
+    }
+
+    /// Lets several sockets bind the same port (`SO_REUSEADDR` + `SO_REUSEPORT`), as
+    /// Twisted's `listenMultiple`.
+    #[doc(alias = "listenMultiple")]
+    pub fn listen_multiple(mut self, yes: bool) -> Self {
+        self.listen_multiple = yes;
+        self
+    }
+
+    /// The most datagrams (at least 1) and bytes the port reads in one reactor turn before
+    /// the other ports and the timers get theirs.
+    pub fn read_budget(mut self, datagrams: usize, bytes: usize) -> Self {
+        self.read_budget = datagrams;
+        self.read_budget_bytes = bytes;
+        self
+    }
+
+    /// The most bytes queued while the kernel's send buffer is full; past it `write`
+    /// returns [`Error::SendQueueFull`].
+    pub fn send_queue_limit(mut self, bytes: usize) -> Self {
+        self.send_queue_limit = bytes;
+        self
+    }
+
+    /// The address to bind, or a typed error for a bad interface or size.
+    pub(crate) fn bind_addr(&self) -> Result<SocketAddr> {
+        self.check()?;
+        let ip = if self.interface.is_empty() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            return parse_ip(&self.interface, "not an IPv4 or IPv6 address")
+                .map(|(ip, scope)| with_scope(SocketAddr::new(ip, self.port), scope));
+        };
+        Ok(SocketAddr::new(ip, self.port))
+    }
+
+    fn check(&self) -> Result<()> {
+        if !(1..=65535).contains(&self.max_packet_size) {
+            return Err(Error::InvalidOption {
+                option: "max_packet_size",
+                value: self.max_packet_size,
+                expected: "1..=65535",
+            });
+        }
+        if self.read_budget == 0 {
+            return Err(Error::InvalidOption {
+                option: "read_budget",
+                value: 0,
+                expected: "at least 1 datagram",
+            });
+        }
+        Ok(())
+    }
+}
+
+fn with_scope(mut addr: SocketAddr, scope: u32) -> SocketAddr {
+    if let SocketAddr::V6(v6) = &mut addr {
+        v6.set_scope_id(scope);
+    }
+    addr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_binds_ipv4_wildcard() {
+        assert_eq!(
+            ListenOptions::new(5).bind_addr().unwrap(),
+            "0.0.0.0:5".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn hostname_interface_is_invalid_address() {
+        let err = ListenOptions::new(0).interface("example.com").bind_addr();
+        assert!(matches!(err, Err(Error::InvalidAddress { .. })));
+    }
+
+    #[test]
+    fn packet_size_is_checked() {
+        for bad in [0, 65536] {
+            let err = ListenOptions::new(0).max_packet_size(bad).bind_addr();
+            assert!(matches!(err, Err(Error::InvalidOption { .. })), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! `UdpTransport<'_>`: the short-lived view of its port that each callback is handed.
+
+use std::any::TypeId;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::SockRef;
+
+use crate::error::{Error, Result};
+use crate::protocol::short_type_name;
+use crate::reactor::Reactor;
+use crate::timer::DelayedCall;
+use crate::udp::addr::{PeerAddr, same_family};
+use crate::udp::port::{PortCore, PortStats, PortTimerFn};
+
+/// What a protocol's hooks use to talk back: write datagrams, connect, join groups, read
+/// counters, schedule timers, stop the port, and reach the whole [`Reactor`].
+///
+/// It owns nothing: it borrows its port's socket state and the reactor for the length of
+/// one callback (modelled on socket2's `SockRef<'s>`).
+///
+/// # Sending
+///
+/// [`write`](Self::write) never blocks and never panics. A datagram is handed to the kernel
+/// at once; if the kernel's send buffer is full it is copied into the port's send queue and
+/// sent, in order, as soon as the socket is writable again. The queue is bounded
+/// ([`ListenOptions::send_queue_limit`](crate::ListenOptions::send_queue_limit), 1 MiB by
+/// default): past the bound `write` returns [`Error::SendQueueFull`] and the datagram is
+/// counted in [`PortStats::send_dropped`].
+pub struct UdpTransport<'a> {
+    pub(crate) core: &'a mut PortCore,
+    pub(crate) reactor: &'a mut Reactor,
+}
+
+impl fmt::Debug for UdpTransport<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UdpTransport")
+            .field("local", &self.core.local)
+            .field("peer", &self.core.peer)
+            .field("closing", &self.core.closing)
+            .finish()
+    }
+}
+
+impl<'a> UdpTransport<'a> {
+    pub(crate) fn new(core: &'a mut PortCore, reactor: &'a mut Reactor) -> Self {
+        UdpTransport { core, reactor }
+    }
+
+    /// Sends `data` as one datagram to `addr` (an IP literal: see [`PeerAddr`]).
+    ///
+    /// On a connected port `addr` must be the peer (or use [`send`](Self::send)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAddress`] for a hostname; [`Error::AddressFamilyMismatch`] for an
+    /// address of the other IP family; [`Error::MessageTooLong`] past 65507 bytes (IPv4) or
+    /// 65527 (IPv6), or past what the path allows; [`Error::WrongPeer`] on a connected port;
+    /// [`Error::ConnectionRefused`] when the connected peer refused an earlier datagram
+    /// (`connection_refused` is called too, once the current hook returns);
+    /// [`Error::SendQueueFull`]; [`Error::Send`] for anything else the kernel says
+    /// (e.g. broadcast without [`set_broadcast_allowed`](Self::set_broadcast_allowed)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::net::SocketAddr;
+    /// # use twine::UdpTransport;
+    /// fn echo(t: &mut UdpTransport<'_>, data: &[u8], from: SocketAddr) {
+    ///     if let Err(e) = t.write(data, from) {
+    ///         log::warn!("echo to {from}: {e}");
+    ///     }
+    /// }
+    /// let mut reactor = twine::Reactor::new()?;
+    /// reactor.listen_udp(0, twine::from_fn(echo))?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
+    pub fn write(&mut self, data: &[u8], addr: impl PeerAddr) -> Result<()> {
+        let addr = addr.peer_addr()?;
+        self.core.send(data, addr)
+    }
+
+    /// Sends `data` to the connected peer: Twisted's `write(data)` without an address.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotConnected`] if [`connect`](Self::connect) was not called; otherwise as
+    /// [`write`](Self::write).
+    #[doc(alias = "write")]
+    pub fn send(&mut self, data: &[u8]) -> Result<()> {
+        let peer = self.core.peer.ok_or(Error::NotConnected)?;
+        self.core.send(data, peer)
+    }
+
+    /// Connects the port to `addr`: writes then need no address, only `addr`'s datagrams
+    /// are delivered, and a refusal (ICMP port unreachable) calls `connection_refused`.
+    /// A port connects once; there is no disconnect (as in Twisted).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyConnected`] on the second call; [`Error::InvalidAddress`] for a
+    /// hostname; [`Error::AddressFamilyMismatch`]; [`Error::Connect`] if the kernel refuses.
+    /// On error the port stays unconnected (unlike Twisted, which records the address first).
+    pub fn connect(&mut self, addr: impl PeerAddr) -> Result<()> {
+        if let Some(peer) = self.core.peer {
+            return Err(Error::AlreadyConnected { peer });
+        }
+        let addr = addr.peer_addr()?;
+        if !same_family(&addr, &self.core.local) {
+            return Err(Error::AddressFamilyMismatch {
+                address: addr,
+                local: self.core.local,
+            });
+        }
+        self.core
+            .socket
+            .connect(addr)
+            .map_err(|source| Error::Connect { addr, source })?;
+        self.core.peer = Some(addr);
+        Ok(())
+    }
+
+    /// The connected peer, if [`connect`](Self::connect) was called.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.core.peer
+    }
+
+    /// The address the port is bound to, with the real port number when 0 was asked for.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.core.local
+    }
+
+    /// Twisted's name for [`local_addr`](Self::local_addr).
+    #[doc(alias = "getHost")]
+    pub fn get_host(&self) -> SocketAddr {
+        self.core.local
+    }
+
+    /// The receive buffer size: longer datagrams are dropped and counted.
+    pub fn max_packet_size(&self) -> usize {
+        self.core.max_packet_size
+    }
+
+    /// Stops the port: no datagram is delivered after this call returns; `stop_protocol`
+    /// runs on a later reactor turn, then the socket is closed. Calling it again does
+    /// nothing.
+    #[doc(alias = "stopListening")]
+    pub fn stop_listening(&mut self) {
+        self.core.closing = true;
+    }
+
+    /// Whether [`stop_listening`](Self::stop_listening) was called (or the port is being
+    /// torn down).
+    pub fn is_closing(&self) -> bool {
+        self.core.closing
+    }
+
+    /// The port's counters.
+    pub fn stats(&self) -> PortStats {
+        self.core.stats
+    }
+
+    /// Bytes waiting in the send queue for the kernel's buffer to drain.
+    pub fn write_buffer_size(&self) -> usize {
+        self.core.queued_bytes()
+    }
+
+    /// Allows sending to broadcast addresses (`SO_BROADCAST`); off by default.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SocketOption`] if the kernel refuses.
+    #[doc(alias = "setBroadcastAllowed")]
+    pub fn set_broadcast_allowed(&mut self, allowed: bool) -> Result<()> {
+        self.sock()
+            .set_broadcast(allowed)
+            .map_err(|source| Error::SocketOption {
+                option: "SO_BROADCAST",
+                source,
+            })
+    }
+
+    /// Whether sending to broadcast addresses is allowed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SocketOption`] if the kernel refuses.
+    #[doc(alias = "getBroadcastAllowed")]
+    pub fn broadcast_allowed(&self) -> Result<bool> {
+        self.sock()
+            .broadcast()
+            .map_err(|source| Error::SocketOption {
+                option: "SO_BROADCAST",
+                source,
+            })
+    }
+
+    /// Schedules `f` to run once after `delay`, with this port's protocol and transport:
+    /// a port-scoped `callLater`. It is cancelled when the port closes.
+    ///
+    /// Write the protocol type on the closure's first argument, e.g.
+    /// `t.call_later(d, |me: &mut Echo, t| ...)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ProtocolMismatch`] if `P` is not this port's protocol type.
+    #[doc(alias = "callLater")]
+    pub fn call_later<P: 'static>(
+        &mut self,
+        delay: Duration,
+        f: impl FnOnce(&mut P, &mut UdpTransport<'_>) + 'static,
+    ) -> Result<DelayedCall> {
+        let mut f = Some(f);
+        self.schedule::<P>(delay, None, move |p, t| {
+            if let Some(f) = f.take() {
+                f(p, t)
+            }
+        })
+    }
+
+    /// Schedules `f` to run every `interval` (first after one interval), with this port's
+    /// protocol and transport: a port-scoped `LoopingCall`. Missed runs are skipped, not
+    /// bunched. It stops when cancelled or when the port closes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ProtocolMismatch`] if `P` is not this port's protocol type.
+    #[doc(alias = "LoopingCall")]
+    pub fn call_every<P: 'static>(
+        &mut self,
+        interval: Duration,
+        f: impl FnMut(&mut P, &mut UdpTransport<'_>) + 'static,
+    ) -> Result<DelayedCall> {
+        self.schedule::<P>(interval, Some(interval), f)
+    }
+
+    fn schedule<P: 'static>(
+        &mut self,
+        delay: Duration,
+        interval: Option<Duration>,
+        f: impl FnMut(&mut P, &mut UdpTransport<'_>) + 'static,
+    ) -> Result<DelayedCall> {
+        let (type_id, name) = self.core.protocol_type;
+        if type_id != TypeId::of::<P>() {
+            return Err(Error::ProtocolMismatch {
+                port: name,
+                requested: short_type_name::<P>(),
+            });
+        }
+        let boxed: PortTimerFn<P> = Box::new(f);
+        Ok(self
+            .reactor
+            .schedule_port_timer(self.core.key, delay, interval, Box::new(boxed)))
+    }
+
+    /// Cancels a scheduled call (port-scoped or not). Returns whether it was pending.
+    pub fn cancel(&mut self, call: DelayedCall) -> bool {
+        self.reactor.cancel(call)
+    }
+
+    /// Moves a pending call's deadline to `delay` from now. Returns whether it was pending.
+    pub fn reset(&mut self, call: DelayedCall, delay: Duration) -> bool {
+        self.reactor.reset(call, delay)
+    }
+
+    /// Whether a call will still fire.
+    pub fn is_pending(&self, call: DelayedCall) -> bool {
+        self.reactor.is_pending(call)
+    }
+
+    /// The reactor: listen on new ports, schedule reactor-level timers, stop it.
+    pub fn reactor(&mut self) -> &mut Reactor {
+        self.reactor
+    }
+
+    pub(crate) fn sock(&self) -> SockRef<'_> {
+        SockRef::from(&self.core.socket)
+    }
+}

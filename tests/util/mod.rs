@@ -1,0 +1,183 @@
+//! Shared helpers for the integration tests: a capturing logger, a recording protocol,
+//! loopback clients, and bounded waits.
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::net::{SocketAddr, UdpSocket};
+use std::rc::Rc;
+use std::sync::{Mutex, Once};
+use std::time::Duration;
+
+use twine::{DatagramProtocol, ListenOptions, ListeningPort, Reactor, UdpTransport};
+
+/// The longest any single wait in a test may take.
+pub const DEADLINE: Duration = Duration::from_secs(5);
+
+static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct CaptureLogger;
+
+impl log::Log for CaptureLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let line = format!("{} {}", record.level(), record.args());
+        if std::env::var_os("TWINE_TEST_LOG").is_some() {
+            eprintln!("{line}");
+        }
+        LOGS.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the capturing logger once per test binary (trace level).
+pub fn init_logging() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = log::set_logger(&CaptureLogger);
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+}
+
+/// Every captured log line (`"LEVEL message"`) containing `needle`. Tests run in parallel
+/// in one process, so filter on something unique to the test, such as a port's address.
+pub fn logs_containing(needle: &str) -> Vec<String> {
+    LOGS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|l| l.contains(needle))
+        .cloned()
+        .collect()
+}
+
+/// What a [`Recorder`] saw, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Start(SocketAddr),
+    Datagram(Vec<u8>, SocketAddr),
+    Refused,
+    Stop,
+}
+
+/// A shared, inspectable list of events.
+pub type Events = Rc<RefCell<Vec<Event>>>;
+
+/// A protocol that records every hook call and, if `echo` is set, echoes datagrams.
+pub struct Recorder {
+    pub events: Events,
+    pub echo: bool,
+}
+
+impl Recorder {
+    pub fn new() -> (Recorder, Events) {
+        let events = Events::default();
+        (
+            Recorder {
+                events: events.clone(),
+                echo: false,
+            },
+            events,
+        )
+    }
+
+    pub fn echoing() -> (Recorder, Events) {
+        let (mut r, e) = Recorder::new();
+        r.echo = true;
+        (r, e)
+    }
+}
+
+impl DatagramProtocol for Recorder {
+    fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
+        self.events.borrow_mut().push(Event::Start(t.local_addr()));
+    }
+
+    fn stop_protocol(&mut self, _t: &mut UdpTransport<'_>) {
+        self.events.borrow_mut().push(Event::Stop);
+    }
+
+    fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], from: SocketAddr) {
+        self.events
+            .borrow_mut()
+            .push(Event::Datagram(data.to_vec(), from));
+        if self.echo {
+            t.write(data, from).expect("echo write");
+        }
+    }
+
+    fn connection_refused(&mut self, _t: &mut UdpTransport<'_>) {
+        self.events.borrow_mut().push(Event::Refused);
+    }
+}
+
+/// The datagrams among `events`.
+pub fn datagrams(events: &Events) -> Vec<(Vec<u8>, SocketAddr)> {
+    events
+        .borrow()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Datagram(d, a) => Some((d.clone(), *a)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many events match `pred`.
+pub fn count(events: &Events, pred: impl Fn(&Event) -> bool) -> usize {
+    events.borrow().iter().filter(|e| pred(e)).count()
+}
+
+/// Listens on 127.0.0.1, port 0.
+pub fn listen_loopback<P: DatagramProtocol>(
+    reactor: &mut Reactor,
+    protocol: P,
+) -> ListeningPort<P> {
+    reactor
+        .listen_udp_with(ListenOptions::new(0).interface("127.0.0.1"), protocol)
+        .expect("listen on 127.0.0.1:0")
+}
+
+/// A plain blocking client socket on `ip`, port 0, with a read timeout.
+pub fn client_on(ip: &str) -> UdpSocket {
+    let s = UdpSocket::bind((ip, 0)).expect("bind client");
+    s.set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("read timeout");
+    s
+}
+
+/// A plain client on 127.0.0.1.
+pub fn client() -> UdpSocket {
+    client_on("127.0.0.1")
+}
+
+/// Turns the reactor until `done` holds; panics with `what` after [`DEADLINE`].
+#[track_caller]
+pub fn drive(reactor: &mut Reactor, what: &str, done: impl FnMut(&mut Reactor) -> bool) {
+    let ok = reactor.run_until(DEADLINE, done).expect("reactor turn");
+    assert!(ok, "timed out after {DEADLINE:?} waiting for: {what}");
+}
+
+/// Turns the reactor until `client` receives a datagram; returns it and its sender.
+#[track_caller]
+pub fn drive_recv(reactor: &mut Reactor, client: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = vec![0u8; 65536];
+    let mut got = None;
+    client.set_nonblocking(true).expect("nonblocking");
+    drive(reactor, "a reply on the client", |_| {
+        if let Ok((n, from)) = client.recv_from(&mut buf) {
+            got = Some((buf[..n].to_vec(), from));
+        }
+        got.is_some()
+    });
+    client.set_nonblocking(false).expect("blocking");
+    got.expect("checked by drive")
+}
+
+/// Turns the reactor for `period`, whatever happens (to show that something does *not*
+/// happen).
+pub fn drive_for(reactor: &mut Reactor, period: Duration) {
+    let _ = reactor.run_until(period, |_| false).expect("reactor turn");
+}
