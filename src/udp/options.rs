@@ -60,6 +60,18 @@ impl ListenOptions {
         }
     }
 
+    /// Options for exactly `addr` (its IP as the interface, its port).
+    pub fn from_addr(addr: SocketAddr) -> Self {
+        let options = ListenOptions::new(addr.port()).interface(addr.ip().to_string());
+        match addr {
+            SocketAddr::V6(v6) if v6.scope_id() != 0 => {
+                let interface = format!("{}%{}", v6.ip(), v6.scope_id());
+                options.interface(interface)
+            }
+            _ => options,
+        }
+    }
+
     /// The interface to bind: an IPv4 or IPv6 literal (`"127.0.0.1"`, `"::1"`, `"::"`,
     /// `"fe80::1%2"`), or `""` for every IPv4 interface. An IPv6 literal makes an IPv6
     /// port. A hostname is refused with [`Error::InvalidAddress`] when the port is opened.
@@ -142,6 +154,12 @@ impl ListenOptions {
     }
 }
 
+impl From<SocketAddr> for ListenOptions {
+    fn from(addr: SocketAddr) -> Self {
+        ListenOptions::from_addr(addr)
+    }
+}
+
 fn with_scope(mut addr: SocketAddr, scope: u32) -> SocketAddr {
     if let SocketAddr::V6(v6) = &mut addr {
         v6.set_scope_id(scope);
@@ -159,6 +177,14 @@ mod tests {
             ListenOptions::new(5).bind_addr().unwrap(),
             "0.0.0.0:5".parse().unwrap()
         );
+    }
+
+    #[test]
+    fn from_addr_round_trips() {
+        for a in ["127.0.0.1:7", "[::1]:8", "[fe80::1%3]:9"] {
+            let addr: SocketAddr = a.parse().unwrap();
+            assert_eq!(ListenOptions::from(addr).bind_addr().unwrap(), addr);
+        }
     }
 
     #[test]

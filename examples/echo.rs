@@ -1,0 +1,33 @@
+//! Echo server: every datagram, the empty one included, goes back to its sender.
+//!
+//! Run:  `cargo run --example echo [IP:PORT]` (default `127.0.0.1:9999`; port 0 picks one)
+//! Poke: `echo hello | nc -u -w1 127.0.0.1 9999`
+//! Stop: Ctrl-C (SIGINT) or SIGTERM: the port closes cleanly, then the program exits.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use twine::{DatagramProtocol, ListenOptions, Reactor, UdpTransport};
+
+/// Twisted's `Echo(DatagramProtocol)`.
+struct Echo;
+
+impl DatagramProtocol for Echo {
+    fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], from: SocketAddr) {
+        if let Err(e) = t.write(data, from) {
+            log::warn!("echo to {from}: {e}");
+        }
+    }
+}
+
+fn main() -> Result<(), twine::Error> {
+    common::init_logging();
+    let addr = common::addr_arg(0, "127.0.0.1:9999");
+    let mut reactor = Reactor::new()?;
+    let port = reactor.listen_udp_with(ListenOptions::from(addr), Echo)?;
+    log::info!("listening on {}", port.local_addr());
+    reactor.run()?;
+    log::info!("bye");
+    Ok(())
+}
