@@ -60,7 +60,10 @@ impl DatagramProtocol for Greeter {
     }
 
     fn connection_refused(&mut self, _t: &mut UdpTransport<'_>) {
-        log::warn!("connection refused by {} (nothing listens there?)", self.server);
+        log::warn!(
+            "connection refused by {} (nothing listens there?)",
+            self.server
+        );
     }
 
     fn stop_protocol(&mut self, _t: &mut UdpTransport<'_>) {

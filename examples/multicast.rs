@@ -35,7 +35,11 @@ impl DatagramProtocol for PingPong {
                 "listening on {} (group {} via {})",
                 t.local_addr(),
                 self.group,
-                if self.interface.is_empty() { "any interface" } else { &self.interface }
+                if self.interface.is_empty() {
+                    "any interface"
+                } else {
+                    &self.interface
+                }
             ),
             Err(e) => {
                 log::error!("joining {}: {e}", self.group);
@@ -65,7 +69,11 @@ fn main() -> Result<(), twine::Error> {
     let group = common::addr_arg(0, "228.0.0.5:8005");
     let default_interface = if group.is_ipv4() { "127.0.0.1" } else { "" };
     let interface = common::flag("--interface").unwrap_or_else(|| default_interface.to_owned());
-    let any: IpAddr = if group.is_ipv4() { [0, 0, 0, 0].into() } else { [0u16; 8].into() };
+    let any: IpAddr = if group.is_ipv4() {
+        [0, 0, 0, 0].into()
+    } else {
+        [0u16; 8].into()
+    };
     let mut reactor = Reactor::new()?;
     let opts = ListenOptions::from(SocketAddr::new(any, group.port())).listen_multiple(true);
     reactor.listen_udp_with(opts, PingPong { group, interface })?;

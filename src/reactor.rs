@@ -448,23 +448,7 @@ impl Reactor {
     ) -> Result<R> {
         let out = self.with_port_dyn(port.key, |p, r| {
             let port = p.as_any_mut().downcast_mut::<UdpPort<P>>()?;
-            let (protocol, core) = port.protocol_mut();
-            let outcome = catch_unwind(AssertUnwindSafe(|| {
-                f(protocol, &mut UdpTransport::new(core, r))
-            }));
-            match outcome {
-                Ok(out) => Some(out),
-                Err(panic) => {
-                    error!(
-                        "{} on {}: with_port closure panicked: {}; closing the port",
-                        core.prefix,
-                        core.local,
-                        panic_message(&*panic)
-                    );
-                    core.closing = true;
-                    None
-                }
-            }
+            port.call(r, f)
         });
         out.flatten().ok_or(Error::PortClosed)
     }

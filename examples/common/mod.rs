@@ -53,9 +53,14 @@ pub fn flag(name: &str) -> Option<String> {
 
 /// Positional argument `index` as `IP:PORT`, or `default`; exits with a message if bad.
 pub fn addr_arg(index: usize, default: &str) -> SocketAddr {
-    let text = positional().get(index).cloned().unwrap_or_else(|| default.to_owned());
+    let text = positional()
+        .get(index)
+        .cloned()
+        .unwrap_or_else(|| default.to_owned());
     text.parse().unwrap_or_else(|_| {
-        eprintln!("expected IP:PORT (an IP literal, e.g. 127.0.0.1:9999 or [::1]:9999), got {text:?}");
+        eprintln!(
+            "expected IP:PORT (an IP literal, e.g. 127.0.0.1:9999 or [::1]:9999), got {text:?}"
+        );
         exit(2)
     })
 }

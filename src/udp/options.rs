@@ -15,7 +15,7 @@ pub const DEFAULT_READ_BUDGET_BYTES: usize = 256 * 1024;
 pub const DEFAULT_SEND_QUEUE_LIMIT: usize = 1024 * 1024;
 
 /// How to open a port: [`Reactor::listen_udp_with`](crate::Reactor::listen_udp_with) and
-/// [`Reactor::listen_multicast_with`](crate::Reactor::listen_multicast_with) take one.
+/// [`Reactor::adopt_with`](crate::Reactor::adopt_with) take one.
 ///
 /// Values are checked when the port is opened, so a bad interface or size is a typed
 /// error from the listen call, before any socket exists.

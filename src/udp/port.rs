@@ -138,8 +138,14 @@ impl<P: DatagramProtocol> UdpPort<P> {
         }
     }
 
-    pub(crate) fn protocol_mut(&mut self) -> (&mut P, &mut PortCore) {
-        (&mut self.protocol, &mut self.core)
+    /// Runs `f` with the protocol and a transport from outside the hooks
+    /// ([`Reactor::with_port`]), with the hooks' panic and refusal handling.
+    pub(crate) fn call<R>(
+        &mut self,
+        r: &mut Reactor,
+        f: impl FnOnce(&mut P, &mut UdpTransport<'_>) -> R,
+    ) -> Option<R> {
+        self.guarded(r, "with_port closure", |p, t, _| f(p, t))
     }
 
     /// Runs `f` with the protocol and a transport, catching a panic: the panic is logged
