@@ -50,10 +50,10 @@ impl DatagramProtocol for PingPong {
 
     fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], from: SocketAddr) {
         log::info!("received {:?} from {from}", String::from_utf8_lossy(data));
-        if data == b"Notify" {
-            if let Err(e) = t.write(b"Acknowledge", from) {
-                log::warn!("acknowledge to {from}: {e}");
-            }
+        if data == b"Notify"
+            && let Err(e) = t.write(b"Acknowledge", from)
+        {
+            log::warn!("acknowledge to {from}: {e}");
         }
     }
 
