@@ -32,7 +32,7 @@ use crate::sys;
 use crate::timer::{DelayedCall, TimerQueue};
 use crate::token::{self, PortKey};
 use crate::udp::ListenOptions;
-use crate::udp::port::{Port, PortStats, PortTimerFn, UdpPort, panic_message};
+use crate::udp::port::{Port, PortStats, PortTimerFn, UdpPort, once, panic_message};
 use crate::udp::transport::UdpTransport;
 
 /// What a timer runs: a reactor-level closure, or a port-scoped one (type-erased
@@ -502,6 +502,8 @@ impl Reactor {
     fn put_back(&mut self, key: PortKey, mut port: Box<dyn Port>) {
         let core = port.core_mut();
         core.sync_interest(self.poll.registry());
+        // A stop asked for through the reactor while the port was out of its slot.
+        core.closing |= self.close_requested(key);
         let closing = core.closing;
         if let Some(slot) = self.ports.get_mut(key.index) {
             slot.port = Some(port);
@@ -587,12 +589,7 @@ impl Reactor {
         delay: Duration,
         f: impl FnOnce(&mut P, &mut UdpTransport<'_>) + 'static,
     ) -> Result<DelayedCall> {
-        let mut f = Some(f);
-        self.call_every_inner(port, delay, None, move |p, t| {
-            if let Some(f) = f.take() {
-                f(p, t)
-            }
-        })
+        self.call_every_inner(port, delay, None, once(f))
     }
 
     /// A port-scoped [`call_every`](Self::call_every) from outside the port's callbacks.

@@ -54,6 +54,19 @@ pub struct PortStats {
 /// The boxed closure of a port-scoped timer, as stored (type-erased) in the reactor's queue.
 pub(crate) type PortTimerFn<P> = Box<dyn FnMut(&mut P, &mut UdpTransport<'_>)>;
 
+/// A one-shot port timer closure as the repeating kind the queue stores; it does nothing
+/// if it is ever called again.
+pub(crate) fn once<P>(
+    f: impl FnOnce(&mut P, &mut UdpTransport<'_>) + 'static,
+) -> impl FnMut(&mut P, &mut UdpTransport<'_>) + 'static {
+    let mut f = Some(f);
+    move |p, t| {
+        if let Some(f) = f.take() {
+            f(p, t)
+        }
+    }
+}
+
 /// What the reactor needs of a port, whatever its protocol type.
 pub(crate) trait Port: Any {
     fn core(&self) -> &PortCore;

@@ -12,7 +12,7 @@ use crate::protocol::short_type_name;
 use crate::reactor::Reactor;
 use crate::timer::DelayedCall;
 use crate::udp::addr::{PeerAddr, same_family};
-use crate::udp::port::{PortCore, PortStats, PortTimerFn};
+use crate::udp::port::{PortCore, PortStats, PortTimerFn, once};
 
 /// What a protocol's hooks use to talk back: write datagrams, connect, join groups, read
 /// counters, schedule timers, stop the port, and reach the whole [`Reactor`].
@@ -211,12 +211,7 @@ impl<'a> UdpTransport<'a> {
         delay: Duration,
         f: impl FnOnce(&mut P, &mut UdpTransport<'_>) + 'static,
     ) -> Result<DelayedCall> {
-        let mut f = Some(f);
-        self.schedule::<P>(delay, None, move |p, t| {
-            if let Some(f) = f.take() {
-                f(p, t)
-            }
-        })
+        self.schedule::<P>(delay, None, once(f))
     }
 
     /// Schedules `f` to run every `interval` (first after one interval), with this port's
