@@ -745,3 +745,37 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// With `set_multicast_all(false)`, a port sharing its port number with another receives
+/// only the groups it joined itself; with the default (on) it also gets the other's.
+#[test]
+fn multicast_all_off_keeps_a_shared_port_to_its_own_groups() {
+    const MINE: &str = "239.77.0.40";
+    const THEIRS: &str = "239.77.0.41";
+    let mut reactor = Reactor::new().unwrap();
+    let (picky, picky_events) = mc_listener(&mut reactor, 0);
+    let number = picky.local_addr().port();
+    let (open, open_events) = mc_listener(&mut reactor, number);
+    let (other, other_events) = mc_listener(&mut reactor, number);
+    assert!(with(&mut reactor, &picky, |t| t.multicast_all()).expect("read IP_MULTICAST_ALL"));
+    with(&mut reactor, &picky, |t| t.set_multicast_all(false)).expect("turn it off");
+    assert!(!with(&mut reactor, &picky, |t| t.multicast_all()).expect("read it back"));
+    join(&mut reactor, &picky, MINE);
+    join(&mut reactor, &open, MINE);
+    join(&mut reactor, &other, THEIRS);
+    let from = sender(&mut reactor);
+    send(&mut reactor, &from, b"theirs", THEIRS, number);
+    send(&mut reactor, &from, b"mine", MINE, number);
+    drive(&mut reactor, "each port's datagrams", |_| {
+        times(&picky_events, b"mine") == 1
+            && times(&open_events, b"theirs") == 1
+            && times(&other_events, b"theirs") == 1
+    });
+    drive_for(&mut reactor, Duration::from_millis(100));
+    assert_eq!(
+        times(&picky_events, b"theirs"),
+        0,
+        "{:?}",
+        datagrams(&picky_events)
+    );
+}

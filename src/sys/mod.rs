@@ -9,6 +9,8 @@
 //!   bound IPv4 or IPv6 datagram socket, and its address, without touching the fd.
 //! - `dup_cloexec(fd) -> io::Result<OwnedFd>`: a close-on-exec duplicate of `fd`.
 //! - `interface_index(name) -> io::Result<u32>`: a network interface's index by name.
+//! - `multicast_all_v4/v6`, `set_multicast_all_v4/v6`: Linux's `IP_MULTICAST_ALL`
+//!   options, "unsupported" elsewhere.
 //! - `classify(&io::Error) -> ErrorClass`: the one place errno is sorted into what the
 //!   port does about it.
 
@@ -17,6 +19,9 @@
 mod imp;
 
 pub(crate) use imp::{classify, dup_cloexec, inspect_socket, interface_index, recv_from};
+pub(crate) use imp::{
+    multicast_all_v4, multicast_all_v6, set_multicast_all_v4, set_multicast_all_v6,
+};
 
 use std::net::SocketAddr;
 

@@ -155,6 +155,57 @@ pub(crate) fn interface_index(name: &str) -> io::Result<u32> {
     }
 }
 
+/// `IP_MULTICAST_ALL` and `IPV6_MULTICAST_ALL`: Linux only; elsewhere "unsupported".
+#[cfg(target_os = "linux")]
+mod multicast_all {
+    use socket2::SockRef;
+    use std::io;
+
+    pub(crate) fn multicast_all_v4(sock: &SockRef<'_>) -> io::Result<bool> {
+        sock.multicast_all_v4()
+    }
+
+    pub(crate) fn set_multicast_all_v4(sock: &SockRef<'_>, on: bool) -> io::Result<()> {
+        sock.set_multicast_all_v4(on)
+    }
+
+    pub(crate) fn multicast_all_v6(sock: &SockRef<'_>) -> io::Result<bool> {
+        sock.multicast_all_v6()
+    }
+
+    pub(crate) fn set_multicast_all_v6(sock: &SockRef<'_>, on: bool) -> io::Result<()> {
+        sock.set_multicast_all_v6(on)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod multicast_all {
+    use socket2::SockRef;
+    use std::io;
+
+    fn unsupported() -> io::Error {
+        io::Error::new(io::ErrorKind::Unsupported, "IP_MULTICAST_ALL is Linux-only")
+    }
+
+    pub(crate) fn multicast_all_v4(_: &SockRef<'_>) -> io::Result<bool> {
+        Err(unsupported())
+    }
+
+    pub(crate) fn set_multicast_all_v4(_: &SockRef<'_>, _: bool) -> io::Result<()> {
+        Err(unsupported())
+    }
+
+    pub(crate) fn multicast_all_v6(_: &SockRef<'_>) -> io::Result<bool> {
+        Err(unsupported())
+    }
+
+    pub(crate) fn set_multicast_all_v6(_: &SockRef<'_>, _: bool) -> io::Result<()> {
+        Err(unsupported())
+    }
+}
+
+pub(crate) use multicast_all::*;
+
 /// Sorts an I/O error into what a port does about it.
 pub(crate) fn classify(err: &io::Error) -> ErrorClass {
     match err.raw_os_error() {

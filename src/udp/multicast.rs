@@ -4,6 +4,11 @@
 //! [`Reactor::listen_multicast`](crate::Reactor::listen_multicast) is the usual one, since
 //! it may share its port number with other listeners. IPv4 and IPv6 alike: on an IPv6
 //! port the TTL is the hop limit (`IPV6_MULTICAST_HOPS`), which Twisted lacks.
+//!
+//! Two Linux facts worth knowing: multicast sent out through `lo` is delivered to this
+//! host's members whatever the loopback mode says (the mode matters on real interfaces);
+//! and a port receives the groups other sockets on its port number joined, unless
+//! [`UdpTransport::set_multicast_all`] turns that off.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -11,6 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use socket2::InterfaceIndexOrAddress;
 
 use crate::error::{Error, Result};
+use crate::sys;
 use crate::udp::addr::{Interface, IntoInterface, IpLiteral};
 use crate::udp::transport::UdpTransport;
 
@@ -233,6 +239,37 @@ impl UdpTransport<'_> {
             }
         }
         .map_err(option_error("IP_MULTICAST_IF"))
+    }
+
+    /// Whether the port receives datagrams of every group joined by *any* socket on the
+    /// host on its port number (Linux's `IP_MULTICAST_ALL`, on by default), rather than
+    /// only of the groups it joined itself. Turn it off when several ports share a port
+    /// number but want different groups.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SocketOption`] if the kernel refuses, or the OS lacks the option.
+    pub fn multicast_all(&self) -> Result<bool> {
+        let sock = self.sock();
+        if self.is_v4() {
+            sys::multicast_all_v4(&sock).map_err(option_error("IP_MULTICAST_ALL"))
+        } else {
+            sys::multicast_all_v6(&sock).map_err(option_error("IPV6_MULTICAST_ALL"))
+        }
+    }
+
+    /// Sets [`multicast_all`](Self::multicast_all).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SocketOption`] if the kernel refuses, or the OS lacks the option.
+    pub fn set_multicast_all(&mut self, on: bool) -> Result<()> {
+        let sock = self.sock();
+        if self.is_v4() {
+            sys::set_multicast_all_v4(&sock, on).map_err(option_error("IP_MULTICAST_ALL"))
+        } else {
+            sys::set_multicast_all_v6(&sock, on).map_err(option_error("IPV6_MULTICAST_ALL"))
+        }
     }
 
     fn is_v4(&self) -> bool {
