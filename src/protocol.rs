@@ -10,7 +10,8 @@ use crate::udp::UdpTransport;
 /// Every hook but [`datagram_received`](Self::datagram_received) has an empty default.
 ///
 /// A panic in any hook is caught: it is logged with the port's address, and that port is
-/// closed (its [`stop_protocol`](Self::stop_protocol) still runs); the reactor and its other
+/// closed (its [`stop_protocol`](Self::stop_protocol) still runs, unless the panic was in
+/// `start_protocol`: a port that never started is not stopped); the reactor and its other
 /// ports go on.
 ///
 /// # Examples

@@ -57,6 +57,9 @@ struct Slot {
     closing: bool,
     /// `None` while the port's callback runs.
     port: Option<Box<dyn Port>>,
+    /// The port's timers, cancelled when it closes (pruned of fired ones as it grows).
+    timers: Vec<DelayedCall>,
+    timers_pruned_at: usize,
 }
 
 /// A handle to a listening port, returned by the listen and adopt calls: its address, and
@@ -406,6 +409,8 @@ impl Reactor {
             generation,
             closing: false,
             port: None,
+            timers: Vec::new(),
+            timers_pruned_at: 0,
         });
         Ok(PortKey { index, generation })
     }
@@ -520,7 +525,11 @@ impl Reactor {
                 if !self.is_live(key) {
                     continue;
                 }
-                let Some(mut port) = self.ports.remove(key.index).port else {
+                let slot = self.ports.remove(key.index);
+                for call in slot.timers {
+                    self.timers.cancel(call);
+                }
+                let Some(mut port) = slot.port else {
                     continue;
                 };
                 if let Err(e) = self.poll.registry().deregister(&mut port.core_mut().socket) {
@@ -617,18 +626,33 @@ impl Reactor {
             return Err(Error::PortClosed);
         }
         let boxed: PortTimerFn<P> = Box::new(f);
-        Ok(self.schedule_port_timer(port.key, delay, interval, Box::new(boxed)))
+        self.schedule_port_timer(port.key, delay, interval, Box::new(boxed))
     }
 
+    /// Schedules a port timer and records it in the port's slot, so that closing the port
+    /// cancels it. [`Error::PortClosed`] if the port is already torn down (e.g. from
+    /// `stop_protocol`).
     pub(crate) fn schedule_port_timer(
         &mut self,
         key: PortKey,
         delay: Duration,
         interval: Option<Duration>,
         f: Box<dyn Any>,
-    ) -> DelayedCall {
-        self.timers
-            .schedule(Instant::now(), delay, interval, TimerAction::Port(key, f))
+    ) -> Result<DelayedCall> {
+        if !self.is_live(key) {
+            return Err(Error::PortClosed);
+        }
+        let call = self
+            .timers
+            .schedule(Instant::now(), delay, interval, TimerAction::Port(key, f));
+        let timers = &self.timers;
+        let slot = &mut self.ports[key.index];
+        slot.timers.push(call);
+        if slot.timers.len() >= 2 * slot.timers_pruned_at.max(8) {
+            slot.timers.retain(|c| timers.is_pending(*c));
+            slot.timers_pruned_at = slot.timers.len();
+        }
+        Ok(call)
     }
 
     /// Cancels a call. Returns whether it was pending.

@@ -214,8 +214,10 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
         if !readable || self.core.closing {
             return false;
         }
-        self.guarded(r, "datagram_received", |p, t, buf| read_batch(p, t, buf))
-            .unwrap_or(false)
+        self.guarded(r, "datagram_received or connection_refused", |p, t, buf| {
+            read_batch(p, t, buf)
+        })
+        .unwrap_or(false)
     }
 
     fn fire_timer(&mut self, r: &mut Reactor, action: &mut Box<dyn Any>) {

@@ -153,7 +153,7 @@ impl<'a> UdpTransport<'a> {
     /// Whether [`stop_listening`](Self::stop_listening) was called (or the port is being
     /// torn down).
     pub fn is_closing(&self) -> bool {
-        self.core.closing
+        self.core.closing || self.reactor.close_requested(self.core.key)
     }
 
     /// The port's counters.
@@ -204,7 +204,8 @@ impl<'a> UdpTransport<'a> {
     ///
     /// # Errors
     ///
-    /// [`Error::ProtocolMismatch`] if `P` is not this port's protocol type.
+    /// [`Error::ProtocolMismatch`] if `P` is not this port's protocol type;
+    /// [`Error::PortClosed`] from `stop_protocol` (the port is being torn down).
     #[doc(alias = "callLater")]
     pub fn call_later<P: 'static>(
         &mut self,
@@ -220,7 +221,8 @@ impl<'a> UdpTransport<'a> {
     ///
     /// # Errors
     ///
-    /// [`Error::ProtocolMismatch`] if `P` is not this port's protocol type.
+    /// [`Error::ProtocolMismatch`] if `P` is not this port's protocol type;
+    /// [`Error::PortClosed`] from `stop_protocol` (the port is being torn down).
     #[doc(alias = "LoopingCall")]
     pub fn call_every<P: 'static>(
         &mut self,
@@ -244,9 +246,8 @@ impl<'a> UdpTransport<'a> {
             });
         }
         let boxed: PortTimerFn<P> = Box::new(f);
-        Ok(self
-            .reactor
-            .schedule_port_timer(self.core.key, delay, interval, Box::new(boxed)))
+        self.reactor
+            .schedule_port_timer(self.core.key, delay, interval, Box::new(boxed))
     }
 
     /// Cancels a scheduled call (port-scoped or not). Returns whether it was pending.
