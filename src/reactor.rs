@@ -338,7 +338,7 @@ impl Reactor {
         opts: ListenOptions,
         protocol: P,
     ) -> Result<ListeningPort<P>> {
-        opts.bind_addr()?;
+        opts.check()?;
         let bound = sys::inspect_socket(fd)?;
         trace!("adopting fd {fd}, bound to {bound}");
         let owned = sys::dup_cloexec(fd).map_err(io_error("duplicating the adopted fd"))?;

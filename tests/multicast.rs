@@ -1,15 +1,14 @@
 mod util;
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use twine::{
     DatagramProtocol, Error, Interface, IntoInterface, ListenOptions, ListeningPort, Reactor,
     UdpTransport,
 };
+use util::process::{Netns, spawn_with_lines, wait_for_line};
 use util::{DEADLINE, Events, Recorder, datagrams, drive, drive_for, init_logging};
 
 // Every test uses its own group: tests run in parallel, and on Linux a socket bound to a
@@ -577,173 +576,26 @@ fn netns_inner_ipv4_loopback_off() {
 /// of this binary in it, and asserts that it ran and passed. Skips (passing, with a
 /// "skipped:" line) when namespaces cannot be made.
 fn run_in_netns(tag: &str, inner: &str) {
-    let ns = match Netns::create(tag) {
+    let ns = match Netns::create(tag).and_then(add_multicast_interface) {
         Ok(ns) => ns,
         Err(reason) => {
             eprintln!("skipped: IPv6/IPv4 multicast namespace test {inner}: {reason}");
             return;
         }
     };
-    let exe = std::env::current_exe().expect("test binary");
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.name])
-        .arg(exe)
-        .args(["--exact", inner, "--ignored", "--nocapture"])
-        .env(CHILD_FLAG, "1");
-    let (status, out, err) = run_to_end(cmd, Duration::from_secs(30)).expect("run ip netns exec");
-    assert!(
-        status.success() && out.contains("INNER-DONE") && out.contains("1 passed"),
-        "{inner} in namespace {} failed ({status}):\n--- stdout\n{out}\n--- stderr\n{err}",
-        ns.name
-    );
+    ns.run_inner(inner, CHILD_FLAG);
 }
 
-/// A network namespace, deleted when dropped.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(tag: &str) -> Result<Netns, String> {
-        let mut id = Command::new("id");
-        id.arg("-u");
-        let (_, uid, _) = run_to_end(id, Duration::from_secs(10))?;
-        if uid.trim() != "0" {
-            return Err(format!(
-                "not root (`id -u` says {:?}); network namespaces need root",
-                uid.trim()
-            ));
-        }
-        let name = format!("twine-{tag}-{}", std::process::id());
-        ip(&["netns", "add", &name]).map_err(|e| format!("`ip netns add` failed: {e}"))?;
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        if ns.ip(&["link", "add", NS_IF, "type", "dummy"]).is_err() {
-            ns.ip(&["link", "add", NS_IF, "type", "veth", "peer", "name", "d1"])?;
-            ns.ip(&["link", "set", "d1", "up"])?;
-        }
-        ns.ip(&["link", "set", NS_IF, "multicast", "on", "up"])?;
-        ns.ip(&["addr", "add", &format!("{NS_V4}/24"), "dev", NS_IF])?;
-        ns.ip(&["-6", "addr", "add", "fd00::1/64", "dev", NS_IF, "nodad"])?;
-        Ok(ns)
+/// Adds `d0` to the namespace: multicast on, up, with 10.199.0.1/24 and fd00::1/64.
+fn add_multicast_interface(ns: Netns) -> Result<Netns, String> {
+    if ns.ip(&["link", "add", NS_IF, "type", "dummy"]).is_err() {
+        ns.ip(&["link", "add", NS_IF, "type", "veth", "peer", "name", "d1"])?;
+        ns.ip(&["link", "set", "d1", "up"])?;
     }
-
-    /// Runs `ip -n <ns> args`.
-    fn ip(&self, args: &[&str]) -> Result<(), String> {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        ip(&all).map_err(|e| format!("setting up namespace {}: {e}", self.name))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Err(e) = ip(&["netns", "del", &self.name]) {
-            eprintln!("could not delete network namespace {}: {e}", self.name);
-        }
-    }
-}
-
-/// Runs `ip args` to the end (bounded); an error says what failed and why.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let mut cmd = Command::new("ip");
-    cmd.args(args);
-    let (status, _out, err) = run_to_end(cmd, Duration::from_secs(10))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`ip {}`: {status}: {}", args.join(" "), err.trim()))
-    }
-}
-
-/// Runs `cmd` with its output captured, killing it past `limit` (and panicking); returns
-/// its status, stdout and stderr, or why it could not be started.
-fn run_to_end(mut cmd: Command, limit: Duration) -> Result<(ExitStatus, String, String), String> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
-    let mut child = ChildGuard(child);
-    let out = read_all(child.0.stdout.take().expect("piped stdout"));
-    let err = read_all(child.0.stderr.take().expect("piped stderr"));
-    let status = child.wait_within(limit);
-    Ok((status, out.join().unwrap(), err.join().unwrap()))
-}
-
-fn read_all(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = from.read_to_string(&mut s);
-        s
-    })
-}
-
-/// Spawns `cmd` and streams its stdout lines (stderr is inherited).
-fn spawn_with_lines(mut cmd: Command) -> (ChildGuard, mpsc::Receiver<String>) {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
-    let mut child = ChildGuard(cmd.spawn().expect("spawn the child test"));
-    let stdout = child.0.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
-}
-
-/// Waits (at most [`DEADLINE`]) for a line starting with `prefix`; returns it.
-#[track_caller]
-fn wait_for_line(lines: &mpsc::Receiver<String>, prefix: &str) -> String {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if line.starts_with(prefix) => return line,
-            Ok(_) => {}
-            Err(e) => panic!("no line starting with {prefix:?} from the child: {e}"),
-        }
-    }
-}
-
-/// A child process that is killed (by its own pid) and reaped if still running when
-/// dropped.
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    /// Waits at most `limit` for the child to exit; kills it past that and panics.
-    #[track_caller]
-    fn wait_within(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.0.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-                panic!(
-                    "child {} still running after {limit:?}; killed",
-                    self.0.id()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
+    ns.ip(&["link", "set", NS_IF, "multicast", "on", "up"])?;
+    ns.ip(&["addr", "add", &format!("{NS_V4}/24"), "dev", NS_IF])?;
+    ns.ip(&["-6", "addr", "add", "fd00::1/64", "dev", NS_IF, "nodad"])?;
+    Ok(ns)
 }
 
 /// With `set_multicast_all(false)`, a port sharing its port number with another receives

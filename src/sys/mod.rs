@@ -45,9 +45,6 @@ pub(crate) enum ErrorClass {
     Refused,
     /// The datagram is too long for the path or the protocol (`EMSGSIZE`).
     TooLong,
-    /// Transient local congestion (`ENOBUFS`): like `WouldBlock`, but no readiness edge
-    /// will come for it.
-    NoBuffers,
     /// Anything else: reported to the caller, the port goes on.
     Other,
 }

@@ -211,7 +211,6 @@ pub(crate) fn classify(err: &io::Error) -> ErrorClass {
     match err.raw_os_error() {
         Some(libc::ECONNREFUSED) => ErrorClass::Refused,
         Some(libc::EMSGSIZE) => ErrorClass::TooLong,
-        Some(libc::ENOBUFS) => ErrorClass::NoBuffers,
         _ if err.kind() == io::ErrorKind::WouldBlock => ErrorClass::WouldBlock,
         _ => ErrorClass::Other,
     }
@@ -227,7 +226,7 @@ mod tests {
         assert_eq!(classify(&e(libc::ECONNREFUSED)), ErrorClass::Refused);
         assert_eq!(classify(&e(libc::EMSGSIZE)), ErrorClass::TooLong);
         assert_eq!(classify(&e(libc::EAGAIN)), ErrorClass::WouldBlock);
-        assert_eq!(classify(&e(libc::ENOBUFS)), ErrorClass::NoBuffers);
+        assert_eq!(classify(&e(libc::ENOBUFS)), ErrorClass::Other);
         assert_eq!(classify(&e(libc::EACCES)), ErrorClass::Other);
     }
 

@@ -135,7 +135,8 @@ impl ListenOptions {
         Ok(SocketAddr::new(ip, self.port))
     }
 
-    fn check(&self) -> Result<()> {
+    /// Checks the sizes and budgets (everything but the address).
+    pub(crate) fn check(&self) -> Result<()> {
         if !(1..=65535).contains(&self.max_packet_size) {
             return Err(Error::InvalidOption {
                 option: "max_packet_size",

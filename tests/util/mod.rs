@@ -2,6 +2,8 @@
 //! loopback clients, and bounded waits.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::cell::RefCell;
 use std::net::{SocketAddr, UdpSocket};
 use std::rc::Rc;
