@@ -1,0 +1,138 @@
+//! The send queue under a really full kernel buffer.
+//!
+//! Loopback never pushes back on a UDP send (the kernel frees the buffer as it delivers),
+//! so the test runs in a network namespace of its own whose `lo` is rate-limited by a
+//! token-bucket qdisc (1 MB/s): packets waiting in it stay charged to the sender's small
+//! send buffer, `sendto` says "would block", and twine's queue takes over.
+
+mod util;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use twine::{Error, ListenOptions, Reactor, from_fn};
+use util::process::Netns;
+use util::{drive, init_logging};
+
+const CHILD_FLAG: &str = "TWINE_SEND_QUEUE_TEST_CHILD";
+
+/// In a namespace whose loopback is rate-limited, a burst of writes past the kernel's send
+/// buffer is queued (never blocking), refused with `SendQueueFull` past the bound, every
+/// write is accounted for, and the queue drains in order once the kernel has room.
+#[test]
+fn full_kernel_buffer_queues_then_refuses_then_drains_in_order() {
+    let ns = match Netns::create("sq").and_then(|ns| {
+        ns.tc(&[
+            "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "8mbit", "burst", "4kb", "latency",
+            "500ms",
+        ])?;
+        Ok(ns)
+    }) {
+        Ok(ns) => ns,
+        Err(reason) => {
+            eprintln!(
+                "skipped: send queue test needs a network namespace with a tbf qdisc: {reason}"
+            );
+            return;
+        }
+    };
+    ns.run_inner("inner_full_kernel_buffer", CHILD_FLAG);
+}
+
+/// Not a test of its own: the part of the test above that runs inside the namespace.
+#[test]
+#[ignore = "runs inside a network namespace, started by full_kernel_buffer_queues_then_refuses_then_drains_in_order"]
+fn inner_full_kernel_buffer() {
+    if std::env::var_os(CHILD_FLAG).is_none() {
+        eprintln!("not a child run ({CHILD_FLAG} unset): nothing to do");
+        return;
+    }
+    init_logging();
+    const WRITES: u32 = 300;
+    const SIZE: usize = 1000;
+    const LIMIT: usize = 50 * SIZE;
+    let mut reactor = Reactor::new().expect("reactor");
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let sink = received.clone();
+    let receiver = reactor
+        .listen_udp_with(
+            ListenOptions::new(0)
+                .interface("127.0.0.1")
+                .recv_buffer_size(4 << 20),
+            from_fn(move |_, data, _| {
+                let seq = u32::from_be_bytes(data[..4].try_into().expect("4-byte sequence"));
+                sink.borrow_mut().push(seq);
+            }),
+        )
+        .expect("receiver");
+    let sender = reactor
+        .listen_udp_with(
+            ListenOptions::new(0)
+                .interface("127.0.0.1")
+                .send_buffer_size(4096)
+                .send_queue_limit(LIMIT),
+            from_fn(|_, _, _| {}),
+        )
+        .expect("sender");
+    let to = receiver.local_addr();
+
+    let (accepted, refused, queued_bytes) = reactor
+        .with_port(&sender, |_, t| {
+            let mut accepted = Vec::new();
+            let mut refused = 0;
+            for seq in 0..WRITES {
+                let mut payload = vec![0u8; SIZE];
+                payload[..4].copy_from_slice(&seq.to_be_bytes());
+                match t.write(&payload, to) {
+                    Ok(()) => accepted.push(seq),
+                    Err(Error::SendQueueFull { len, queued }) => {
+                        assert_eq!(len, SIZE);
+                        assert!(queued + SIZE > LIMIT, "refused below the bound: {queued}");
+                        refused += 1;
+                    }
+                    Err(e) => panic!("write {seq}: unexpected {e}"),
+                }
+            }
+            (accepted, refused, t.write_buffer_size())
+        })
+        .expect("sender open");
+
+    let stats = reactor.port_stats(&sender).expect("sender stats");
+    assert!(
+        stats.send_queued > 0,
+        "the kernel never pushed back: {stats:?}"
+    );
+    assert!(refused > 0, "the bound was never reached: {stats:?}");
+    assert!(queued_bytes > 0 && queued_bytes <= LIMIT, "{queued_bytes}");
+    assert_eq!(stats.send_dropped, refused);
+    assert_eq!(accepted.len() as u64 + refused, u64::from(WRITES));
+    assert_eq!(
+        stats.datagrams_sent + stats.send_queued,
+        accepted.len() as u64,
+        "each accepted write was sent at once or queued: {stats:?}"
+    );
+
+    drive(
+        &mut reactor,
+        "the queue to drain and every accepted datagram to arrive",
+        |r| {
+            let drained = r
+                .with_port(&sender, |_, t| t.write_buffer_size() == 0)
+                .unwrap_or(false);
+            drained && received.borrow().len() == accepted.len()
+        },
+    );
+    let stats = reactor.port_stats(&sender).expect("sender stats");
+    assert_eq!(stats.datagrams_sent, accepted.len() as u64, "{stats:?}");
+    assert_eq!(stats.send_errors, 0, "{stats:?}");
+    assert_eq!(
+        *received.borrow(),
+        accepted,
+        "datagrams arrive in write order"
+    );
+    println!(
+        "INNER-DONE sent {} queued {} refused {refused}",
+        stats.datagrams_sent, stats.send_queued
+    );
+}
