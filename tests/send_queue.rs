@@ -9,7 +9,6 @@ mod util;
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 
 use twine::{Error, ListenOptions, Reactor, from_fn};
 use util::process::Netns;
