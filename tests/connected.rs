@@ -7,34 +7,9 @@ use std::time::{Duration, Instant};
 
 use twine::{DatagramProtocol, Error, ListenOptions, ListeningPort, Reactor, UdpTransport};
 use util::{
-    Event, Events, Recorder, client, client_on, count, datagrams, drive, drive_for, drive_recv,
-    init_logging, listen_loopback,
+    Event, Events, OnStart, Recorder, client, client_on, count, datagrams, drive, drive_for,
+    drive_recv, init_logging, listen_loopback,
 };
-
-/// A [`Recorder`] that also runs `start` at the end of `start_protocol`.
-struct OnStart<F> {
-    rec: Recorder,
-    start: F,
-}
-
-impl<F: FnMut(&mut UdpTransport<'_>) + 'static> DatagramProtocol for OnStart<F> {
-    fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
-        self.rec.start_protocol(t);
-        (self.start)(t);
-    }
-
-    fn stop_protocol(&mut self, t: &mut UdpTransport<'_>) {
-        self.rec.stop_protocol(t);
-    }
-
-    fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], from: SocketAddr) {
-        self.rec.datagram_received(t, data, from);
-    }
-
-    fn connection_refused(&mut self, t: &mut UdpTransport<'_>) {
-        self.rec.connection_refused(t);
-    }
-}
 
 fn on_start<F: FnMut(&mut UdpTransport<'_>) + 'static>(start: F) -> (OnStart<F>, Events) {
     let (rec, events) = Recorder::new();

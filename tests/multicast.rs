@@ -9,7 +9,7 @@ use twine::{
     UdpTransport,
 };
 use util::process::{Netns, spawn_with_lines, wait_for_line};
-use util::{DEADLINE, Events, Recorder, datagrams, drive, drive_for, init_logging};
+use util::{DEADLINE, Events, OnStart, Recorder, datagrams, drive, drive_for, init_logging};
 
 // Every test uses its own group: tests run in parallel, and on Linux a socket bound to a
 // port gets a group's datagrams to that port whenever any socket on the host joined the
@@ -20,23 +20,6 @@ const LO: &str = "127.0.0.1";
 
 /// Set in the environment of a child run of this test binary.
 const CHILD_FLAG: &str = "TWINE_MULTICAST_TEST_CHILD";
-
-/// A [`Recorder`] that also runs `start` at the end of `start_protocol`.
-struct OnStart<F> {
-    rec: Recorder,
-    start: F,
-}
-
-impl<F: FnMut(&mut UdpTransport<'_>) + 'static> DatagramProtocol for OnStart<F> {
-    fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
-        self.rec.start_protocol(t);
-        (self.start)(t);
-    }
-
-    fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], from: SocketAddr) {
-        self.rec.datagram_received(t, data, from);
-    }
-}
 
 /// Runs `f` with the port's transport, from outside its hooks.
 fn with<P: DatagramProtocol, R>(

@@ -115,6 +115,31 @@ impl DatagramProtocol for Recorder {
     }
 }
 
+/// A [`Recorder`] that also runs `start` at the end of `start_protocol`.
+pub struct OnStart<F> {
+    pub rec: Recorder,
+    pub start: F,
+}
+
+impl<F: FnMut(&mut UdpTransport<'_>) + 'static> DatagramProtocol for OnStart<F> {
+    fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
+        self.rec.start_protocol(t);
+        (self.start)(t);
+    }
+
+    fn stop_protocol(&mut self, t: &mut UdpTransport<'_>) {
+        self.rec.stop_protocol(t);
+    }
+
+    fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], from: SocketAddr) {
+        self.rec.datagram_received(t, data, from);
+    }
+
+    fn connection_refused(&mut self, t: &mut UdpTransport<'_>) {
+        self.rec.connection_refused(t);
+    }
+}
+
 /// The datagrams among `events`.
 pub fn datagrams(events: &Events) -> Vec<(Vec<u8>, SocketAddr)> {
     events
