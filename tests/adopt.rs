@@ -11,7 +11,7 @@ use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 use twine::{Error, ListenOptions, ListeningPort, Reactor};
 use util::{
     Event, Events, Recorder, client_on, datagrams, drive, drive_for, drive_recv, init_logging,
-    logs_containing,
+    logs_about,
 };
 
 // ----- helpers -----------------------------------------------------------------------------
@@ -67,20 +67,6 @@ fn wait_for_stop(reactor: &mut Reactor, events: &Events) {
     drive(reactor, "stop_protocol", |_| {
         events.borrow().last() == Some(&Event::Stop)
     });
-}
-
-/// Whether `line` names `addr` itself, not a longer port number that starts the same.
-fn mentions(line: &str, addr: SocketAddr) -> bool {
-    let needle = addr.to_string();
-    line.match_indices(&needle)
-        .any(|(i, _)| !line[i + needle.len()..].starts_with(|c: char| c.is_ascii_digit()))
-}
-
-fn logs_about(addr: SocketAddr) -> Vec<String> {
-    logs_containing(&addr.to_string())
-        .into_iter()
-        .filter(|l| mentions(l, addr))
-        .collect()
 }
 
 // ----- shared port behaviour ---------------------------------------------------------------

@@ -10,7 +10,7 @@ use twine::{
 };
 use util::{
     Event, Recorder, client, client_on, datagrams, drive, drive_recv, init_logging,
-    listen_loopback, logs_containing,
+    listen_loopback, logs_about,
 };
 
 // ----- helpers -----------------------------------------------------------------------------
@@ -35,21 +35,6 @@ fn round_trip(
 #[track_caller]
 fn stats<P>(reactor: &Reactor, port: &ListeningPort<P>) -> PortStats {
     reactor.port_stats(port).expect("port is open")
-}
-
-/// Whether `line` names `addr` itself, not a longer port number that starts the same.
-fn mentions(line: &str, addr: SocketAddr) -> bool {
-    let needle = addr.to_string();
-    line.match_indices(&needle)
-        .any(|(i, _)| !line[i + needle.len()..].starts_with(|c: char| c.is_ascii_digit()))
-}
-
-/// Captured log lines that name `addr`.
-fn logs_about(addr: SocketAddr) -> Vec<String> {
-    logs_containing(&addr.to_string())
-        .into_iter()
-        .filter(|l| mentions(l, addr))
-        .collect()
 }
 
 /// Captured lines naming `addr` at INFO, WARN or ERROR.

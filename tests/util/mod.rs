@@ -55,6 +55,21 @@ pub fn logs_containing(needle: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether `line` names exactly `addr` (`127.0.0.1:4000` does not name `127.0.0.1:40001`).
+pub fn mentions(line: &str, addr: SocketAddr) -> bool {
+    let needle = addr.to_string();
+    line.match_indices(&needle)
+        .any(|(i, _)| !line[i + needle.len()..].starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// Every captured log line that names exactly `addr`.
+pub fn logs_about(addr: SocketAddr) -> Vec<String> {
+    logs_containing(&addr.to_string())
+        .into_iter()
+        .filter(|l| mentions(l, addr))
+        .collect()
+}
+
 /// What a [`Recorder`] saw, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
