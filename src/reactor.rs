@@ -14,8 +14,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -107,7 +107,6 @@ pub struct Reactor {
     poll: Poll,
     events: Option<Events>,
     ports: Slab<Slot>,
-    next_generation: u64,
     timers: TimerQueue<TimerAction>,
     /// Ports whose read budget ran out: served next turn without a new readiness edge.
     ready: Vec<PortKey>,
@@ -119,7 +118,9 @@ pub struct Reactor {
     signals: Option<Signals>,
     handle_signals: bool,
     stop_requested: bool,
-    in_turn: bool,
+    /// Turns, port dispatches and listen calls under way: `run`/`iterate` refuse to start
+    /// a nested turn while it is not zero.
+    busy: usize,
 }
 
 impl fmt::Debug for Reactor {
@@ -156,7 +157,6 @@ impl Reactor {
             poll,
             events: Some(Events::with_capacity(1024)),
             ports: Slab::new(),
-            next_generation: 0,
             timers: TimerQueue::default(),
             ready: Vec::new(),
             ready_spare: Vec::new(),
@@ -166,7 +166,7 @@ impl Reactor {
             signals: None,
             handle_signals: true,
             stop_requested: false,
-            in_turn: false,
+            busy: 0,
         })
     }
 
@@ -179,7 +179,13 @@ impl Reactor {
     }
 
     /// Whether [`run`](Self::run) stops gracefully on SIGINT and SIGTERM (the default).
-    /// Turn it off when the program handles signals itself.
+    /// Turn it off, before the first `run`, when the program handles signals itself.
+    ///
+    /// How it works: while `run` runs, the signals are caught (through signal-hook) and
+    /// stop the reactor. Afterwards they have their default effect again (the process
+    /// ends): twine leaves a signal-hook action in place that emulates the default whenever
+    /// no reactor is running. A signal the process ignored when twine first looked stays
+    /// ignored.
     pub fn set_handle_signals(&mut self, on: bool) {
         self.handle_signals = on;
     }
@@ -377,9 +383,11 @@ impl Reactor {
         trace!("registered port {local} as {key:?}");
         let mut port = UdpPort::new(socket, key, local, protocol, opts);
         info!("{} starting on {local}", port.core().prefix);
+        self.busy += 1;
         port.start(self);
+        self.busy -= 1;
         if let Some(message) = port.core_mut().panic.take() {
-            self.ports.remove(key.index);
+            self.remove_slot(key);
             let _ = self.poll.registry().deregister(&mut port.core_mut().socket);
             info!("(UDP Port {local} Closed)");
             return Err(Error::StartPanicked {
@@ -403,8 +411,10 @@ impl Reactor {
                 source: std::io::Error::other("too many ports in one reactor"),
             });
         }
-        let generation = PortKey::truncate_generation(self.next_generation);
-        self.next_generation += 1;
+        // Drawn from one counter for the whole process, so that a handle from one reactor
+        // never matches a port of another.
+        let generation =
+            PortKey::truncate_generation(NEXT_GENERATION.fetch_add(1, Ordering::Relaxed));
         let index = self.ports.insert(Slot {
             generation,
             closing: false,
@@ -499,7 +509,9 @@ impl Reactor {
             return None;
         }
         let mut port = slot.port.take()?;
+        self.busy += 1;
         let out = f(port.as_mut(), self);
+        self.busy -= 1;
         self.put_back(key, port);
         Some(out)
     }
@@ -510,12 +522,31 @@ impl Reactor {
         // A stop asked for through the reactor while the port was out of its slot.
         core.closing |= self.close_requested(key);
         let closing = core.closing;
-        if let Some(slot) = self.ports.get_mut(key.index) {
-            slot.port = Some(port);
+        match self.ports.get_mut(key.index) {
+            Some(slot) if slot.generation == key.generation => slot.port = Some(port),
+            _ => {
+                // Cannot happen while nested turns are refused; never let the port reach
+                // another one's slot.
+                error!(
+                    "port {} lost its slot while out of it; closing it",
+                    port.core().local
+                );
+                let _ = self.poll.registry().deregister(&mut port.core_mut().socket);
+                return;
+            }
         }
         if closing {
             self.request_close(key);
         }
+    }
+
+    /// Empties a port's slot, cancelling the port's timers.
+    fn remove_slot(&mut self, key: PortKey) -> Slot {
+        let slot = self.ports.remove(key.index);
+        for call in &slot.timers {
+            self.timers.cancel(*call);
+        }
+        slot
     }
 
     /// Tears down the ports whose stop was asked for: `stop_protocol`, then close.
@@ -525,11 +556,7 @@ impl Reactor {
                 if !self.is_live(key) {
                     continue;
                 }
-                let slot = self.ports.remove(key.index);
-                for call in slot.timers {
-                    self.timers.cancel(call);
-                }
-                let Some(mut port) = slot.port else {
+                let Some(mut port) = self.remove_slot(key).port else {
                     continue;
                 };
                 if let Err(e) = self.poll.registry().deregister(&mut port.core_mut().socket) {
@@ -734,21 +761,25 @@ impl Reactor {
     /// [`Error::Reentrant`] if called from a callback; [`Error::Io`] if polling or
     /// installing the signal handlers fails.
     pub fn run(&mut self) -> Result<()> {
-        if self.in_turn {
+        if self.busy > 0 {
             return Err(Error::Reentrant);
         }
         if self.handle_signals {
             self.install_signals()?;
         }
-        let result = loop {
-            match self.turn(None) {
-                Ok(true) => break Ok(()),
-                Ok(false) => {}
-                Err(e) => break Err(e),
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            loop {
+                match self.turn(None) {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {}
+                    Err(e) => return Err(e),
+                }
             }
-        };
+        }));
+        // Also when a panic escaped (e.g. from a protocol's Drop): the signals must not
+        // stay caught by a reactor that no longer runs.
         self.remove_signals();
-        result
+        outcome.unwrap_or_else(|panic| resume_unwind(panic))
     }
 
     /// Runs one turn, waiting at most `timeout` for something to happen (Twisted's
@@ -759,7 +790,7 @@ impl Reactor {
     ///
     /// [`Error::Reentrant`] if called from a callback; [`Error::Io`] if polling fails.
     pub fn iterate(&mut self, timeout: Duration) -> Result<bool> {
-        if self.in_turn {
+        if self.busy > 0 {
             return Err(Error::Reentrant);
         }
         self.turn(Some(timeout))
@@ -802,10 +833,13 @@ impl Reactor {
 
     /// One turn; returns whether the reactor stopped in it.
     fn turn(&mut self, max_wait: Option<Duration>) -> Result<bool> {
-        self.in_turn = true;
-        let result = self.turn_inner(max_wait);
-        self.in_turn = false;
-        result
+        let depth = self.busy;
+        self.busy += 1;
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.turn_inner(max_wait)));
+        // Restored even if a panic escaped the hooks' own guards (a Drop, say), so that
+        // the reactor is not left refusing every later turn.
+        self.busy = depth;
+        outcome.unwrap_or_else(|panic| resume_unwind(panic))
     }
 
     fn turn_inner(&mut self, max_wait: Option<Duration>) -> Result<bool> {
@@ -869,6 +903,10 @@ impl Reactor {
     }
 
     fn serve_port(&mut self, key: PortKey, readable: bool, writable: bool) {
+        // Once a stop is asked for, no more datagrams: every port closes at the turn's end.
+        if self.stop_requested {
+            return;
+        }
         if self.with_port_dyn(key, |p, r| p.on_ready(r, readable, writable)) == Some(true)
             && !self.ready.contains(&key)
         {
@@ -919,9 +957,14 @@ impl Reactor {
     // ----- signals -----------------------------------------------------------------------
 
     fn install_signals(&mut self) -> Result<()> {
-        install_default_fallback();
-        let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM])
-            .map_err(io_error("installing SIGINT/SIGTERM handlers"))?;
+        let wanted = handled_signals();
+        if wanted.is_empty() {
+            debug!("SIGINT and SIGTERM were ignored when the process started: not handled");
+            return Ok(());
+        }
+        install_default_fallback(wanted);
+        let mut signals =
+            Signals::new(wanted).map_err(io_error("installing SIGINT/SIGTERM handlers"))?;
         self.poll
             .registry()
             .register(&mut signals, token::SIGNALS, Interest::READABLE)
@@ -957,6 +1000,9 @@ impl Reactor {
     }
 }
 
+/// Port generations, unique in the process.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(0);
+
 /// Reactors inside `run` with signal handling on.
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
 
@@ -967,14 +1013,24 @@ fn default_on_signal() -> &'static Arc<AtomicBool> {
     FLAG.get_or_init(|| Arc::new(AtomicBool::new(true)))
 }
 
-fn install_default_fallback() {
+/// SIGINT and SIGTERM, less those the process ignored before twine first looked (a
+/// background job's SIGINT, say): those stay ignored, as Twisted leaves them.
+fn handled_signals() -> &'static [libc::c_int] {
+    static HANDLED: OnceLock<Vec<libc::c_int>> = OnceLock::new();
+    HANDLED.get_or_init(|| {
+        [libc::SIGINT, libc::SIGTERM]
+            .into_iter()
+            .filter(|s| !sys::signal_ignored(*s))
+            .collect()
+    })
+}
+
+fn install_default_fallback(signals: &[libc::c_int]) {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        for signal in [libc::SIGINT, libc::SIGTERM] {
-            if let Err(e) = signal_hook::flag::register_conditional_default(
-                signal,
-                Arc::clone(default_on_signal()),
-            ) {
+        for &signal in signals {
+            let flag = Arc::clone(default_on_signal());
+            if let Err(e) = signal_hook::flag::register_conditional_default(signal, flag) {
                 warn!("signal {signal}: default action fallback not installed: {e}");
             }
         }

@@ -132,6 +132,7 @@ impl<A> TimerQueue<A> {
             seq,
             key: call.key,
         }));
+        self.compact_if_stale();
         true
     }
 
@@ -369,6 +370,19 @@ mod tests {
         let new = q.schedule(t0, ms(5), None, "new");
         assert!(!q.cancel(old));
         assert!(q.is_pending(new));
+    }
+
+    #[test]
+    fn repeated_reset_keeps_heap_bounded() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::default();
+        q.schedule(t0, ms(1), None, "early");
+        let idle = q.schedule(t0, ms(1000), None, "idle");
+        for i in 0..100_000 {
+            assert!(q.reset(t0 + ms(i), idle, ms(1000)));
+        }
+        assert!(q.heap.len() <= 2 * q.len() + 64, "{}", q.heap.len());
+        assert_eq!(fire_all(&mut q, t0 + ms(1)), vec!["early"]);
     }
 
     #[test]

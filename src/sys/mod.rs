@@ -11,6 +11,7 @@
 //! - `interface_index(name) -> io::Result<u32>`: a network interface's index by name.
 //! - `multicast_all_v4/v6`, `set_multicast_all_v4/v6`: Linux's `IP_MULTICAST_ALL`
 //!   options, "unsupported" elsewhere.
+//! - `signal_ignored(signal) -> bool`: whether a signal's disposition is `SIG_IGN`.
 //! - `classify(&io::Error) -> ErrorClass`: the one place errno is sorted into what the
 //!   port does about it.
 
@@ -20,7 +21,7 @@ mod imp;
 
 pub(crate) use imp::{classify, dup_cloexec, inspect_socket, interface_index, recv_from};
 pub(crate) use imp::{
-    multicast_all_v4, multicast_all_v6, set_multicast_all_v4, set_multicast_all_v6,
+    multicast_all_v4, multicast_all_v6, set_multicast_all_v4, set_multicast_all_v6, signal_ignored,
 };
 
 use std::net::SocketAddr;

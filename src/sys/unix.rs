@@ -206,6 +206,15 @@ mod multicast_all {
 
 pub(crate) use multicast_all::*;
 
+/// Whether `signal` is ignored (`SIG_IGN`) right now.
+pub(crate) fn signal_ignored(signal: libc::c_int) -> bool {
+    // SAFETY: an all-zero sigaction is a valid out-parameter.
+    let mut old: libc::sigaction = unsafe { mem::zeroed() };
+    // SAFETY: with a null new action, sigaction only reads the disposition into `old`.
+    let ret = unsafe { libc::sigaction(signal, std::ptr::null(), &mut old) };
+    ret == 0 && old.sa_sigaction == libc::SIG_IGN
+}
+
 /// Sorts an I/O error into what a port does about it.
 pub(crate) fn classify(err: &io::Error) -> ErrorClass {
     match err.raw_os_error() {
@@ -219,6 +228,11 @@ pub(crate) fn classify(err: &io::Error) -> ErrorClass {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sigusr2_is_not_ignored_by_default() {
+        assert!(!signal_ignored(libc::SIGUSR2));
+    }
 
     #[test]
     fn classifies_errno() {

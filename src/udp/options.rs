@@ -108,7 +108,7 @@ impl ListenOptions {
         self
     }
 
-    /// The most datagrams (at least 1) and bytes the port reads in one reactor turn before
+    /// The most datagrams and bytes (each at least 1) the port reads in one reactor turn before
     /// the other ports and the timers get theirs.
     pub fn read_budget(mut self, datagrams: usize, bytes: usize) -> Self {
         self.read_budget = datagrams;
@@ -146,9 +146,16 @@ impl ListenOptions {
         }
         if self.read_budget == 0 {
             return Err(Error::InvalidOption {
-                option: "read_budget",
+                option: "read_budget datagrams",
                 value: 0,
-                expected: "at least 1 datagram",
+                expected: "at least 1",
+            });
+        }
+        if self.read_budget_bytes == 0 {
+            return Err(Error::InvalidOption {
+                option: "read_budget bytes",
+                value: 0,
+                expected: "at least 1",
             });
         }
         Ok(())
@@ -192,6 +199,14 @@ mod tests {
     fn hostname_interface_is_invalid_address() {
         let err = ListenOptions::new(0).interface("example.com").bind_addr();
         assert!(matches!(err, Err(Error::InvalidAddress { .. })));
+    }
+
+    #[test]
+    fn zero_read_budgets_are_refused() {
+        for (n, b) in [(0, 1), (1, 0)] {
+            let err = ListenOptions::new(0).read_budget(n, b).bind_addr();
+            assert!(matches!(err, Err(Error::InvalidOption { .. })), "{n} {b}");
+        }
     }
 
     #[test]

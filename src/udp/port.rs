@@ -208,22 +208,26 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
     }
 
     fn on_ready(&mut self, r: &mut Reactor, readable: bool, writable: bool) -> bool {
-        if writable {
-            self.core.flush_queue();
-        }
-        if !readable || self.core.closing {
+        if !writable && (!readable || self.core.closing) {
             return false;
         }
         self.guarded(r, "datagram_received or connection_refused", |p, t, buf| {
-            read_batch(p, t, buf)
+            if writable {
+                t.core.flush_queue();
+            }
+            readable && !t.core.closing && read_batch(p, t, buf)
         })
         .unwrap_or(false)
     }
 
     fn fire_timer(&mut self, r: &mut Reactor, action: &mut Box<dyn Any>) {
         let Some(f) = action.downcast_mut::<PortTimerFn<P>>() else {
-            // Checked when the timer was scheduled; cannot happen.
-            debug_assert!(false, "port timer of another protocol type");
+            // Checked when the timer was scheduled (and port keys are unique across
+            // reactors), so this is a bug in twine: say so rather than panic in the loop.
+            error!(
+                "{} on {}: port timer of another protocol type skipped",
+                self.core.prefix, self.core.local
+            );
             return;
         };
         self.guarded(r, "timer", |p, t, _| f(p, t));
@@ -259,7 +263,7 @@ fn read_batch<P: DatagramProtocol>(p: &mut P, t: &mut UdpTransport<'_>, buf: &mu
     let (budget, budget_bytes) = (t.core.read_budget, t.core.read_budget_bytes);
     let (mut count, mut bytes) = (0, 0);
     while count < budget && bytes < budget_bytes {
-        if t.core.closing || t.reactor.close_requested(t.core.key) {
+        if t.core.closing || t.reactor.close_requested(t.core.key) || t.reactor.is_stopping() {
             return false;
         }
         match sys::recv_from(&t.core.socket, buf) {
@@ -397,11 +401,16 @@ impl PortCore {
                 }
                 Err(e) => {
                     self.queued_bytes -= data.len();
-                    self.stats.send_errors += 1;
                     debug!(
                         "{} on {}: queued send to {addr}: {e}",
                         self.prefix, self.local
                     );
+                    // Counted (and a refusal reported) as a direct send's would be; a
+                    // too-long datagram has no caller left to tell, so it counts as an error.
+                    if let Err(Error::MessageTooLong { .. }) = self.send_failed(e, data.len(), addr)
+                    {
+                        self.stats.send_errors += 1;
+                    }
                 }
                 Ok(()) => self.queued_bytes -= data.len(),
             }
