@@ -63,7 +63,8 @@ pub trait DatagramProtocol: 'static {
     );
 
     /// Called on a connected port when its peer refused an *earlier* datagram (an ICMP
-    /// port unreachable came back: nothing listens there). The port keeps working.
+    /// port unreachable came back: nothing listens there), once per refusal counted in
+    /// [`PortStats::refused`](crate::PortStats::refused). The port keeps working.
     ///
     /// Unconnected ports are not told, as in Twisted: the kernel does not say which
     /// destination refused.

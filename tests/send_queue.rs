@@ -135,3 +135,75 @@ fn inner_full_kernel_buffer() {
         stats.datagrams_sent, stats.send_queued
     );
 }
+
+/// In the same rate-limited namespace, a connected port whose peer has no listener keeps
+/// draining its queue through the refusals: each refusal, whether read by the reactor or
+/// met by a queued send, reaches `connection_refused` once and is counted, and the queue
+/// empties.
+#[test]
+fn refusals_while_draining_the_queue_reach_the_protocol() {
+    let ns = match Netns::create("sqr").and_then(|ns| {
+        ns.tc(&[
+            "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "8mbit", "burst", "4kb", "latency",
+            "500ms",
+        ])?;
+        Ok(ns)
+    }) {
+        Ok(ns) => ns,
+        Err(reason) => {
+            eprintln!(
+                "skipped: refusal drain test needs a network namespace with a tbf qdisc: {reason}"
+            );
+            return;
+        }
+    };
+    ns.run_inner("inner_refusals_while_draining", CHILD_FLAG);
+}
+
+/// Not a test of its own: the part of the test above that runs inside the namespace.
+#[test]
+#[ignore = "runs inside a network namespace, started by refusals_while_draining_the_queue_reach_the_protocol"]
+fn inner_refusals_while_draining() {
+    if std::env::var_os(CHILD_FLAG).is_none() {
+        eprintln!("not a child run ({CHILD_FLAG} unset): nothing to do");
+        return;
+    }
+    init_logging();
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").expect("probe");
+    let dead_addr = dead.local_addr().expect("probe addr");
+    drop(dead);
+    let mut reactor = Reactor::new().expect("reactor");
+    let (proto, events) = util::Recorder::new();
+    let port = reactor
+        .listen_udp_with(
+            ListenOptions::new(0)
+                .interface("127.0.0.1")
+                .send_buffer_size(4096),
+            proto,
+        )
+        .expect("sender");
+    let accepted = reactor
+        .with_port(&port, |_, t| {
+            t.connect(dead_addr).expect("connect");
+            (0..100).filter(|_| t.send(&[0u8; 1000]).is_ok()).count()
+        })
+        .expect("port open");
+    let queued = reactor.port_stats(&port).expect("stats").send_queued;
+    assert!(queued > 0, "the kernel never pushed back");
+    drive(&mut reactor, "the queue to drain", |r| {
+        r.with_port(&port, |_, t| t.write_buffer_size() == 0)
+            .unwrap_or(false)
+    });
+    let stats = reactor.port_stats(&port).expect("stats");
+    let refused_events = util::count(&events, |e| *e == util::Event::Refused) as u64;
+    assert!(stats.refused > 0, "no refusal seen: {stats:?}");
+    assert_eq!(refused_events, stats.refused, "{stats:?}");
+    assert_eq!(
+        stats.send_errors, 0,
+        "refusals are not send errors: {stats:?}"
+    );
+    println!(
+        "INNER-DONE accepted {accepted} queued {queued} sent {} refused {}",
+        stats.datagrams_sent, stats.refused
+    );
+}

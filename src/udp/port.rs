@@ -47,7 +47,9 @@ pub struct PortStats {
     pub send_queued: u64,
     /// Errors read from the socket other than refusals (e.g. an ICMP host unreachable).
     pub recv_errors: u64,
-    /// Refusals (ICMP port unreachable) reported to a connected port.
+    /// Refusals (ICMP port unreachable) reported to a connected port, each with one
+    /// `connection_refused` call. A refusal met by a send (rather than read by the
+    /// reactor) also means that datagram was not sent.
     pub refused: u64,
 }
 
@@ -94,8 +96,9 @@ pub(crate) struct PortCore {
     pub(crate) protocol_type: (TypeId, &'static str),
     /// Stop asked for: no more reads; torn down on a later turn.
     pub(crate) closing: bool,
-    /// A send met ECONNREFUSED: call `connection_refused` once the running hook returns.
-    pub(crate) refused_pending: bool,
+    /// Sends that met ECONNREFUSED: `connection_refused` is called once for each, after the
+    /// running hook returns.
+    pub(crate) refused_pending: u32,
     /// The message of a panic caught in a hook.
     pub(crate) panic: Option<String>,
     pub(crate) stats: PortStats,
@@ -136,7 +139,7 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 prefix,
                 protocol_type: (TypeId::of::<P>(), short_type_name::<P>()),
                 closing: false,
-                refused_pending: false,
+                refused_pending: 0,
                 panic: None,
                 stats: PortStats::default(),
                 max_packet_size: opts.max_packet_size,
@@ -189,7 +192,8 @@ impl<P: DatagramProtocol> UdpPort<P> {
 
 /// Calls `connection_refused` for refusals that writes met while a hook ran.
 fn report_refusals<P: DatagramProtocol>(protocol: &mut P, t: &mut UdpTransport<'_>) {
-    while std::mem::take(&mut t.core.refused_pending) {
+    while t.core.refused_pending > 0 {
+        t.core.refused_pending -= 1;
         protocol.connection_refused(t);
     }
 }
@@ -362,7 +366,7 @@ impl PortCore {
                 let peer = self.peer.unwrap_or(addr);
                 if self.peer.is_some() {
                     self.stats.refused += 1;
-                    self.refused_pending = true;
+                    self.refused_pending += 1;
                 }
                 Err(Error::ConnectionRefused { peer })
             }
