@@ -103,6 +103,7 @@ mod error;
 mod handle;
 mod protocol;
 mod reactor;
+mod signals;
 #[allow(unsafe_code)]
 mod sys;
 mod timer;

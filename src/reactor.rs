@@ -15,19 +15,19 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, trace, warn};
+use log::{debug, error, info, trace};
 use mio::{Events, Interest, Poll, Waker};
-use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::{Error, Result};
 use crate::handle::{ReactorHandle, Shared, ThreadCall};
 use crate::protocol::DatagramProtocol;
+use crate::signals::SignalWatch;
 use crate::sys;
 use crate::timer::{DelayedCall, TimerQueue};
 use crate::token::{self, PortKey};
@@ -115,7 +115,7 @@ pub struct Reactor {
     closing: Vec<PortKey>,
     shared: Arc<Shared>,
     thread_calls: Vec<ThreadCall>,
-    signals: Option<Signals>,
+    signals: Option<SignalWatch>,
     handle_signals: bool,
     stop_requested: bool,
     /// Turns, port dispatches and listen calls under way: `run`/`iterate` refuse to start
@@ -957,44 +957,20 @@ impl Reactor {
     // ----- signals -----------------------------------------------------------------------
 
     fn install_signals(&mut self) -> Result<()> {
-        let wanted = handled_signals();
-        if wanted.is_empty() {
-            debug!("SIGINT and SIGTERM were ignored when the process started: not handled");
-            return Ok(());
-        }
-        install_default_fallback(wanted);
-        let mut signals =
-            Signals::new(wanted).map_err(io_error("installing SIGINT/SIGTERM handlers"))?;
-        self.poll
-            .registry()
-            .register(&mut signals, token::SIGNALS, Interest::READABLE)
-            .map_err(io_error("registering the signal pipe"))?;
-        RUNNING.fetch_add(1, Ordering::SeqCst);
-        default_on_signal().store(false, Ordering::SeqCst);
-        self.signals = Some(signals);
+        self.signals = SignalWatch::install(self.poll.registry())?;
         Ok(())
     }
 
     fn remove_signals(&mut self) {
-        if let Some(mut signals) = self.signals.take() {
-            let _ = self.poll.registry().deregister(&mut signals);
-            if RUNNING.fetch_sub(1, Ordering::SeqCst) == 1 {
-                default_on_signal().store(true, Ordering::SeqCst);
-            }
+        if let Some(watch) = self.signals.take() {
+            watch.remove(self.poll.registry());
         }
     }
 
     fn on_signals(&mut self) {
-        let Some(signals) = self.signals.as_mut() else {
-            return;
-        };
-        for signal in signals.pending() {
-            let name = if signal == libc::SIGINT {
-                "SIGINT"
-            } else {
-                "SIGTERM"
-            };
-            info!("received {name}, stopping");
+        if let Some(watch) = self.signals.as_mut()
+            && watch.stop_asked()
+        {
             self.stop_requested = true;
         }
     }
@@ -1002,40 +978,6 @@ impl Reactor {
 
 /// Port generations, unique in the process.
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(0);
-
-/// Reactors inside `run` with signal handling on.
-static RUNNING: AtomicUsize = AtomicUsize::new(0);
-
-/// True while no reactor handles signals: SIGINT/SIGTERM then act as if no handler were
-/// installed (signal-hook keeps its handler after a `Signals` is dropped).
-fn default_on_signal() -> &'static Arc<AtomicBool> {
-    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-    FLAG.get_or_init(|| Arc::new(AtomicBool::new(true)))
-}
-
-/// SIGINT and SIGTERM, less those the process ignored before twine first looked (a
-/// background job's SIGINT, say): those stay ignored, as Twisted leaves them.
-fn handled_signals() -> &'static [libc::c_int] {
-    static HANDLED: OnceLock<Vec<libc::c_int>> = OnceLock::new();
-    HANDLED.get_or_init(|| {
-        [libc::SIGINT, libc::SIGTERM]
-            .into_iter()
-            .filter(|s| !sys::signal_ignored(*s))
-            .collect()
-    })
-}
-
-fn install_default_fallback(signals: &[libc::c_int]) {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        for &signal in signals {
-            let flag = Arc::clone(default_on_signal());
-            if let Err(e) = signal_hook::flag::register_conditional_default(signal, flag) {
-                warn!("signal {signal}: default action fallback not installed: {e}");
-            }
-        }
-    });
-}
 
 /// A non-blocking, close-on-exec UDP socket bound to `addr` with the options applied.
 fn bind_socket(addr: SocketAddr, opts: &ListenOptions) -> std::io::Result<std::net::UdpSocket> {
