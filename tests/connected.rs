@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use twine::{DatagramProtocol, Error, ListenOptions, ListeningPort, Reactor, UdpTransport};
 use util::{
     Event, Events, OnStart, Recorder, client, client_on, count, datagrams, drive, drive_for,
-    drive_recv, init_logging, listen_loopback,
+    drive_recv, init_logging, listen_loopback, with,
 };
 
 fn on_start<F: FnMut(&mut UdpTransport<'_>) + 'static>(start: F) -> (OnStart<F>, Events) {
@@ -32,15 +32,6 @@ fn refusals(events: &Events) -> usize {
 
 fn stats_refused<P>(reactor: &Reactor, port: &ListeningPort<P>) -> u64 {
     reactor.port_stats(port).expect("port is open").refused
-}
-
-/// Runs `f` with the port's transport, from outside its hooks.
-fn with<P: DatagramProtocol, R>(
-    reactor: &mut Reactor,
-    port: &ListeningPort<P>,
-    f: impl FnOnce(&mut UdpTransport<'_>) -> R,
-) -> R {
-    reactor.with_port(port, |_, t| f(t)).expect("port is open")
 }
 
 /// Connects a loopback port to `peer` from outside its hooks.

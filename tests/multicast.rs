@@ -4,12 +4,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
-use twine::{
-    DatagramProtocol, Error, Interface, IntoInterface, ListenOptions, ListeningPort, Reactor,
-    UdpTransport,
-};
+use twine::{Error, Interface, IntoInterface, ListenOptions, ListeningPort, Reactor, UdpTransport};
 use util::process::{Netns, spawn_with_lines, wait_for_line};
-use util::{DEADLINE, Events, OnStart, Recorder, datagrams, drive, drive_for, init_logging};
+use util::{DEADLINE, Events, OnStart, Recorder, datagrams, drive, drive_for, init_logging, with};
 
 // Every test uses its own group: tests run in parallel, and on Linux a socket bound to a
 // port gets a group's datagrams to that port whenever any socket on the host joined the
@@ -20,15 +17,6 @@ const LO: &str = "127.0.0.1";
 
 /// Set in the environment of a child run of this test binary.
 const CHILD_FLAG: &str = "TWINE_MULTICAST_TEST_CHILD";
-
-/// Runs `f` with the port's transport, from outside its hooks.
-fn with<P: DatagramProtocol, R>(
-    reactor: &mut Reactor,
-    port: &ListeningPort<P>,
-    f: impl FnOnce(&mut UdpTransport<'_>) -> R,
-) -> R {
-    reactor.with_port(port, |_, t| f(t)).expect("port is open")
-}
 
 /// A multicast port (`listen_multiple`) on `port` (0: any free one), recording events.
 fn mc_listener(reactor: &mut Reactor, port: u16) -> (ListeningPort<Recorder>, Events) {

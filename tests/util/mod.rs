@@ -172,6 +172,15 @@ pub fn count(events: &Events, pred: impl Fn(&Event) -> bool) -> usize {
     events.borrow().iter().filter(|e| pred(e)).count()
 }
 
+/// Runs `f` with the port's transport, from outside its hooks.
+pub fn with<P: DatagramProtocol, R>(
+    reactor: &mut Reactor,
+    port: &ListeningPort<P>,
+    f: impl FnOnce(&mut UdpTransport<'_>) -> R,
+) -> R {
+    reactor.with_port(port, |_, t| f(t)).expect("port is open")
+}
+
 /// Listens on 127.0.0.1, port 0.
 pub fn listen_loopback<P: DatagramProtocol>(
     reactor: &mut Reactor,
