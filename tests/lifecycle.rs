@@ -750,6 +750,19 @@ fn read_budget_caps_each_turn_and_left_over_data_is_served_without_new_sends() {
 
 // ----- faults ------------------------------------------------------------------------------
 
+/// Asserts that exactly one log line names `addr` and `message`, at ERROR level.
+#[track_caller]
+fn assert_one_error(addr: SocketAddr, message: &str) {
+    let lines: Vec<String> = logs_containing(&addr.to_string())
+        .into_iter()
+        .filter(|l| l.contains(message))
+        .collect();
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("ERROR"),
+        "{lines:?}"
+    );
+}
+
 /// A panic in datagram_received closes only its port: ERROR log with its address, stop_protocol.
 #[test]
 fn panic_in_datagram_received_closes_only_that_port() {
@@ -776,12 +789,7 @@ fn panic_in_datagram_received_closes_only_that_port() {
     );
     assert_eq!(stops(&log), 1);
     assert!(!reactor.is_listening(&bad));
-    let lines: Vec<String> = logs_containing(&bad.local_addr().to_string())
-        .into_iter()
-        .filter(|l| l.contains("lifecycle datagram boom"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].starts_with("ERROR"), "{lines:?}");
+    assert_one_error(bad.local_addr(), "lifecycle datagram boom");
 
     assert!(reactor.is_listening(&good));
     assert_echoes(&mut reactor, &good, b"still echoing");
@@ -816,14 +824,7 @@ fn panic_in_start_protocol_is_start_panicked_and_leaves_no_port() {
         other => panic!("expected StartPanicked, got {other:?}"),
     };
     assert_eq!(reactor.port_count(), before);
-    let lines: Vec<String> = logs_containing(&addr.to_string())
-        .into_iter()
-        .filter(|l| l.contains("lifecycle start boom"))
-        .collect();
-    assert!(
-        lines.len() == 1 && lines[0].starts_with("ERROR"),
-        "{lines:?}"
-    );
+    assert_one_error(addr, "lifecycle start boom");
     // The socket is closed: its address can be bound again.
     UdpSocket::bind(addr).expect("the failed port's address is free again");
     drive_for(&mut reactor, ms(20));
@@ -866,14 +867,7 @@ fn panic_in_connection_refused_closes_only_that_port() {
         vec![Event::Start(bad.local_addr()), Event::Refused, Event::Stop]
     );
     assert!(!reactor.is_listening(&bad));
-    let lines: Vec<String> = logs_containing(&bad.local_addr().to_string())
-        .into_iter()
-        .filter(|l| l.contains("lifecycle refused boom"))
-        .collect();
-    assert!(
-        lines.len() == 1 && lines[0].starts_with("ERROR"),
-        "{lines:?}"
-    );
+    assert_one_error(bad.local_addr(), "lifecycle refused boom");
     assert_echoes(&mut reactor, &good, b"unaffected");
     assert_eq!(reactor.port_count(), 1);
 }
@@ -912,14 +906,7 @@ fn panic_in_a_port_timer_closes_only_that_port() {
         vec![Event::Start(bad.local_addr()), Event::Stop]
     );
     assert!(!reactor.is_pending(call));
-    let lines: Vec<String> = logs_containing(&bad.local_addr().to_string())
-        .into_iter()
-        .filter(|l| l.contains("lifecycle timer boom"))
-        .collect();
-    assert!(
-        lines.len() == 1 && lines[0].starts_with("ERROR"),
-        "{lines:?}"
-    );
+    assert_one_error(bad.local_addr(), "lifecycle timer boom");
     assert_echoes(&mut reactor, &good, b"unaffected");
     assert_eq!(reactor.port_count(), 1);
 }
@@ -939,14 +926,7 @@ fn panic_in_stop_protocol_is_logged_and_the_port_still_closes() {
     assert!(reactor.stop_listening(&bad));
     drive(&mut reactor, "the port to close", |r| r.port_count() == 1);
     assert_eq!(stops(&log), 1);
-    let lines: Vec<String> = logs_containing(&addr.to_string())
-        .into_iter()
-        .filter(|l| l.contains("lifecycle stop boom"))
-        .collect();
-    assert!(
-        lines.len() == 1 && lines[0].starts_with("ERROR"),
-        "{lines:?}"
-    );
+    assert_one_error(addr, "lifecycle stop boom");
     UdpSocket::bind(addr).expect("the socket was closed");
     assert_echoes(&mut reactor, &good, b"unaffected");
 }
