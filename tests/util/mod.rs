@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod running;
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, UdpSocket};
