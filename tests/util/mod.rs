@@ -2,6 +2,7 @@
 //! loopback clients, and bounded waits.
 #![allow(dead_code)]
 
+pub mod peers;
 pub mod process;
 pub mod running;
 

@@ -87,9 +87,7 @@ impl Running {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let (tx, lines) = channel();
         forward(child.stdout.take().expect("piped stdout"), tx.clone());
         forward(child.stderr.take().expect("piped stderr"), tx);
