@@ -112,7 +112,7 @@ mod udp;
 
 pub use error::{Error, Result};
 pub use handle::ReactorHandle;
-pub use protocol::{DatagramProtocol, from_fn};
+pub use protocol::{DatagramProtocol, Responder, from_fn, respond};
 pub use reactor::{ListeningPort, Reactor};
 pub use timer::DelayedCall;
 pub use udp::options::{

@@ -1,5 +1,7 @@
 //! `DatagramProtocol`: the hooks the reactor calls, and the closure adapter.
 
+use std::fmt;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 
 use crate::udp::UdpTransport;
@@ -124,6 +126,91 @@ where
     F: FnMut(&mut UdpTransport<'_>, &[u8], SocketAddr) + 'static,
 {
     f
+}
+
+/// A request/response protocol made of a closure, like a `socketserver.UDPServer`
+/// handler: each datagram and its sender go to `handler`, and the bytes it returns, if
+/// any, are written back to the sender. Made by [`respond`].
+///
+/// A reply that cannot be sent (too long, queue full) is logged as a warning with the
+/// sender's address; the port goes on. For anything more (state per client, timers,
+/// replies to others) implement [`DatagramProtocol`] itself.
+pub struct Responder<F, R> {
+    handler: F,
+    name: &'static str,
+    reply: PhantomData<fn() -> R>,
+}
+
+/// Makes a [`Responder`]: `handler(data, from)` returns the reply to send back to `from`,
+/// or `None` for no reply. The reply is anything that is bytes (`Vec<u8>`, `String`,
+/// `&'static str`, a fixed array ...).
+///
+/// Python's `socketserver.UDPServer` with a `handle` method becomes one call; its
+/// `ThreadingUDPServer` variant needs nothing more, since one reactor serves every
+/// client in turn without a thread each.
+///
+/// # Examples
+///
+/// ```
+/// let mut reactor = twine::Reactor::new()?;
+/// let upper = twine::respond(|data: &[u8], _from| Some(data.to_ascii_uppercase()));
+/// let port = reactor.listen_udp_with(
+///     twine::ListenOptions::new(0).interface("127.0.0.1"),
+///     upper.named("UpperServer"),
+/// )?;
+/// assert!(reactor.is_listening(&port));
+/// # Ok::<(), twine::Error>(())
+/// ```
+pub fn respond<F, R>(handler: F) -> Responder<F, R>
+where
+    F: FnMut(&[u8], SocketAddr) -> Option<R> + 'static,
+    R: AsRef<[u8]> + 'static,
+{
+    Responder {
+        handler,
+        name: "Responder",
+        reply: PhantomData,
+    }
+}
+
+impl<F, R> Responder<F, R> {
+    /// Sets the name the port's log lines use (its [`log_prefix`](DatagramProtocol::log_prefix));
+    /// `"Responder"` by default.
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+}
+
+impl<F, R> fmt::Debug for Responder<F, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responder")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, R> DatagramProtocol for Responder<F, R>
+where
+    F: FnMut(&[u8], SocketAddr) -> Option<R> + 'static,
+    R: AsRef<[u8]> + 'static,
+{
+    fn datagram_received(
+        &mut self,
+        transport: &mut UdpTransport<'_>,
+        data: &[u8],
+        from: SocketAddr,
+    ) {
+        if let Some(reply) = (self.handler)(data, from)
+            && let Err(e) = transport.write(reply.as_ref(), from)
+        {
+            log::warn!("{}: reply to {from}: {e}", self.name);
+        }
+    }
+
+    fn log_prefix(&self) -> &str {
+        self.name
+    }
 }
 
 /// The last path segment of a type's name, generics kept: `my::mod::Echo` -> `Echo`.

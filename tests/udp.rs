@@ -812,3 +812,57 @@ fn several_senders_are_reported_by_their_own_addresses() {
         assert_eq!(from, port.local_addr());
     }
 }
+
+// ----- respond: the socketserver-style request/response layer ---------------------------
+
+/// `respond` sends the handler's reply back to each sender, sends nothing for `None`
+/// (the next reply is the next datagram's), and names its port in the log.
+#[test]
+fn respond_replies_to_each_sender_and_skips_none() {
+    init_logging();
+    let mut r = reactor();
+    let handler = twine::respond(|data: &[u8], from: SocketAddr| {
+        (data != b"quiet").then(|| format!("{} from {}", data.len(), from.port()))
+    });
+    let port = listen_loopback(&mut r, handler.named("Counter"));
+    let addr = port.local_addr();
+    let (a, b) = (client(), client());
+    a.send_to(b"quiet", addr).expect("send");
+    a.send_to(b"abc", addr).expect("send");
+    let expected_a = format!("3 from {}", a.local_addr().expect("addr").port());
+    assert_eq!(drive_recv(&mut r, &a), (expected_a.into_bytes(), addr));
+    b.send_to(b"", addr).expect("send");
+    let expected_b = format!("0 from {}", b.local_addr().expect("addr").port());
+    assert_eq!(drive_recv(&mut r, &b), (expected_b.into_bytes(), addr));
+    assert_eq!(r.port_stats(&port).expect("open").datagrams_sent, 2);
+    assert!(
+        logs_about(addr)
+            .iter()
+            .any(|l| l.contains("Counter starting on")),
+        "{:?}",
+        logs_about(addr)
+    );
+}
+
+/// A reply too long to send is logged with the sender, and the port goes on answering.
+#[test]
+fn respond_logs_a_reply_it_cannot_send_and_goes_on() {
+    init_logging();
+    let mut r = reactor();
+    let port = listen_loopback(
+        &mut r,
+        twine::respond(|data: &[u8], _| match data {
+            b"big" => Some(vec![0u8; 70_000]),
+            other => Some(other.to_vec()),
+        }),
+    );
+    let addr = port.local_addr();
+    let c = client();
+    let me = c.local_addr().expect("addr");
+    c.send_to(b"big", addr).expect("send");
+    c.send_to(b"small", addr).expect("send");
+    assert_eq!(drive_recv(&mut r, &c), (b"small".to_vec(), addr));
+    let warned = util::logs_containing(&format!("Responder: reply to {me}"));
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(r.is_listening(&port));
+}
