@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use twine::{DatagramProtocol, ListenOptions, Reactor, UdpTransport};
@@ -74,18 +74,8 @@ impl DatagramProtocol for Greeter {
 fn main() -> Result<(), twine::Error> {
     common::init_logging();
     let server = common::addr_arg(0, "127.0.0.1:9999");
-    let count = match common::flag("--count").map(|c| c.parse::<u32>()) {
-        None => 5,
-        Some(Ok(n)) => n,
-        Some(Err(e)) => {
-            eprintln!("--count: {e}");
-            std::process::exit(2);
-        }
-    };
-    let local = match server {
-        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-    };
+    let count: u32 = common::parsed_flag("--count", 5);
+    let local = common::client_bind_addr(server);
     let mut reactor = Reactor::new()?;
     let greeter = Greeter {
         server,

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::process::exit;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Logs at info level to stderr (`RUST_LOG=debug` or `trace` for more).
 pub fn init_logging() {
@@ -51,6 +51,52 @@ pub fn flag(name: &str) -> Option<String> {
     None
 }
 
+/// The value of `--name VALUE` parsed as a `T`, if the flag is given; exits with a
+/// message if it does not parse.
+pub fn optional_flag<T: std::str::FromStr>(name: &str) -> Option<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let value = flag(name)?;
+    match value.parse::<T>() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            eprintln!("{name}: {e} (got {value:?})");
+            exit(2)
+        }
+    }
+}
+
+/// The value of `--name VALUE` parsed as a `T`, or `default` when the flag is absent.
+pub fn parsed_flag<T: std::str::FromStr>(name: &str, default: T) -> T
+where
+    T::Err: std::fmt::Display,
+{
+    optional_flag(name).unwrap_or(default)
+}
+
+/// The value of `--name SECONDS` (fractions allowed, e.g. `0.5`), or `default`; exits with
+/// a message unless it is a positive number of seconds.
+pub fn seconds_flag(name: &str, default: Duration) -> Duration {
+    let secs = parsed_flag(name, default.as_secs_f64());
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .unwrap_or_else(|| {
+            eprintln!("{name}: expected a positive number of seconds, got {secs}");
+            exit(2)
+        })
+}
+
+/// The address to bind a client to for reaching `server`: any address of its family,
+/// port 0.
+pub fn client_bind_addr(server: SocketAddr) -> SocketAddr {
+    match server {
+        SocketAddr::V4(_) => SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+    }
+}
+
 /// Positional argument `index` as `IP:PORT`, or `default`; exits with a message if bad.
 pub fn addr_arg(index: usize, default: &str) -> SocketAddr {
     let text = positional()
@@ -73,4 +119,48 @@ pub fn time_of_day() -> String {
         .unwrap_or(0);
     let day = secs % 86_400;
     format!("{:02}:{:02}:{:02} UTC", day / 3600, day / 60 % 60, day % 60)
+}
+
+/// The current UTC time in the style of C's `ctime` and Python's `time.ctime()`:
+/// `Sun Nov 22 14:03:07 2026` (day of month padded with a space).
+pub fn ctime() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    ctime_of(secs)
+}
+
+/// `ctime` for `secs` seconds after 1970-01-01 00:00:00 UTC.
+pub fn ctime_of(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs / 86_400;
+    let (year, month, day) = civil_from_days(days);
+    let t = secs % 86_400;
+    format!(
+        "{} {} {day:2} {:02}:{:02}:{:02} {year}",
+        DAYS[(days % 7) as usize],
+        MONTHS[month as usize - 1],
+        t / 3600,
+        t / 60 % 60,
+        t % 60
+    )
+}
+
+/// The proleptic Gregorian (year, month 1-12, day 1-31) of a day count from 1970-01-01,
+/// counting in 400-year eras of 146 097 days that start on 1 March.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468; // days from 0000-03-01
+    let era = z / 146_097;
+    let doe = z % 146_097; // day of era, 0..146096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of era
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of year from 1 March
+    let mp = (5 * doy + 2) / 153; // month from March, 0..11
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = era * 400 + yoe + u64::from(month <= 2);
+    (year, month, day)
 }

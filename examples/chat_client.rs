@@ -1,0 +1,133 @@
+//! Chat client: connects to the chat server, says `hello` (then any MESSAGE given on the
+//! command line), sends a heartbeat `^hb^` every `--interval` seconds and prints each
+//! datagram that comes back as `got: TEXT`. Lines typed on stdin are sent as messages: a
+//! thread reads them and hands each to the reactor with `call_from_thread` (the only
+//! thread; the heartbeat is a repeating call). On stop it sends `quit`; when the server
+//! says `bye bye` it exits.
+//!
+//! Run:  `cargo run --example chat_server` in one terminal, then
+//!       `cargo run --example chat_client [SERVER_IP:PORT] [MESSAGE ...] [--interval SECONDS]
+//!        [--heartbeats N]` (default server `127.0.0.1:9995`, every 5 s; with
+//!       `--heartbeats N` it quits after N heartbeats, else it runs until Ctrl-C)
+//! Stop: Ctrl-C, after `--heartbeats`, or when the server says `bye bye`.
+
+mod common;
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use twine::{DatagramProtocol, ListenOptions, ListeningPort, Reactor, UdpTransport};
+
+struct ChatClient {
+    server: SocketAddr,
+    /// Said right after `hello`.
+    messages: Vec<String>,
+    interval: Duration,
+    /// Heartbeats to send before quitting (`None`: no limit).
+    heartbeats: Option<u32>,
+    sent_heartbeats: u32,
+    /// The server said `bye bye`: nothing to say `quit` to.
+    server_gone: bool,
+}
+
+impl ChatClient {
+    fn say(&self, t: &mut UdpTransport<'_>, text: &str) {
+        if let Err(e) = t.send(text.as_bytes()) {
+            log::warn!("sending {text:?}: {e}");
+        }
+    }
+
+    fn heartbeat(&mut self, t: &mut UdpTransport<'_>) {
+        self.say(t, "^hb^");
+        self.sent_heartbeats += 1;
+        if Some(self.sent_heartbeats) == self.heartbeats {
+            log::info!("{} heartbeats sent, quitting", self.sent_heartbeats);
+            t.reactor().stop();
+        }
+    }
+}
+
+impl DatagramProtocol for ChatClient {
+    fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
+        if let Err(e) = t.connect(self.server) {
+            log::error!("connect to {}: {e}", self.server);
+            t.reactor().stop();
+            return;
+        }
+        log::info!("connected to {}", self.server);
+        self.say(t, "hello");
+        for message in &self.messages {
+            self.say(t, message);
+        }
+        let beat = t.call_every(self.interval, |me: &mut ChatClient, t| me.heartbeat(t));
+        if let Err(e) = beat {
+            log::error!("scheduling heartbeats: {e}");
+            t.reactor().stop();
+        }
+    }
+
+    fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], _from: SocketAddr) {
+        let text = String::from_utf8_lossy(data);
+        println!("got: {text}");
+        if data == b"bye bye" {
+            log::info!("the server said bye bye");
+            self.server_gone = true;
+            t.reactor().stop();
+        }
+    }
+
+    fn connection_refused(&mut self, _t: &mut UdpTransport<'_>) {
+        log::warn!(
+            "connection refused by {} (is the chat server running?)",
+            self.server
+        );
+    }
+
+    fn stop_protocol(&mut self, t: &mut UdpTransport<'_>) {
+        if !self.server_gone {
+            self.say(t, "quit");
+        }
+    }
+}
+
+/// Sends each stdin line through the reactor, from a thread of its own.
+fn forward_stdin(reactor: &Reactor, port: ListeningPort<ChatClient>) {
+    let handle = reactor.handle();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            let sent = handle.call_from_thread(move |r| {
+                if let Err(e) = r.with_port(&port, |me, t| me.say(t, &line)) {
+                    log::debug!("typed line not sent: {e}");
+                }
+            });
+            if sent.is_err() {
+                break; // the reactor is gone
+            }
+        }
+    });
+}
+
+fn main() -> Result<(), twine::Error> {
+    common::init_logging();
+    let server = common::addr_arg(0, "127.0.0.1:9995");
+    let client = ChatClient {
+        server,
+        messages: common::positional().into_iter().skip(1).collect(),
+        interval: common::seconds_flag("--interval", Duration::from_secs(5)),
+        heartbeats: common::optional_flag("--heartbeats"),
+        sent_heartbeats: 0,
+        server_gone: false,
+    };
+    let quit_at_once = client.heartbeats == Some(0);
+    let mut reactor = Reactor::new()?;
+    let port = reactor.listen_udp_with(
+        ListenOptions::from(common::client_bind_addr(server)),
+        client,
+    )?;
+    forward_stdin(&reactor, port);
+    if quit_at_once {
+        reactor.stop();
+    }
+    reactor.run()
+}

@@ -1,0 +1,116 @@
+//! Chat server with heartbeats: every message is acknowledged to every known client as
+//! `ack MESSAGE`; heartbeats (`^hb^`) keep a client known without a reply; clients
+//! not heard from within `--expire` seconds are dropped; and on stop (Ctrl-C) every
+//! client still known is told `bye bye`. The Python original checked expiry in a thread;
+//! here it is a repeating call on the port.
+//!
+//! Protocol (datagrams; a trailing newline is ignored, so `nc` works):
+//! - `^hb^`: heartbeat, records the sender's last-seen time (and makes it known); no reply;
+//! - `quit`: forgets the sender; no reply;
+//! - anything else, the empty datagram included: makes the sender known and sends
+//!   `ack MESSAGE` to every known client, the sender included.
+//!
+//! Run:  `cargo run --example chat_server [IP:PORT] [--expire SECONDS]`
+//!       (default `127.0.0.1:9995`, 30 s), then `cargo run --example chat_client`
+//! Poke: `echo hi | nc -u 127.0.0.1 9995` (prints: ack hi)
+//! Stop: Ctrl-C: every known client gets `bye bye`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use twine::{DatagramProtocol, ListenOptions, Reactor, UdpTransport};
+
+const HEARTBEAT: &[u8] = b"^hb^";
+
+struct ChatServer {
+    expire: Duration,
+    /// Known clients and when each was last heard from.
+    clients: BTreeMap<SocketAddr, Instant>,
+}
+
+impl ChatServer {
+    /// Sends `data` to every known client.
+    fn tell_all(&self, t: &mut UdpTransport<'_>, data: &[u8]) {
+        for addr in self.clients.keys() {
+            if let Err(e) = t.write(data, *addr) {
+                log::warn!("to {addr}: {e}");
+            }
+        }
+    }
+
+    /// Drops the clients not heard from within `expire`.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        self.clients.retain(|addr, seen| {
+            let alive = now.duration_since(*seen) < self.expire;
+            if !alive {
+                log::info!(
+                    "expired {addr} (silent for {:?})",
+                    now.duration_since(*seen)
+                );
+            }
+            alive
+        });
+    }
+}
+
+impl DatagramProtocol for ChatServer {
+    fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
+        // Checked four times per expiry interval: a client is dropped at most a quarter
+        // interval late.
+        let check = (self.expire / 4).max(Duration::from_millis(10));
+        if let Err(e) = t.call_every(check, |me: &mut ChatServer, _| me.expire()) {
+            log::error!("scheduling expiry: {e}");
+            t.reactor().stop();
+        }
+    }
+
+    fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], from: SocketAddr) {
+        let message = data.strip_suffix(b"\n").unwrap_or(data);
+        let message = message.strip_suffix(b"\r").unwrap_or(message);
+        match message {
+            HEARTBEAT => {
+                log::debug!("heartbeat from {from}");
+                self.clients.insert(from, Instant::now());
+            }
+            b"quit" => {
+                if self.clients.remove(&from).is_some() {
+                    log::info!("{from} quit");
+                }
+            }
+            _ => {
+                if self.clients.insert(from, Instant::now()).is_none() {
+                    log::info!("{from} joined");
+                }
+                log::info!("{from} says {:?}", String::from_utf8_lossy(message));
+                let ack = [b"ack ", message].concat();
+                self.tell_all(t, &ack);
+            }
+        }
+    }
+
+    fn stop_protocol(&mut self, t: &mut UdpTransport<'_>) {
+        self.tell_all(t, b"bye bye");
+        log::info!("said bye bye to {} clients", self.clients.len());
+    }
+}
+
+fn main() -> Result<(), twine::Error> {
+    common::init_logging();
+    let addr = common::addr_arg(0, "127.0.0.1:9995");
+    let expire = common::seconds_flag("--expire", Duration::from_secs(30));
+    let mut reactor = Reactor::new()?;
+    let server = ChatServer {
+        expire,
+        clients: BTreeMap::new(),
+    };
+    let port = reactor.listen_udp_with(ListenOptions::from(addr), server)?;
+    log::info!(
+        "listening on {} (expiry after {expire:?})",
+        port.local_addr()
+    );
+    reactor.run()
+}

@@ -1,0 +1,20 @@
+//! Upper-case server: each datagram comes back to its sender upper-cased (ASCII letters;
+//! other bytes unchanged), the empty one included.
+//!
+//! Run:  `cargo run --example upper_server [IP:PORT]` (default `127.0.0.1:9993`)
+//! Poke: `echo hello | nc -u -w1 127.0.0.1 9993`   (prints: HELLO)
+//! Stop: Ctrl-C.
+
+mod common;
+
+use twine::{ListenOptions, Reactor, respond};
+
+fn main() -> Result<(), twine::Error> {
+    common::init_logging();
+    let addr = common::addr_arg(0, "127.0.0.1:9993");
+    let mut reactor = Reactor::new()?;
+    let upper = respond(|data: &[u8], _from| Some(data.to_ascii_uppercase()));
+    let port = reactor.listen_udp_with(ListenOptions::from(addr), upper.named("UpperServer"))?;
+    log::info!("listening on {}", port.local_addr());
+    reactor.run()
+}
