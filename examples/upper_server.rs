@@ -13,7 +13,7 @@ fn main() -> Result<(), twine::Error> {
     common::init_logging();
     let addr = common::addr_arg(0, "127.0.0.1:9993");
     let mut reactor = Reactor::new()?;
-    let upper = respond(|data: &[u8], _from| Some(data.to_ascii_uppercase()));
+    let upper = respond(|data, _from| Some(data.to_ascii_uppercase()));
     let port = reactor.listen_udp_with(ListenOptions::from(addr), upper.named("UpperServer"))?;
     log::info!("listening on {}", port.local_addr());
     reactor.run()

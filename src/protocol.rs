@@ -153,7 +153,7 @@ pub struct Responder<F, R> {
 ///
 /// ```
 /// let mut reactor = twine::Reactor::new()?;
-/// let upper = twine::respond(|data: &[u8], _from| Some(data.to_ascii_uppercase()));
+/// let upper = twine::respond(|data, _from| Some(data.to_ascii_uppercase()));
 /// let port = reactor.listen_udp_with(
 ///     twine::ListenOptions::new(0).interface("127.0.0.1"),
 ///     upper.named("UpperServer"),
