@@ -23,10 +23,11 @@ use std::process::Command;
 use util::peers::{script, twisted};
 use util::running::{Ended, Running};
 
-/// Starts Twisted peer `name` (unbuffered) with `args`.
+/// Starts Twisted peer `name` with `args`: unbuffered, and writing no `__pycache__` into
+/// `tests/peers/` (the peers import `twisted_peer.py`).
 fn peer(python: &Path, name: &str, args: &[&str]) -> Running {
     let mut cmd = Command::new(python);
-    cmd.arg("-u").arg(script(name)).args(args);
+    cmd.args(["-u", "-B"]).arg(script(name)).args(args);
     Running::spawn(cmd)
 }
 
