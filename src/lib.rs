@@ -111,12 +111,20 @@ mod token;
 mod udp;
 
 pub use error::{Error, Result};
+
+/// Not part of the API, and not stable: the batch I/O primitives the reactor uses and
+/// CPU pinning, exported only so the benchmarks' hand-written peer loops measure the same
+/// system calls without `unsafe` of their own.
+#[doc(hidden)]
+pub mod bench_support {
+    pub use crate::sys::{Datagram, RecvBatch, SendBatch, pin_to_cpu};
+}
 pub use handle::ReactorHandle;
 pub use protocol::{DatagramProtocol, Responder, from_fn, respond};
 pub use reactor::{ListeningPort, Reactor};
 pub use timer::DelayedCall;
 pub use udp::options::{
-    DEFAULT_MAX_PACKET_SIZE, DEFAULT_READ_BUDGET, DEFAULT_READ_BUDGET_BYTES,
+    DEFAULT_BATCH_SIZE, DEFAULT_MAX_PACKET_SIZE, DEFAULT_READ_BUDGET, DEFAULT_READ_BUDGET_BYTES,
     DEFAULT_SEND_QUEUE_LIMIT,
 };
 pub use udp::{

@@ -28,10 +28,11 @@ use crate::error::{Error, Result};
 use crate::handle::{ReactorHandle, Shared, ThreadCall};
 use crate::protocol::DatagramProtocol;
 use crate::signals::SignalWatch;
-use crate::sys;
+use crate::sys::{self, RecvBatch, SendBatch};
 use crate::timer::{DelayedCall, TimerQueue};
 use crate::token::{self, PortKey};
 use crate::udp::ListenOptions;
+use crate::udp::options::DEFAULT_BATCH_SIZE;
 use crate::udp::port::{Port, PortStats, PortTimerFn, UdpPort, once, panic_message};
 use crate::udp::transport::UdpTransport;
 
@@ -121,6 +122,8 @@ pub struct Reactor {
     /// Turns, port dispatches and listen calls under way: `run`/`iterate` refuse to start
     /// a nested turn while it is not zero.
     busy: usize,
+    /// The receive and send batches, lent to the port being read (`None` meanwhile).
+    batches: Option<(Box<RecvBatch>, Box<SendBatch>)>,
 }
 
 impl fmt::Debug for Reactor {
@@ -167,6 +170,7 @@ impl Reactor {
             handle_signals: true,
             stop_requested: false,
             busy: 0,
+            batches: None,
         })
     }
 
@@ -495,6 +499,28 @@ impl Reactor {
         }
         trace!("close requested for {key:?}");
         self.closing.push(key);
+    }
+
+    /// Lends the batches to a port that reads up to `batch` datagrams of up to `max` bytes
+    /// per call; they grow (once) to fit it.
+    pub(crate) fn lend_batches(
+        &mut self,
+        batch: usize,
+        max: usize,
+    ) -> (Box<RecvBatch>, Box<SendBatch>) {
+        let (mut ring, out) = self.batches.take().unwrap_or_else(|| {
+            (
+                Box::new(RecvBatch::default()),
+                Box::new(SendBatch::with_capacity(DEFAULT_BATCH_SIZE, 64 * 1024)),
+            )
+        });
+        ring.reserve(batch, max);
+        (ring, out)
+    }
+
+    /// Takes the lent batches back.
+    pub(crate) fn return_batches(&mut self, ring: Box<RecvBatch>, out: Box<SendBatch>) {
+        self.batches = Some((ring, out));
     }
 
     /// Takes the port out of its slot, runs `f` with it and the whole reactor, puts it back.

@@ -3,8 +3,6 @@
 //! The contract each platform file fulfils (only `unix.rs` exists today, selected below
 //! under the one module name `imp`, so call sites carry no `cfg`):
 //!
-//! - `recv_from(fd, buf) -> io::Result<Received>`: one datagram into `buf`, with its
-//!   sender and whether it was longer than `buf` (`MSG_TRUNC`); `EINTR` retried.
 //! - `inspect_socket(fd) -> Result<SocketAddr, Error>`: for adoption, that `fd` is an open,
 //!   bound IPv4 or IPv6 datagram socket, and its address, without touching the fd.
 //! - `dup_cloexec(fd) -> io::Result<OwnedFd>`: a close-on-exec duplicate of `fd`.
@@ -12,30 +10,27 @@
 //! - `multicast_all_v4/v6`, `set_multicast_all_v4/v6`: Linux's `IP_MULTICAST_ALL`
 //!   options, "unsupported" elsewhere.
 //! - `signal_ignored(signal) -> bool`: whether a signal's disposition is `SIG_IGN`.
+//! - `RecvBatch` / `SendBatch` (`batch.rs`): reusable batches of datagrams read with one
+//!   `recvmmsg` and sent with one `sendmmsg` on Linux (a `recvmsg`/`sendmsg` loop
+//!   elsewhere), allocating nothing per datagram.
 //! - `classify(&io::Error) -> ErrorClass`: the one place errno is sorted into what the
 //!   port does about it.
 
 #[cfg(unix)]
+mod batch;
+#[cfg(unix)]
 #[path = "unix.rs"]
 mod imp;
+#[cfg(unix)]
+use imp as unix;
 
-pub(crate) use imp::{classify, dup_cloexec, inspect_socket, interface_index, recv_from};
+pub use batch::{Datagram, RecvBatch, SendBatch};
+pub use imp::pin_to_cpu;
+
+pub(crate) use imp::{classify, dup_cloexec, inspect_socket, interface_index};
 pub(crate) use imp::{
     multicast_all_v4, multicast_all_v6, set_multicast_all_v4, set_multicast_all_v6, signal_ignored,
 };
-
-use std::net::SocketAddr;
-
-/// One datagram read by [`recv_from`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Received {
-    /// Bytes written into the buffer.
-    pub(crate) len: usize,
-    /// The datagram was longer than the buffer; its tail is lost.
-    pub(crate) truncated: bool,
-    /// The sender.
-    pub(crate) from: SocketAddr,
-}
 
 /// What an I/O error means to a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

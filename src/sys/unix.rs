@@ -3,9 +3,9 @@
 use std::io;
 use std::mem::{self, MaybeUninit};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use super::{ErrorClass, Received};
+use super::ErrorClass;
 use crate::error::Error;
 
 /// Turns a libc `-1` return into `io::Error::last_os_error()`.
@@ -17,48 +17,12 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// Reads one datagram into `buf`.
-pub(crate) fn recv_from(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Received> {
-    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid "no name, no iovecs, no control" header.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_name = storage.as_mut_ptr().cast();
-    msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    let n = loop {
-        // SAFETY: `msg` points at `storage` and at one iovec over `buf`, all of which
-        // outlive the call and have the lengths recorded in `msg`.
-        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    };
-    // SAFETY: recvmsg succeeded, so it wrote `msg_namelen` bytes of address into `storage`
-    // (and the rest is still zeroed).
-    let from = unsafe { sockaddr_to_std(storage.assume_init_ref(), msg.msg_namelen) }
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "sender is not IPv4 or IPv6"))?;
-    Ok(Received {
-        len: n,
-        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
-        from,
-    })
-}
-
 /// Converts a kernel socket address into a `SocketAddr` (IPv4 and IPv6 only).
 ///
 /// # Safety
 ///
 /// The first `len` bytes of `storage` must be a socket address as the kernel wrote it.
-unsafe fn sockaddr_to_std(
+pub(super) unsafe fn sockaddr_to_std(
     storage: &libc::sockaddr_storage,
     len: libc::socklen_t,
 ) -> Option<SocketAddr> {
@@ -90,6 +54,77 @@ unsafe fn sockaddr_to_std(
         }
         _ => None,
     }
+}
+
+/// Writes `addr` into `storage` as the kernel's socket address; returns its length.
+pub(super) fn std_to_sockaddr(
+    addr: &SocketAddr,
+    storage: &mut libc::sockaddr_storage,
+) -> libc::socklen_t {
+    let at = (storage as *mut libc::sockaddr_storage).cast::<u8>();
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                ..zeroed_sin()
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { at.cast::<libc::sockaddr_in>().write(sin) };
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            // Linux names every field; BSDs add `sin6_len`, left zero by the update.
+            #[allow(clippy::needless_update)]
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+                ..zeroed_sin6()
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { at.cast::<libc::sockaddr_in6>().write(sin6) };
+            mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+fn zeroed_sin() -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+    unsafe { mem::zeroed() }
+}
+
+fn zeroed_sin6() -> libc::sockaddr_in6 {
+    // SAFETY: sockaddr_in6 is plain old data; all-zero is a valid value.
+    unsafe { mem::zeroed() }
+}
+
+/// Pins the calling thread to CPU `cpu` (`sched_setaffinity`); for benchmarks.
+#[cfg(target_os = "linux")]
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit set; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+    if cpu >= 8 * mem::size_of::<libc::cpu_set_t>() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: `cpu` is within the set's size, checked above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the given size.
+    cvt(unsafe { libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &set) })?;
+    Ok(())
+}
+
+/// Pinning is Linux-only: elsewhere this says so.
+#[cfg(not(target_os = "linux"))]
+pub fn pin_to_cpu(_cpu: usize) -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "CPU pinning is Linux-only"))
 }
 
 /// Checks, without changing anything, that `fd` is an open, bound IPv4 or IPv6 datagram
@@ -242,19 +277,5 @@ mod tests {
         assert_eq!(classify(&e(libc::EAGAIN)), ErrorClass::WouldBlock);
         assert_eq!(classify(&e(libc::ENOBUFS)), ErrorClass::Other);
         assert_eq!(classify(&e(libc::EACCES)), ErrorClass::Other);
-    }
-
-    #[test]
-    fn reads_datagram_and_flags_truncation() {
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        tx.send_to(&[7u8; 100], rx.local_addr().unwrap()).unwrap();
-        tx.send_to(&[8u8; 10], rx.local_addr().unwrap()).unwrap();
-        let mut buf = [0u8; 50];
-        let r = recv_from(&rx, &mut buf).unwrap();
-        assert_eq!((r.len, r.truncated), (50, true));
-        assert_eq!(r.from, tx.local_addr().unwrap());
-        let r = recv_from(&rx, &mut buf).unwrap();
-        assert_eq!((r.len, r.truncated), (10, false));
     }
 }

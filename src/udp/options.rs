@@ -13,6 +13,10 @@ pub const DEFAULT_READ_BUDGET: usize = 256;
 pub const DEFAULT_READ_BUDGET_BYTES: usize = 256 * 1024;
 /// Bytes a port queues while the kernel's send buffer is full, before `write` refuses.
 pub const DEFAULT_SEND_QUEUE_LIMIT: usize = 1024 * 1024;
+/// Datagrams read or sent per system call (`recvmmsg`/`sendmmsg`) by default.
+pub const DEFAULT_BATCH_SIZE: usize = 32;
+/// The largest batch a port may ask for.
+pub(crate) const MAX_BATCH_SIZE: usize = 1024;
 
 /// How to open a port: [`Reactor::listen_udp_with`](crate::Reactor::listen_udp_with) and
 /// [`Reactor::adopt_with`](crate::Reactor::adopt_with) take one.
@@ -41,6 +45,7 @@ pub struct ListenOptions {
     pub(crate) read_budget: usize,
     pub(crate) read_budget_bytes: usize,
     pub(crate) send_queue_limit: usize,
+    pub(crate) batch_size: usize,
 }
 
 impl ListenOptions {
@@ -57,6 +62,7 @@ impl ListenOptions {
             read_budget: DEFAULT_READ_BUDGET,
             read_budget_bytes: DEFAULT_READ_BUDGET_BYTES,
             send_queue_limit: DEFAULT_SEND_QUEUE_LIMIT,
+            batch_size: DEFAULT_BATCH_SIZE,
         }
     }
 
@@ -123,6 +129,15 @@ impl ListenOptions {
         self
     }
 
+    /// How many datagrams one system call reads (`recvmmsg`) or sends (`sendmmsg`) on
+    /// Linux, 1..=1024; 32 by default. Writes made while a batch of received datagrams is
+    /// dispatched are gathered and handed to the kernel together once the batch has been
+    /// dispatched (or at once when `batch_size` of them are waiting), in order.
+    pub fn batch_size(mut self, datagrams: usize) -> Self {
+        self.batch_size = datagrams;
+        self
+    }
+
     /// The address to bind, or a typed error for a bad interface or size.
     pub(crate) fn bind_addr(&self) -> Result<SocketAddr> {
         self.check()?;
@@ -142,6 +157,13 @@ impl ListenOptions {
                 option: "max_packet_size",
                 value: self.max_packet_size,
                 expected: "1..=65535",
+            });
+        }
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return Err(Error::InvalidOption {
+                option: "batch_size",
+                value: self.batch_size,
+                expected: "1..=1024",
             });
         }
         if self.read_budget == 0 {

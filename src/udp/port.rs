@@ -1,8 +1,10 @@
-//! `UdpPort<P>`: a socket, its protocol, its receive buffer, its send queue, its counters.
+//! `UdpPort<P>`: a socket, its protocol, its send queue, its counters.
 //!
-//! The port is split into disjoint fields (`protocol`, `core`, `buf`) so that a callback
-//! can be handed the protocol, a transport over the core, and a slice of the buffer at the
-//! same time: the datagram is borrowed, never copied.
+//! The port is split into disjoint fields (`protocol`, `core`, `ring`) so that a callback
+//! can be handed the protocol, a transport over the core, and a slice of the receive batch
+//! at the same time: the datagram is borrowed, never copied. The receive batch and the
+//! send batch belong to the reactor and are lent to one port at a time, while it reads:
+//! their memory does not grow with the number of ports.
 
 use std::any::{Any, TypeId};
 use std::collections::VecDeque;
@@ -17,7 +19,7 @@ use mio::{Interest, Registry};
 use crate::error::{Error, Result};
 use crate::protocol::{DatagramProtocol, short_type_name};
 use crate::reactor::Reactor;
-use crate::sys::{self, ErrorClass};
+use crate::sys::{self, ErrorClass, RecvBatch, SendBatch};
 use crate::token::PortKey;
 use crate::udp::addr::{max_datagram, same_family};
 use crate::udp::options::ListenOptions;
@@ -105,6 +107,11 @@ pub(crate) struct PortCore {
     pub(crate) max_packet_size: usize,
     read_budget: usize,
     read_budget_bytes: usize,
+    /// Datagrams read or sent per system call.
+    pub(crate) batch_size: usize,
+    /// Writes gathered while a batch of received datagrams is dispatched (the reactor's
+    /// send batch, lent for that time); sent with one `sendmmsg`.
+    out: Option<Box<SendBatch>>,
     queue: VecDeque<(Box<[u8]>, SocketAddr)>,
     queued_bytes: usize,
     queue_limit: usize,
@@ -112,11 +119,11 @@ pub(crate) struct PortCore {
     last_truncation_warning: Option<Instant>,
 }
 
-/// A port: its protocol, its core and its receive buffer.
+/// A port: its protocol, its core, and (while it reads) the reactor's receive batch.
 pub(crate) struct UdpPort<P> {
     protocol: P,
     core: PortCore,
-    buf: Vec<u8>,
+    ring: Option<Box<RecvBatch>>,
 }
 
 impl<P: DatagramProtocol> UdpPort<P> {
@@ -130,7 +137,7 @@ impl<P: DatagramProtocol> UdpPort<P> {
         let prefix = protocol.log_prefix().to_owned();
         UdpPort {
             protocol,
-            buf: vec![0; opts.max_packet_size],
+            ring: None,
             core: PortCore {
                 socket,
                 key,
@@ -145,6 +152,8 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 max_packet_size: opts.max_packet_size,
                 read_budget: opts.read_budget,
                 read_budget_bytes: opts.read_budget_bytes,
+                batch_size: opts.batch_size,
+                out: None,
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 queue_limit: opts.send_queue_limit,
@@ -171,12 +180,12 @@ impl<P: DatagramProtocol> UdpPort<P> {
         &mut self,
         r: &mut Reactor,
         hook: &'static str,
-        f: impl FnOnce(&mut P, &mut UdpTransport<'_>, &mut Vec<u8>) -> R,
+        f: impl FnOnce(&mut P, &mut UdpTransport<'_>, &mut Option<Box<RecvBatch>>) -> R,
     ) -> Option<R> {
-        let (protocol, core, buf) = (&mut self.protocol, &mut self.core, &mut self.buf);
+        let (protocol, core, ring) = (&mut self.protocol, &mut self.core, &mut self.ring);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let mut t = UdpTransport::new(core, r);
-            let out = f(protocol, &mut t, buf);
+            let out = f(protocol, &mut t, ring);
             report_refusals(protocol, &mut t);
             out
         }));
@@ -215,13 +224,32 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
         if !writable && (!readable || self.core.closing) {
             return false;
         }
-        self.guarded(r, "datagram_received or connection_refused", |p, t, buf| {
-            if writable {
-                t.core.flush_queue();
-            }
-            readable && !t.core.closing && read_batch(p, t, buf)
-        })
-        .unwrap_or(false)
+        if readable && !self.core.closing {
+            // The reactor's batches, lent for this dispatch and given back even if a hook
+            // panics (what was gathered before the panic is still sent).
+            let (ring, out) = r.lend_batches(self.core.batch_size, self.core.max_packet_size);
+            self.ring = Some(ring);
+            self.core.out = Some(out);
+        }
+        let more = self
+            .guarded(
+                r,
+                "datagram_received or connection_refused",
+                |p, t, ring| {
+                    if writable {
+                        t.core.flush_queue();
+                    }
+                    match ring {
+                        Some(ring) if !t.core.closing => read_batch(p, t, ring),
+                        _ => false,
+                    }
+                },
+            )
+            .unwrap_or(false);
+        if let (Some(ring), Some(out)) = (self.ring.take(), self.core.take_out()) {
+            r.return_batches(ring, out);
+        }
+        more
     }
 
     fn fire_timer(&mut self, r: &mut Reactor, action: &mut Box<dyn Any>) {
@@ -261,49 +289,81 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
     }
 }
 
-/// Reads datagrams until the socket is drained or the budget is spent; returns whether
-/// the budget ran out first (data may be left).
-fn read_batch<P: DatagramProtocol>(p: &mut P, t: &mut UdpTransport<'_>, buf: &mut [u8]) -> bool {
+/// Reads datagrams, a batch per system call, until the socket is drained or the budget
+/// is spent, dispatching each batch and then sending the writes it gathered; returns
+/// whether the budget ran out first (data may be left).
+fn read_batch<P: DatagramProtocol>(
+    p: &mut P,
+    t: &mut UdpTransport<'_>,
+    ring: &mut RecvBatch,
+) -> bool {
     let (budget, budget_bytes) = (t.core.read_budget, t.core.read_budget_bytes);
     let (mut count, mut bytes) = (0, 0);
     while count < budget && bytes < budget_bytes {
         if t.core.closing || t.reactor.close_requested(t.core.key) || t.reactor.is_stopping() {
             return false;
         }
-        match sys::recv_from(&t.core.socket, buf) {
-            Ok(rcv) => {
+        let want = (budget - count).min(t.core.batch_size);
+        let got = match ring.recv(&t.core.socket, want, t.core.max_packet_size) {
+            Ok(got) => got,
+            Err(e) => {
                 count += 1;
-                bytes += rcv.len;
-                if rcv.truncated {
-                    t.core.on_truncated(rcv.from);
-                    continue;
-                }
-                t.core.stats.datagrams_received += 1;
-                t.core.stats.bytes_received += rcv.len as u64;
-                p.datagram_received(t, &buf[..rcv.len], rcv.from);
-                report_refusals(p, t);
-            }
-            Err(e) => match sys::classify(&e) {
-                ErrorClass::WouldBlock => return false,
-                ErrorClass::Refused => {
-                    // The kernel reports ICMP port unreachable only on connected sockets
-                    // (without IP_RECVERR); the error is consumed, so keep reading.
-                    count += 1;
-                    if let Some(peer) = t.core.peer {
-                        t.core.stats.refused += 1;
-                        debug!("{} on {}: refused by {peer}", t.core.prefix, t.core.local);
-                        p.connection_refused(t);
+                match sys::classify(&e) {
+                    ErrorClass::WouldBlock => return false,
+                    ErrorClass::Refused => read_refused(p, t),
+                    _ => {
+                        t.core.stats.recv_errors += 1;
+                        debug!("{} on {}: recv: {e}", t.core.prefix, t.core.local);
                     }
                 }
-                _ => {
-                    count += 1;
-                    t.core.stats.recv_errors += 1;
-                    debug!("{} on {}: recv: {e}", t.core.prefix, t.core.local);
-                }
-            },
+                continue;
+            }
+        };
+        for i in 0..got {
+            let d = ring.get(i);
+            count += 1;
+            bytes += d.data.len();
+            deliver(p, t, d);
+            if t.core.closing || t.reactor.close_requested(t.core.key) || t.reactor.is_stopping() {
+                // Read but not delivered: the port is closing, as if they came later.
+                break;
+            }
+        }
+        t.core.flush_out();
+        report_refusals(p, t);
+        if got < want {
+            // Fewer than asked for: the socket was drained, and the next datagram to
+            // arrive raises a new readiness event.
+            return false;
         }
     }
     true
+}
+
+/// Hands one received datagram to the protocol (or counts it, if cut short or from an
+/// address that is not IP).
+fn deliver<P: DatagramProtocol>(p: &mut P, t: &mut UdpTransport<'_>, d: sys::Datagram<'_>) {
+    let Some(from) = d.from else {
+        t.core.stats.recv_errors += 1;
+        return;
+    };
+    if d.truncated {
+        t.core.on_truncated(from);
+        return;
+    }
+    t.core.stats.datagrams_received += 1;
+    t.core.stats.bytes_received += d.data.len() as u64;
+    p.datagram_received(t, d.data, from);
+}
+
+/// A refusal read from the socket: the kernel reports ICMP port unreachable only on
+/// connected sockets (without `IP_RECVERR`), and the error is consumed.
+fn read_refused<P: DatagramProtocol>(p: &mut P, t: &mut UdpTransport<'_>) {
+    if let Some(peer) = t.core.peer {
+        t.core.stats.refused += 1;
+        debug!("{} on {}: refused by {peer}", t.core.prefix, t.core.local);
+        p.connection_refused(t);
+    }
 }
 
 /// How long between two truncation warnings of one port.
@@ -333,6 +393,13 @@ impl PortCore {
         }
         if !self.queue.is_empty() {
             return self.enqueue(data, addr);
+        }
+        if let Some(out) = self.out.as_mut() {
+            out.push(data, addr);
+            if out.len() >= self.batch_size {
+                self.flush_out();
+            }
+            return Ok(());
         }
         match self.send_now(data, addr) {
             Err(e) if sys::classify(&e) == ErrorClass::WouldBlock => self.enqueue(data, addr),
@@ -405,20 +472,69 @@ impl PortCore {
                 }
                 Err(e) => {
                     self.queued_bytes -= data.len();
-                    debug!(
-                        "{} on {}: queued send to {addr}: {e}",
-                        self.prefix, self.local
-                    );
-                    // Counted (and a refusal reported) as a direct send's would be; a
-                    // too-long datagram has no caller left to tell, so it counts as an error.
-                    if let Err(Error::MessageTooLong { .. }) = self.send_failed(e, data.len(), addr)
-                    {
-                        self.stats.send_errors += 1;
-                    }
+                    self.later_send_failed(e, data.len(), addr);
                 }
                 Ok(()) => self.queued_bytes -= data.len(),
             }
         }
+    }
+
+    /// A send that failed after `write` returned (from the send queue or the gathered
+    /// batch): counted, and a refusal reported, as a direct send's would be; a too-long
+    /// datagram has no caller left to tell, so it counts as an error.
+    fn later_send_failed(&mut self, e: std::io::Error, len: usize, addr: SocketAddr) {
+        debug!("{} on {}: send to {addr}: {e}", self.prefix, self.local);
+        if let Err(Error::MessageTooLong { .. }) = self.send_failed(e, len, addr) {
+            self.stats.send_errors += 1;
+        }
+    }
+
+    /// Sends the writes gathered during a dispatch, with as few `sendmmsg` calls as the
+    /// batch size allows; what the kernel's full buffer does not take goes to the send
+    /// queue, in order.
+    pub(crate) fn flush_out(&mut self) {
+        let Some(mut out) = self.out.take() else {
+            return;
+        };
+        let connected = self.peer.is_some();
+        let mut next = 0;
+        while next < out.len() {
+            match out.send(&self.socket, next, connected) {
+                Ok(0) => {
+                    // Not expected with datagrams left; never spin on it.
+                    self.stats.send_dropped += (out.len() - next) as u64;
+                    break;
+                }
+                Ok(sent) => {
+                    for i in next..next + sent {
+                        self.stats.datagrams_sent += 1;
+                        self.stats.bytes_sent += out.get(i).0.len() as u64;
+                    }
+                    next += sent;
+                }
+                Err(e) if sys::classify(&e) == ErrorClass::WouldBlock => {
+                    for i in next..out.len() {
+                        let (data, addr) = out.get(i);
+                        // Past the queue's bound it is counted as dropped; no caller to tell.
+                        let _ = self.enqueue(data, addr);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    let (data, addr) = out.get(next);
+                    self.later_send_failed(e, data.len(), addr);
+                    next += 1;
+                }
+            }
+        }
+        out.clear();
+        self.out = Some(out);
+    }
+
+    /// Takes back the lent send batch, empty.
+    fn take_out(&mut self) -> Option<Box<SendBatch>> {
+        self.flush_out();
+        self.out.take()
     }
 
     /// Bytes waiting in the send queue.
