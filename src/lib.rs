@@ -61,14 +61,20 @@
 //!   inside the listen call, before any datagram. `stop_protocol` runs on a reactor turn
 //!   after the stop was asked for (`stop_listening`, `Reactor::stop`, a signal, a panic),
 //!   while the socket is still open; no datagram is delivered after the stop is asked for.
-//! - **Fair.** A port reads until the kernel has nothing more (`EAGAIN`), but at most a
-//!   budget per turn (256 datagrams or 256 KiB by default, both counted, so empty
+//! - **Fair.** A port reads until the kernel has nothing more (a batch comes back short,
+//!   or `EAGAIN`), but at most a budget per turn (256 datagrams or 256 KiB by default, both counted, so empty
 //!   datagrams cannot dodge it); a port with data left is served again next turn without
 //!   waiting for a new readiness event, after the other ports and the due timers.
 //! - **Timers** never fire early; calls due at the same instant fire in the order they
 //!   were scheduled; a call scheduled for "now" from a timer runs on the next turn.
 //! - **Writes never block the reactor and never panic.** A full kernel buffer queues the
-//!   datagram (bounded; see [`UdpTransport`]); every failure is a typed [`Error`].
+//!   datagram (bounded; see [`UdpTransport`]); every failure is a typed [`Error`] or, for
+//!   a write gathered into a batch, a counter in [`PortStats`]. Each port's datagrams
+//!   leave in the order they were written.
+//! - **Batched, allocation-free I/O.** Datagrams are read up to
+//!   [`ListenOptions::batch_size`] per system call into buffers the reactor reuses, and
+//!   the writes made while a batch is dispatched are sent together once it has been; in
+//!   the steady state of an echo server no heap allocation happens per datagram.
 //! - **Nothing is lost silently.** A datagram longer than the port's max packet size is
 //!   dropped (never delivered cut short), logged and counted in
 //!   [`PortStats::truncated`]; a send dropped at the queue bound is counted in
@@ -89,8 +95,9 @@
 //! | what | Linux | other Unix |
 //! |---|---|---|
 //! | readiness | epoll, edge-triggered (mio) | kqueue (mio) |
-//! | receive | `recvmsg`, `MSG_TRUNC` flags truncation | same |
-//! | send | `sendto` / `send` (connected) | same |
+//! | receive | `recvmmsg` into a reused batch; `MSG_TRUNC` flags truncation | `recvmsg` per datagram, same batch |
+//! | send, while a batch is dispatched | gathered, then `sendmmsg` | `sendmsg` per datagram |
+//! | send, elsewhere (timers, `start_protocol` ...) | `sendto` / `send` (connected) | same |
 //! | cross-thread wake-up | eventfd (mio `Waker`) | pipe or kqueue user event |
 //! | signals | signal-hook's self-pipe, registered while `run` runs | same |
 //! | adoption checks | `fcntl(F_GETFD)`, `SO_TYPE`, `getsockname` | same |

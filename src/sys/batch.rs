@@ -76,12 +76,7 @@ impl RecvBatch {
     /// Reads up to `count` datagrams (at most the capacity) of up to `max` bytes each (at
     /// most the slot size) without blocking; returns how many were read. `EINTR` is
     /// retried; `EAGAIN` and every other error are returned as they are.
-    pub fn recv(
-        &mut self,
-        fd: &impl AsRawFd,
-        count: usize,
-        max: usize,
-    ) -> io::Result<usize> {
+    pub fn recv(&mut self, fd: &impl AsRawFd, count: usize, max: usize) -> io::Result<usize> {
         let count = count.min(self.capacity());
         let max = max.min(self.slot);
         let base = self.bufs.as_mut_ptr();
@@ -185,12 +180,7 @@ impl SendBatch {
     /// Sends datagrams `from..` (at most the capacity at once) without blocking; returns
     /// how many the kernel took, or the error met by datagram `from` (`EINTR` retried).
     /// With `connected`, no destination is given (the socket's peer is used).
-    pub fn send(
-        &mut self,
-        fd: &impl AsRawFd,
-        from: usize,
-        connected: bool,
-    ) -> io::Result<usize> {
+    pub fn send(&mut self, fd: &impl AsRawFd, from: usize, connected: bool) -> io::Result<usize> {
         let count = (self.entries.len() - from).min(self.capacity());
         let base = self.data.as_mut_ptr();
         for k in 0..count {

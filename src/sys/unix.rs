@@ -124,7 +124,10 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
 /// Pinning is Linux-only: elsewhere this says so.
 #[cfg(not(target_os = "linux"))]
 pub fn pin_to_cpu(_cpu: usize) -> io::Result<()> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "CPU pinning is Linux-only"))
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "CPU pinning is Linux-only",
+    ))
 }
 
 /// Checks, without changing anything, that `fd` is an open, bound IPv4 or IPv6 datagram

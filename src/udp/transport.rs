@@ -28,6 +28,16 @@ use crate::udp::port::{PortCore, PortStats, PortTimerFn, once};
 /// ([`ListenOptions::send_queue_limit`](crate::ListenOptions::send_queue_limit), 1 MiB by
 /// default): past the bound `write` returns [`Error::SendQueueFull`] and the datagram is
 /// counted in [`PortStats::send_dropped`].
+///
+/// Writes made inside [`datagram_received`](crate::DatagramProtocol::datagram_received)
+/// (and `connection_refused`) are gathered and handed to the kernel together, with one
+/// `sendmmsg` on Linux, once the batch of received datagrams being dispatched is done (or
+/// as soon as [`ListenOptions::batch_size`](crate::ListenOptions::batch_size) of them
+/// wait). `write` still checks everything it can at once (address, family, size, peer);
+/// what only the kernel can say then (a refusal, `EACCES` for a broadcast not allowed ...)
+/// is counted in [`PortStats`] (`refused`, calling `connection_refused` on a connected
+/// port, or `send_errors`) instead of returned. Writes from timers and the other hooks are
+/// sent at once, and their errors returned.
 pub struct UdpTransport<'a> {
     pub(crate) core: &'a mut PortCore,
     pub(crate) reactor: &'a mut Reactor,
