@@ -483,13 +483,16 @@ fn push_server_answers_bad_requests_and_ignores_trailing_newlines() {
     let ask = |bytes: &[u8]| text(request(&c, addr, bytes));
     assert_eq!(ask(b"unregister NOBODY"), "not registered NOBODY");
     let long = "x".repeat(33);
-    let bad: [&[u8]; 6] = [
+    let bad: [&[u8]; 9] = [
         b"two words",
         long.as_bytes(),
         b"",
         b"\n",
         b"\xff\xfename",
         b"unregister",
+        b"A\tB",
+        b"x\0y",
+        b"a\nb",
     ];
     for request in bad {
         let reply = ask(request);
@@ -590,6 +593,9 @@ fn chat_server_acks_every_known_client_and_not_heartbeats() {
     let a_at = a.local_addr().expect("addr");
     server.wait_for(&format!("{a_at} joined"));
     server.wait_for(&format!("{a_at} says \"hi from a\""));
+    // A heartbeat that makes its sender known says so.
+    let b_at = b.local_addr().expect("addr");
+    server.wait_for(&format!("{b_at} joined (by heartbeat)"));
     server.wait_for(&format!(
         "{} says \"from b\"",
         b.local_addr().expect("addr")
@@ -801,6 +807,27 @@ fn examples_reject_bad_arguments_with_code_2() {
             vec!["127.0.0.1:0", "--every", "-1"],
             "--every",
         ),
+        (
+            "push_server",
+            vec!["127.0.0.1:0", "--every", "1e-9"],
+            "at least 0.01",
+        ),
+        (
+            "push_server",
+            vec!["127.0.0.1:0", "--evry", "0.2"],
+            "unknown flag \"--evry\"",
+        ),
+        (
+            "push_server",
+            vec!["127.0.0.1:0", "--every"],
+            "--every needs a value",
+        ),
+        ("echo", vec!["127.0.0.1:0", "--count", "1"], "unknown flag"),
+        (
+            "push_client",
+            vec![&dead, "--users", "A,B,A"],
+            "each name once",
+        ),
         ("push_client", vec![&dead, "--pushes", "x"], "--pushes"),
         ("push_client", vec![&dead, "--pushes", "-1"], "--pushes"),
         (
@@ -832,4 +859,40 @@ fn examples_reject_bad_arguments_with_code_2() {
         assert_lines(&end, says, 1);
         assert_lines(&end, "listening on", 0);
     }
+}
+
+/// Ctrl-C at once after `listening on` still stops each server cleanly: the line is
+/// logged only once `run` has taken over the signal.
+#[test]
+fn ctrl_c_right_after_listening_on_stops_cleanly() {
+    for name in [
+        "echo",
+        "time_server",
+        "upper_server",
+        "push_server",
+        "chat_server",
+        "adopt",
+    ] {
+        for _ in 0..3 {
+            let (server, _addr) = serve(name, &[]);
+            assert_stopped_by_ctrl_c(&server.interrupt(), 1);
+        }
+    }
+}
+
+/// A name the push server refuses stops push_client instead of leaving it waiting for
+/// pushes that never come.
+#[test]
+fn push_client_stops_when_its_name_is_refused() {
+    let (server, addr) = serve("push_server", &["--every", "0.1"]);
+    let long = "L".repeat(33);
+    let users = format!("ok,{long}");
+    let run = Running::example(
+        "push_client",
+        &[&addr.to_string(), "--users", &users, "--pushes", "1"],
+    );
+    let end = run.finish();
+    assert!(end.success, "{:#?}", end.lines);
+    assert_lines(&end, "the server refused the name; stopping", 1);
+    assert_stopped_by_ctrl_c(&server.interrupt(), 1);
 }
