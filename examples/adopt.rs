@@ -28,14 +28,14 @@ impl DatagramProtocol for Echo {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    common::init_logging();
+    common::init(&[]);
     let addr = common::addr_arg(0, "127.0.0.1:9997");
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.bind(&addr.into())?;
     let mut reactor = Reactor::new()?;
     let port = reactor.adopt_datagram_port(socket.as_raw_fd(), Echo)?;
     drop(socket); // the reactor holds its own duplicate
-    log::info!("listening on {}", port.local_addr());
+    common::announce(&mut reactor, format!("listening on {}", port.local_addr()));
     reactor.run()?;
     Ok(())
 }

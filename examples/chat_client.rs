@@ -109,7 +109,7 @@ fn forward_stdin(reactor: &Reactor, port: ListeningPort<ChatClient>) {
 }
 
 fn main() -> Result<(), twine::Error> {
-    common::init_logging();
+    common::init(&["--interval", "--heartbeats"]);
     let server = common::addr_arg(0, "127.0.0.1:9995");
     let client = ChatClient {
         server,

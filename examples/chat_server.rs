@@ -74,7 +74,9 @@ impl DatagramProtocol for ChatServer {
         match message {
             HEARTBEAT => {
                 log::debug!("heartbeat from {from}");
-                self.clients.insert(from, Instant::now());
+                if self.clients.insert(from, Instant::now()).is_none() {
+                    log::info!("{from} joined (by heartbeat)");
+                }
             }
             b"quit" => {
                 if self.clients.remove(&from).is_some() {
@@ -99,7 +101,7 @@ impl DatagramProtocol for ChatServer {
 }
 
 fn main() -> Result<(), twine::Error> {
-    common::init_logging();
+    common::init(&["--expire"]);
     let addr = common::addr_arg(0, "127.0.0.1:9995");
     let expire = common::seconds_flag("--expire", Duration::from_secs(30));
     let mut reactor = Reactor::new()?;
@@ -108,9 +110,10 @@ fn main() -> Result<(), twine::Error> {
         clients: BTreeMap::new(),
     };
     let port = reactor.listen_udp_with(ListenOptions::from(addr), server)?;
-    log::info!(
+    let text = format!(
         "listening on {} (expiry after {expire:?})",
         port.local_addr()
     );
+    common::announce(&mut reactor, text);
     reactor.run()
 }

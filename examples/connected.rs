@@ -72,7 +72,7 @@ impl DatagramProtocol for Greeter {
 }
 
 fn main() -> Result<(), twine::Error> {
-    common::init_logging();
+    common::init(&["--count"]);
     let server = common::addr_arg(0, "127.0.0.1:9999");
     let count: u32 = common::parsed_flag("--count", 5);
     let local = common::client_bind_addr(server);

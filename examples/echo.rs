@@ -22,11 +22,11 @@ impl DatagramProtocol for Echo {
 }
 
 fn main() -> Result<(), twine::Error> {
-    common::init_logging();
+    common::init(&[]);
     let addr = common::addr_arg(0, "127.0.0.1:9999");
     let mut reactor = Reactor::new()?;
     let port = reactor.listen_udp_with(ListenOptions::from(addr), Echo)?;
-    log::info!("listening on {}", port.local_addr());
+    common::announce(&mut reactor, format!("listening on {}", port.local_addr()));
     reactor.run()?;
     log::info!("bye");
     Ok(())

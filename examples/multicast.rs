@@ -31,16 +31,19 @@ impl PingPong {
 impl DatagramProtocol for PingPong {
     fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
         match self.join(t) {
-            Ok(()) => log::info!(
-                "listening on {} (group {} via {})",
-                t.local_addr(),
-                self.group,
-                if self.interface.is_empty() {
+            Ok(()) => {
+                let via = if self.interface.is_empty() {
                     "any interface"
                 } else {
                     &self.interface
-                }
-            ),
+                };
+                let text = format!(
+                    "listening on {} (group {} via {via})",
+                    t.local_addr(),
+                    self.group
+                );
+                common::announce(t.reactor(), text);
+            }
             Err(e) => {
                 log::error!("joining {}: {e}", self.group);
                 t.reactor().stop();
@@ -65,7 +68,7 @@ impl DatagramProtocol for PingPong {
 }
 
 fn main() -> Result<(), twine::Error> {
-    common::init_logging();
+    common::init(&["--interface"]);
     let group = common::addr_arg(0, "228.0.0.5:8005");
     let default_interface = if group.is_ipv4() { "127.0.0.1" } else { "" };
     let interface = common::flag("--interface").unwrap_or_else(|| default_interface.to_owned());

@@ -1,6 +1,7 @@
 //! Push clients: simulated users (A to E by default), each on its own port of one
 //! reactor (the Python original ran a thread per user). Each registers its name with the
 //! push server and prints what it receives, as `A got: TEXT`; on stop each unregisters.
+//! A name the server refuses (`error: ...`) stops the client.
 //!
 //! Run:  `cargo run --example push_server` in one terminal, then
 //!       `cargo run --example push_client [SERVER_IP:PORT] [--users A,B,C] [--pushes N]`
@@ -48,6 +49,11 @@ impl DatagramProtocol for User {
     fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], _from: SocketAddr) {
         let text = String::from_utf8_lossy(data);
         println!("{} got: {text}", self.name);
+        if text.starts_with("error:") {
+            log::error!("{}: the server refused the name; stopping", self.name);
+            t.reactor().stop();
+            return;
+        }
         if !text.starts_with("time ") {
             return;
         }
@@ -75,11 +81,19 @@ impl DatagramProtocol for User {
 }
 
 fn main() -> Result<(), twine::Error> {
-    common::init_logging();
+    common::init(&["--users", "--pushes"]);
     let server = common::addr_arg(0, "127.0.0.1:9996");
     let users = common::flag("--users").unwrap_or_else(|| "A,B,C,D,E".to_owned());
     let wanted = common::optional_flag::<u32>("--pushes");
-    let names: Vec<&str> = users.split(',').filter(|n| !n.is_empty()).collect();
+    let mut names: Vec<&str> = users.split(',').filter(|n| !n.is_empty()).collect();
+    let given = names.len();
+    names.sort_unstable();
+    names.dedup();
+    if names.len() != given {
+        // Two users of one name would share one registration: one would never get a push.
+        eprintln!("--users: each name once, got {users:?}");
+        std::process::exit(2);
+    }
     let waiting = Rc::new(Cell::new(names.len()));
     let mut reactor = Reactor::new()?;
     for name in names {

@@ -3,7 +3,7 @@
 //! thread for the pushes; here they are a repeating call on the port.
 //!
 //! Protocol (text datagrams; a trailing newline is ignored, so `nc` works):
-//! - `NAME` (1 to 32 bytes, no spaces) registers NAME at the sender's address (again:
+//! - `NAME` (1 to 32 bytes, no spaces or control characters) registers NAME at the sender's address (again:
 //!   moves it) and is answered `registered NAME`;
 //! - `unregister NAME` removes it: `unregistered NAME`, or `not registered NAME`;
 //! - anything else is answered `error: ...`;
@@ -34,7 +34,11 @@ struct PushServer {
 impl PushServer {
     /// The reply to one datagram, changing the registrations as it asks.
     fn handle(&mut self, text: &str, from: SocketAddr) -> String {
-        let name_ok = |n: &str| !n.is_empty() && n.len() <= MAX_NAME && !n.contains(' ');
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= MAX_NAME
+                && !n.chars().any(|c| c.is_whitespace() || c.is_control())
+        };
         if let Some(name) = text.strip_prefix("unregister ") {
             return match self.clients.remove(name) {
                 Some(_) => {
@@ -46,7 +50,7 @@ impl PushServer {
         }
         if !name_ok(text) || text == "unregister" {
             return format!(
-                "error: send a name (1 to {MAX_NAME} bytes, no spaces) or `unregister NAME`"
+                "error: send a name (1 to {MAX_NAME} bytes, no spaces or control characters) or `unregister NAME`"
             );
         }
         log::info!("registered {text} at {from}");
@@ -88,7 +92,7 @@ impl DatagramProtocol for PushServer {
 }
 
 fn main() -> Result<(), twine::Error> {
-    common::init_logging();
+    common::init(&["--every"]);
     let addr = common::addr_arg(0, "127.0.0.1:9996");
     let every = common::seconds_flag("--every", Duration::from_secs(10));
     let mut reactor = Reactor::new()?;
@@ -97,9 +101,10 @@ fn main() -> Result<(), twine::Error> {
         clients: BTreeMap::new(),
     };
     let port = reactor.listen_udp_with(ListenOptions::from(addr), server)?;
-    log::info!(
+    let text = format!(
         "listening on {} (pushing every {every:?})",
         port.local_addr()
     );
+    common::announce(&mut reactor, text);
     reactor.run()
 }

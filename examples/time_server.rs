@@ -12,11 +12,11 @@ mod common;
 use twine::{ListenOptions, Reactor, respond};
 
 fn main() -> Result<(), twine::Error> {
-    common::init_logging();
+    common::init(&[]);
     let addr = common::addr_arg(0, "127.0.0.1:9994");
     let mut reactor = Reactor::new()?;
     let time = respond(|_data, _from| Some(common::ctime()));
     let port = reactor.listen_udp_with(ListenOptions::from(addr), time.named("TimeServer"))?;
-    log::info!("listening on {}", port.local_addr());
+    common::announce(&mut reactor, format!("listening on {}", port.local_addr()));
     reactor.run()
 }

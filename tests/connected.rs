@@ -22,8 +22,12 @@ fn dead_addr_on(ip: &str) -> SocketAddr {
     s.local_addr().expect("its address")
 }
 
+/// A dead address on 127.0.0.2 (loopback too): the tests re-bind it later to show a port
+/// works again, and a port number freed on 127.0.0.1 may meanwhile be handed to another
+/// test's `127.0.0.1:0` (seen in CI as `AddrInUse`); nothing here binds 127.0.0.2 but
+/// these dead addresses.
 fn dead_addr() -> SocketAddr {
-    dead_addr_on("127.0.0.1")
+    dead_addr_on("127.0.0.2")
 }
 
 fn refusals(events: &Events) -> usize {

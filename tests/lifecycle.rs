@@ -35,6 +35,13 @@ fn loopback() -> ListenOptions {
     ListenOptions::new(0).interface("127.0.0.1")
 }
 
+/// A port on 127.0.0.3 (loopback too), for tests that show a socket closed by binding its
+/// address again: a port number freed on 127.0.0.1 may meanwhile go to another test's
+/// `127.0.0.1:0`, but nothing else here binds 127.0.0.3.
+fn loopback_alone() -> ListenOptions {
+    ListenOptions::new(0).interface("127.0.0.3")
+}
+
 /// Events with the reactor turn they happened in.
 type Log = Rc<RefCell<Vec<(u32, Event)>>>;
 
@@ -814,7 +821,7 @@ fn panic_in_start_protocol_is_start_panicked_and_leaves_no_port() {
         panic!("lifecycle start boom");
     });
     let err = reactor
-        .listen_udp_with(loopback(), bad)
+        .listen_udp_with(loopback_alone(), bad)
         .expect_err("start panicked");
     let addr = match err {
         Error::StartPanicked { addr, message } => {
@@ -919,7 +926,9 @@ fn panic_in_stop_protocol_is_logged_and_the_port_still_closes() {
     let turns = Rc::new(Cell::new(0));
     let (bad, log) = Scripted::new(&turns);
     let bad = bad.on_stop(|_| panic!("lifecycle stop boom"));
-    let bad = reactor.listen_udp_with(loopback(), bad).expect("listen");
+    let bad = reactor
+        .listen_udp_with(loopback_alone(), bad)
+        .expect("listen");
     let addr = bad.local_addr();
     let (good, _) = Recorder::echoing();
     let good = listen_loopback(&mut reactor, good);

@@ -5,8 +5,39 @@ use std::net::SocketAddr;
 use std::process::exit;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Sets up an example: logging, and a check of its command line: every `--flag` must be
+/// one of `flags` and have a value, else the program exits with code 2 and a message.
+pub fn init(flags: &[&str]) {
+    init_logging();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if !a.starts_with("--") {
+            continue;
+        }
+        if !flags.contains(&a.as_str()) {
+            let known = if flags.is_empty() {
+                "none".to_owned()
+            } else {
+                flags.join(", ")
+            };
+            eprintln!("unknown flag {a:?} (this example takes: {known})");
+            exit(2);
+        }
+        if args.next().is_none() {
+            eprintln!("{a} needs a value");
+            exit(2);
+        }
+    }
+}
+
+/// Logs `text` (the `listening on IP:PORT` line) on the reactor's first turn, once `run`
+/// has taken over Ctrl-C: from then on Ctrl-C stops the program cleanly.
+pub fn announce(reactor: &mut twine::Reactor, text: String) {
+    reactor.call_later(Duration::ZERO, move |_| log::info!("{text}"));
+}
+
 /// Logs at info level to stderr (`RUST_LOG=debug` or `trace` for more).
-pub fn init_logging() {
+fn init_logging() {
     let level = match std::env::var("RUST_LOG").as_deref() {
         Ok("trace") => log::LevelFilter::Trace,
         Ok("debug") => log::LevelFilter::Debug,
@@ -75,15 +106,21 @@ where
     optional_flag(name).unwrap_or(default)
 }
 
+/// The shortest period a `--SECONDS` flag takes.
+const MIN_PERIOD: Duration = Duration::from_millis(10);
+
 /// The value of `--name SECONDS` (fractions allowed, e.g. `0.5`), or `default`; exits with
-/// a message unless it is a positive number of seconds.
+/// a message unless it is a number of seconds, at least 0.01.
 pub fn seconds_flag(name: &str, default: Duration) -> Duration {
     let secs = parsed_flag(name, default.as_secs_f64());
     Duration::try_from_secs_f64(secs)
         .ok()
-        .filter(|d| !d.is_zero())
+        .filter(|d| *d >= MIN_PERIOD)
         .unwrap_or_else(|| {
-            eprintln!("{name}: expected a positive number of seconds, got {secs}");
+            eprintln!(
+                "{name}: expected a number of seconds, at least {}, got {secs}",
+                MIN_PERIOD.as_secs_f64()
+            );
             exit(2)
         })
 }

@@ -64,12 +64,22 @@ pub fn mentions(line: &str, addr: SocketAddr) -> bool {
         .any(|(i, _)| !line[i + needle.len()..].starts_with(|c: char| c.is_ascii_digit()))
 }
 
-/// Every captured log line that names exactly `addr`.
+/// Every captured log line that names exactly `addr`, from the latest port to start on it
+/// (`"... starting on <addr>"`) on: a port number freed by one test may be handed to a
+/// later one, and the earlier port's lines are not about the later port.
 pub fn logs_about(addr: SocketAddr) -> Vec<String> {
-    logs_containing(&addr.to_string())
+    let mut lines: Vec<String> = logs_containing(&addr.to_string())
         .into_iter()
         .filter(|l| mentions(l, addr))
-        .collect()
+        .collect();
+    let start = format!("starting on {addr}");
+    if let Some(latest) = lines
+        .iter()
+        .rposition(|l| l.contains(&start) && mentions(l, addr))
+    {
+        lines.drain(..latest);
+    }
+    lines
 }
 
 /// What a [`Recorder`] saw, in order.
