@@ -61,6 +61,9 @@ struct Slot {
     /// The port's timers, cancelled when it closes (pruned of fired ones as it grows).
     timers: Vec<DelayedCall>,
     timers_pruned_at: usize,
+    /// The key is in `Reactor::ready` (served again next turn): a flag, so that marking a
+    /// port costs the same however many others are marked.
+    in_ready: bool,
 }
 
 /// A handle to a listening port, returned by the listen and adopt calls: its address, and
@@ -425,6 +428,7 @@ impl Reactor {
             port: None,
             timers: Vec::new(),
             timers_pruned_at: 0,
+            in_ready: false,
         });
         Ok(PortKey { index, generation })
     }
@@ -888,6 +892,11 @@ impl Reactor {
         }
         let boundary = self.timers.boundary();
         let left_over = std::mem::replace(&mut self.ready, std::mem::take(&mut self.ready_spare));
+        for key in &left_over {
+            if let Some(slot) = self.live_slot(*key) {
+                slot.in_ready = false;
+            }
+        }
         for event in events.iter() {
             trace!("event {event:?}");
             match event.token() {
@@ -934,19 +943,30 @@ impl Reactor {
             return;
         }
         if self.with_port_dyn(key, |p, r| p.on_ready(r, readable, writable)) == Some(true)
-            && !self.ready.contains(&key)
+            && let Some(slot) = self.live_slot(key)
+            && !slot.in_ready
         {
+            slot.in_ready = true;
             self.ready.push(key);
         }
     }
 
+    /// Serves the ports whose budget ran out last turn, unless an event this turn already
+    /// served them and marked them again.
     fn serve_left_over(&mut self, mut left_over: Vec<PortKey>) {
         for key in left_over.drain(..) {
-            if !self.ready.contains(&key) {
+            if self.live_slot(key).is_some_and(|slot| !slot.in_ready) {
                 self.serve_port(key, true, false);
             }
         }
         self.ready_spare = left_over;
+    }
+
+    /// The slot of `key`, unless the port is gone.
+    fn live_slot(&mut self, key: PortKey) -> Option<&mut Slot> {
+        self.ports
+            .get_mut(key.index)
+            .filter(|slot| slot.generation == key.generation)
     }
 
     fn run_thread_calls(&mut self) {
