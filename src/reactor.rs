@@ -125,6 +125,9 @@ pub struct Reactor {
     /// Turns, port dispatches and listen calls under way: `run`/`iterate` refuse to start
     /// a nested turn while it is not zero.
     busy: usize,
+    /// Bumped by every stop asked for (of a port or of the reactor), so that a port
+    /// dispatching a batch checks for one with a single compare per datagram.
+    stops_asked: u64,
     /// The receive and send batches, lent to the port being read (`None` meanwhile).
     batches: Option<(Box<RecvBatch>, Box<SendBatch>)>,
 }
@@ -174,6 +177,7 @@ impl Reactor {
             stop_requested: false,
             busy: 0,
             batches: None,
+            stops_asked: 0,
         })
     }
 
@@ -486,6 +490,12 @@ impl Reactor {
     }
 
     /// Whether a stop was asked for this port and it is not torn down yet.
+    /// A count that changes whenever a stop is asked for: unchanged since it was read, no
+    /// port has been asked to close and the reactor has not been asked to stop since.
+    pub(crate) fn stops_asked(&self) -> u64 {
+        self.stops_asked
+    }
+
     pub(crate) fn close_requested(&self, key: PortKey) -> bool {
         matches!(self.ports.get(key.index), Some(slot) if slot.generation == key.generation && slot.closing)
     }
@@ -498,6 +508,7 @@ impl Reactor {
             return;
         }
         slot.closing = true;
+        self.stops_asked += 1;
         if let Some(port) = slot.port.as_mut() {
             port.core_mut().closing = true;
         }
@@ -773,6 +784,7 @@ impl Reactor {
     /// (each `stop_protocol` runs) and [`run`](Self::run) returns. Timers stay scheduled.
     pub fn stop(&mut self) {
         self.stop_requested = true;
+        self.stops_asked += 1;
     }
 
     /// Whether a stop was asked for and has not happened yet.
@@ -1018,6 +1030,7 @@ impl Reactor {
             && watch.stop_asked()
         {
             self.stop_requested = true;
+            self.stops_asked += 1;
         }
     }
 }

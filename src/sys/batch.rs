@@ -21,6 +21,10 @@ use imp::Mmsg;
 pub struct RecvBatch {
     bufs: Vec<u8>,
     slot: usize,
+    /// The `iov_len` every header carries now.
+    max: usize,
+    /// Headers the last call handed the kernel, whose `msg_namelen` it overwrote.
+    used: usize,
     names: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<Mmsg>,
@@ -45,6 +49,9 @@ impl std::fmt::Debug for RecvBatch {
             .finish()
     }
 }
+
+/// The room for a sender's address.
+const NAME_LEN: libc::socklen_t = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
 
 /// An all-zero value of a plain C struct.
 fn zeroed<T: Copy>() -> T {
@@ -71,6 +78,23 @@ impl RecvBatch {
         self.names = vec![zeroed(); capacity];
         self.iovs = vec![zeroed(); capacity];
         self.hdrs = vec![zeroed(); capacity];
+        // Every header points at its own name and iovec, and every iovec at its own slot,
+        // for as long as these vectors live; `recv` only resets what the kernel changed.
+        let base = self.bufs.as_mut_ptr();
+        for i in 0..capacity {
+            self.iovs[i] = libc::iovec {
+                // SAFETY: i < capacity, so slot i lies inside `bufs` (capacity * slot bytes).
+                iov_base: unsafe { base.add(i * self.slot) }.cast(),
+                iov_len: self.slot,
+            };
+            let hdr = &mut self.hdrs[i].msg_hdr;
+            hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = NAME_LEN;
+            hdr.msg_iov = &mut self.iovs[i];
+            hdr.msg_iovlen = 1;
+        }
+        self.max = self.slot;
+        self.used = 0;
     }
 
     /// Reads up to `count` datagrams (at most the capacity) of up to `max` bytes each (at
@@ -79,24 +103,23 @@ impl RecvBatch {
     pub fn recv(&mut self, fd: &impl AsRawFd, count: usize, max: usize) -> io::Result<usize> {
         let count = count.min(self.capacity());
         let max = max.min(self.slot);
-        let base = self.bufs.as_mut_ptr();
-        for i in 0..count {
-            self.iovs[i] = libc::iovec {
-                // SAFETY: i < capacity, so slot i lies inside `bufs` (capacity * slot bytes).
-                iov_base: unsafe { base.add(i * self.slot) }.cast(),
-                iov_len: max,
-            };
-            let hdr = &mut self.hdrs[i].msg_hdr;
-            hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
-            hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdr.msg_iov = &mut self.iovs[i];
-            hdr.msg_iovlen = 1;
-            hdr.msg_flags = 0;
+        if max != self.max {
+            for iov in &mut self.iovs {
+                iov.iov_len = max;
+            }
+            self.max = max;
         }
-        imp::recv(fd.as_raw_fd(), &mut self.hdrs[..count])
+        for hdr in &mut self.hdrs[..self.used] {
+            hdr.msg_hdr.msg_namelen = NAME_LEN;
+        }
+        self.used = 0;
+        let got = imp::recv(fd.as_raw_fd(), &mut self.hdrs[..count])?;
+        self.used = got;
+        Ok(got)
     }
 
     /// Datagram `i` of the last [`recv`](Self::recv) (`i` below what it returned).
+    #[inline]
     pub fn get(&self, i: usize) -> Datagram<'_> {
         let m = &self.hdrs[i];
         let len = (m.msg_len as usize).min(self.slot);
@@ -149,6 +172,7 @@ impl SendBatch {
     }
 
     /// Datagrams waiting.
+    #[inline]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -159,6 +183,7 @@ impl SendBatch {
     }
 
     /// Adds a datagram (a copy of `data`) for `addr`.
+    #[inline]
     pub fn push(&mut self, data: &[u8], addr: SocketAddr) {
         self.data.extend_from_slice(data);
         self.entries.push((self.data.len(), addr));
@@ -169,6 +194,19 @@ impl SendBatch {
         let start = if i == 0 { 0 } else { self.entries[i - 1].0 };
         let (end, addr) = self.entries[i];
         (&self.data[start..end], addr)
+    }
+
+    /// The bytes of datagrams `from..to`.
+    pub fn bytes(&self, from: usize, to: usize) -> usize {
+        if from >= to {
+            return 0;
+        }
+        let start = if from == 0 {
+            0
+        } else {
+            self.entries[from - 1].0
+        };
+        self.entries[to - 1].0 - start
     }
 
     /// Forgets every datagram, keeping the memory.
@@ -192,14 +230,26 @@ impl SendBatch {
                 iov_base: unsafe { base.add(start) }.cast(),
                 iov_len: end - start,
             };
-            let hdr = &mut self.hdrs[k].msg_hdr;
             if connected {
+                let hdr = &mut self.hdrs[k].msg_hdr;
                 hdr.msg_name = std::ptr::null_mut();
                 hdr.msg_namelen = 0;
+            } else if k > 0 && self.entries[i - 1].1 == addr {
+                // The same destination as the one before (the common case of replies to
+                // one client): share its converted address.
+                let (name, len) = (
+                    self.hdrs[k - 1].msg_hdr.msg_name,
+                    self.hdrs[k - 1].msg_hdr.msg_namelen,
+                );
+                let hdr = &mut self.hdrs[k].msg_hdr;
+                hdr.msg_name = name;
+                hdr.msg_namelen = len;
             } else {
+                let hdr = &mut self.hdrs[k].msg_hdr;
                 hdr.msg_namelen = std_to_sockaddr(&addr, &mut self.names[k]);
                 hdr.msg_name = (&mut self.names[k] as *mut libc::sockaddr_storage).cast();
             }
+            let hdr = &mut self.hdrs[k].msg_hdr;
             hdr.msg_iov = &mut self.iovs[k];
             hdr.msg_iovlen = 1;
         }

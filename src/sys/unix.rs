@@ -22,6 +22,7 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 /// # Safety
 ///
 /// The first `len` bytes of `storage` must be a socket address as the kernel wrote it.
+#[inline]
 pub(super) unsafe fn sockaddr_to_std(
     storage: &libc::sockaddr_storage,
     len: libc::socklen_t,
@@ -57,6 +58,7 @@ pub(super) unsafe fn sockaddr_to_std(
 }
 
 /// Writes `addr` into `storage` as the kernel's socket address; returns its length.
+#[inline]
 pub(super) fn std_to_sockaddr(
     addr: &SocketAddr,
     storage: &mut libc::sockaddr_storage,

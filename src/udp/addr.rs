@@ -17,6 +17,7 @@ pub trait PeerAddr {
 }
 
 impl PeerAddr for SocketAddr {
+    #[inline]
     fn peer_addr(self) -> Result<SocketAddr> {
         Ok(self)
     }

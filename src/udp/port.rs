@@ -300,9 +300,10 @@ fn read_batch<P: DatagramProtocol>(
     let (budget, budget_bytes) = (t.core.read_budget, t.core.read_budget_bytes);
     let (mut count, mut bytes) = (0, 0);
     while count < budget && bytes < budget_bytes {
-        if t.core.closing || t.reactor.close_requested(t.core.key) || t.reactor.is_stopping() {
+        if must_stop(t) {
             return false;
         }
+        let stops = t.reactor.stops_asked();
         let want = (budget - count).min(t.core.batch_size);
         let got = match ring.recv(&t.core.socket, want, t.core.max_packet_size) {
             Ok(got) => got,
@@ -324,7 +325,7 @@ fn read_batch<P: DatagramProtocol>(
             count += 1;
             bytes += d.data.len();
             deliver(p, t, d);
-            if t.core.closing || t.reactor.close_requested(t.core.key) || t.reactor.is_stopping() {
+            if t.core.closing || (t.reactor.stops_asked() != stops && must_stop(t)) {
                 // Read but not delivered: the port is closing, as if they came later.
                 break;
             }
@@ -338,6 +339,11 @@ fn read_batch<P: DatagramProtocol>(
         }
     }
     true
+}
+
+/// Whether the port may deliver no more: it is closing, or the reactor is stopping.
+fn must_stop(t: &UdpTransport<'_>) -> bool {
+    t.core.closing || t.reactor.close_requested(t.core.key) || t.reactor.is_stopping()
 }
 
 /// Hands one received datagram to the protocol (or counts it, if cut short or from an
@@ -371,6 +377,7 @@ const WARN_INTERVAL: Duration = Duration::from_secs(1);
 
 impl PortCore {
     /// Sends one datagram now, or queues it if the kernel's buffer is full.
+    #[inline]
     pub(crate) fn send(&mut self, data: &[u8], addr: SocketAddr) -> Result<()> {
         if !same_family(&addr, &self.local) {
             return Err(Error::AddressFamilyMismatch {
@@ -506,10 +513,8 @@ impl PortCore {
                     break;
                 }
                 Ok(sent) => {
-                    for i in next..next + sent {
-                        self.stats.datagrams_sent += 1;
-                        self.stats.bytes_sent += out.get(i).0.len() as u64;
-                    }
+                    self.stats.datagrams_sent += sent as u64;
+                    self.stats.bytes_sent += out.bytes(next, next + sent) as u64;
                     next += sent;
                 }
                 Err(e) if sys::classify(&e) == ErrorClass::WouldBlock => {
