@@ -165,6 +165,14 @@ impl Server {
         }
     }
 
+    /// The process id of a server run as a child process.
+    pub fn child_pid(&self) -> Option<u32> {
+        match &self.stopper {
+            Some(Stopper::Child(child)) => Some(child.id()),
+            _ => None,
+        }
+    }
+
     /// Stops the server and waits for it.
     pub fn stop(mut self) {
         self.shut_down();

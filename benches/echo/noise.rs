@@ -1,0 +1,60 @@
+//! How much CPU the rest of the machine took while a measurement ran (Linux `/proc`), so
+//! that a run disturbed by another program can be told apart and repeated.
+//!
+//! All CPUs' busy time from `/proc/stat` (user, nice, system, steal: interrupt time is
+//! left out, since the loopback traffic's own softirq work is counted there) less this
+//! process's and its server children's CPU time (`/proc/PID/stat`). Both are in clock
+//! ticks of 1/100 s (Linux's `USER_HZ`).
+
+use std::time::Duration;
+
+/// A reading of the counters.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading {
+    machine: u64,
+    ours: u64,
+}
+
+/// Clock ticks per second in `/proc` (`USER_HZ`).
+const TICKS: f64 = 100.0;
+
+/// Reads the counters; `children` are the pids of server processes to count as ours.
+pub fn read(children: &[u32]) -> Option<Reading> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let machine = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| cpu.get(i)).sum();
+    let mut ours = process_ticks("self")?;
+    for pid in children {
+        ours += process_ticks(&pid.to_string()).unwrap_or(0);
+    }
+    Some(Reading { machine, ours })
+}
+
+/// utime + stime of a process, in ticks.
+fn process_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: count fields after it.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of the line are the 12th and 13th after the name.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The CPUs' worth (1.0 is one CPU all the time) that others used between two readings
+/// `elapsed` apart.
+pub fn others(from: Option<Reading>, to: Option<Reading>, elapsed: Duration) -> Option<f64> {
+    let (from, to) = (from?, to?);
+    let machine = to.machine.saturating_sub(from.machine);
+    let ours = to.ours.saturating_sub(from.ours);
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    Some(machine.saturating_sub(ours) as f64 / TICKS / secs)
+}
