@@ -86,6 +86,7 @@ impl<'a> UdpTransport<'a> {
     /// reactor.listen_udp(0, twine::from_fn(echo))?;
     /// # Ok::<(), twine::Error>(())
     /// ```
+    #[inline]
     pub fn write(&mut self, data: &[u8], addr: impl PeerAddr) -> Result<()> {
         let addr = addr.peer_addr()?;
         self.core.send(data, addr)
@@ -98,6 +99,7 @@ impl<'a> UdpTransport<'a> {
     /// [`Error::NotConnected`] if [`connect`](Self::connect) was not called; otherwise as
     /// [`write`](Self::write).
     #[doc(alias = "write")]
+    #[inline]
     pub fn send(&mut self, data: &[u8]) -> Result<()> {
         let peer = self.core.peer.ok_or(Error::NotConnected)?;
         self.core.send(data, peer)
