@@ -88,6 +88,18 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // `--timer-ops N`: one run of N timers for an instruction count under callgrind
+    // (`benches/timer_ops.sh`), where wall time and caches do not matter.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--timer-ops") {
+        let n = args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .expect("--timer-ops N");
+        let mut reactor = Reactor::new().expect("reactor");
+        timer_ops(&mut reactor, &delays(n, 7));
+        return;
+    }
     let plan = if std::env::args().any(|a| a == "--bench") {
         FULL
     } else {
@@ -438,6 +450,25 @@ fn timer_round(n: usize, seed: u64) -> [f64; 5] {
         per(push, n),
         per(pop, n),
     ]
+}
+
+/// Schedules a timer per delay, cancels every other one, fires the rest: the queue's work
+/// alone, for callgrind (`--toggle-collect=*timer_ops*`).
+#[inline(never)]
+fn timer_ops(reactor: &mut Reactor, delays: &[Duration]) {
+    let n = delays.len();
+    let calls: Vec<_> = delays
+        .iter()
+        .map(|d| reactor.call_later(*d, |_| {}))
+        .collect();
+    for i in (0..n / 2).map(|i| i * STRIDE % n) {
+        reactor.cancel(calls[i]);
+    }
+    std::thread::sleep(Duration::from_nanos(MAX_DELAY_NS));
+    let fired = reactor
+        .run_until(FIRE_DEADLINE, |r| r.timer_count() == 0)
+        .expect("turns");
+    assert!(fired, "timers left unfired");
 }
 
 fn timers(plan: &Plan) {
