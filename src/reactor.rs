@@ -501,17 +501,17 @@ impl Reactor {
     }
 
     fn request_close(&mut self, key: PortKey) {
-        let Some(slot) = self.ports.get_mut(key.index) else {
+        let Some(slot) = self.live_slot(key) else {
             return;
         };
-        if slot.generation != key.generation || slot.closing {
+        if slot.closing {
             return;
         }
         slot.closing = true;
-        self.stops_asked += 1;
         if let Some(port) = slot.port.as_mut() {
             port.core_mut().closing = true;
         }
+        self.stops_asked += 1;
         trace!("close requested for {key:?}");
         self.closing.push(key);
     }
@@ -545,10 +545,7 @@ impl Reactor {
         key: PortKey,
         f: impl FnOnce(&mut dyn Port, &mut Reactor) -> R,
     ) -> Option<R> {
-        let slot = self.ports.get_mut(key.index)?;
-        if slot.generation != key.generation {
-            return None;
-        }
+        let slot = self.live_slot(key)?;
         let mut port = slot.port.take()?;
         self.busy += 1;
         let out = f(port.as_mut(), self);
@@ -563,8 +560,8 @@ impl Reactor {
         // A stop asked for through the reactor while the port was out of its slot.
         core.closing |= self.close_requested(key);
         let closing = core.closing;
-        match self.ports.get_mut(key.index) {
-            Some(slot) if slot.generation == key.generation => slot.port = Some(port),
+        match self.live_slot(key) {
+            Some(slot) => slot.port = Some(port),
             _ => {
                 // Cannot happen while nested turns are refused; never let the port reach
                 // another one's slot.
