@@ -496,6 +496,12 @@ impl Reactor {
         self.stops_asked
     }
 
+    /// Counts a stop asked for outside the reactor's own bookkeeping (a port's
+    /// `stop_listening`), so that [`stops_asked`](Self::stops_asked) changes.
+    pub(crate) fn note_stop_asked(&mut self) {
+        self.stops_asked += 1;
+    }
+
     pub(crate) fn close_requested(&self, key: PortKey) -> bool {
         matches!(self.ports.get(key.index), Some(slot) if slot.generation == key.generation && slot.closing)
     }

@@ -324,9 +324,8 @@ fn serve_mio(cpu: Option<usize>, ready: Ready) {
             }
         }
         // Until EAGAIN (drained); any other error also waits for the next event.
-        while let Ok(got) = rx.recv(&sock, BATCH, MAX_PACKET) {
-            for i in 0..got {
-                let d = rx.get(i);
+        while rx.recv(&sock, BATCH, MAX_PACKET).is_ok() {
+            for d in rx.datagrams() {
                 if let (Some(from), false) = (d.from, d.truncated) {
                     tx.push(d.data, from);
                 }

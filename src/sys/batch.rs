@@ -121,16 +121,36 @@ impl RecvBatch {
     /// Datagram `i` of the last [`recv`](Self::recv) (`i` below what it returned).
     #[inline]
     pub fn get(&self, i: usize) -> Datagram<'_> {
-        let m = &self.hdrs[i];
-        let len = (m.msg_len as usize).min(self.slot);
         let start = i * self.slot;
-        Datagram {
-            data: &self.bufs[start..start + len],
-            truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
-            // SAFETY: the kernel wrote `msg_namelen` bytes of the sender's address into
-            // names[i] (zeroed at creation, so the rest is initialised).
-            from: unsafe { sockaddr_to_std(&self.names[i], m.msg_hdr.msg_namelen) },
-        }
+        datagram(
+            &self.hdrs[i],
+            &self.names[i],
+            &self.bufs[start..start + self.slot],
+        )
+    }
+
+    /// The datagrams of the last [`recv`](Self::recv), in order: [`get`](Self::get) for
+    /// each, without an index to check per datagram.
+    #[inline]
+    pub fn datagrams(&self) -> impl Iterator<Item = Datagram<'_>> {
+        let used = self.used;
+        self.hdrs[..used]
+            .iter()
+            .zip(&self.names[..used])
+            .zip(self.bufs.chunks_exact(self.slot.max(1)))
+            .map(|((m, name), buf)| datagram(m, name, buf))
+    }
+}
+
+/// The datagram the kernel described in `m`, received into `buf` (its slot) from `name`.
+#[inline(always)]
+fn datagram<'a>(m: &Mmsg, name: &libc::sockaddr_storage, buf: &'a [u8]) -> Datagram<'a> {
+    Datagram {
+        data: &buf[..(m.msg_len as usize).min(buf.len())],
+        truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+        // SAFETY: the kernel wrote `msg_namelen` bytes of the sender's address into `name`
+        // (zeroed at creation, so the rest is initialised).
+        from: unsafe { sockaddr_to_std(name, m.msg_hdr.msg_namelen) },
     }
 }
 
@@ -389,8 +409,22 @@ mod tests {
         let from = Some(tx.local_addr().expect("addr"));
         assert_eq!(got, [(50, true, from), (10, false, from), (0, false, from)]);
         assert_eq!(ring.get(1).data, &[8u8; 10]);
+        let iterated: Vec<(&[u8], bool, Option<SocketAddr>)> = ring
+            .datagrams()
+            .map(|d| (d.data, d.truncated, d.from))
+            .collect();
+        let indexed: Vec<(&[u8], bool, Option<SocketAddr>)> = (0..3)
+            .map(|i| ring.get(i))
+            .map(|d| (d.data, d.truncated, d.from))
+            .collect();
+        assert_eq!(iterated, indexed);
         let err = ring.recv(&rx, 4, 50).expect_err("drained");
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(
+            ring.datagrams().count(),
+            0,
+            "a failed call leaves no datagrams"
+        );
     }
 
     #[test]

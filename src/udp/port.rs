@@ -93,6 +93,10 @@ pub(crate) struct PortCore {
     pub(crate) socket: UdpSocket,
     pub(crate) key: PortKey,
     pub(crate) local: SocketAddr,
+    /// `local` is IPv4 (the family every destination must have).
+    local_is_v4: bool,
+    /// The longest datagram UDP carries in `local`'s family.
+    max_send: usize,
     pub(crate) peer: Option<SocketAddr>,
     pub(crate) prefix: String,
     pub(crate) protocol_type: (TypeId, &'static str),
@@ -142,6 +146,8 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 socket,
                 key,
                 local,
+                local_is_v4: local.is_ipv4(),
+                max_send: max_datagram(&local),
                 peer: None,
                 prefix,
                 protocol_type: (TypeId::of::<P>(), short_type_name::<P>()),
@@ -320,12 +326,13 @@ fn read_batch<P: DatagramProtocol>(
                 continue;
             }
         };
-        for i in 0..got {
-            let d = ring.get(i);
+        for d in ring.datagrams() {
             count += 1;
             bytes += d.data.len();
             deliver(p, t, d);
-            if t.core.closing || (t.reactor.stops_asked() != stops && must_stop(t)) {
+            // `stop_listening`, `Reactor::stop` and closing a port by handle all change
+            // the count: one comparison per datagram while nothing of the kind happens.
+            if t.reactor.stops_asked() != stops && must_stop(t) {
                 // Read but not delivered: the port is closing, as if they came later.
                 break;
             }
@@ -348,18 +355,32 @@ fn must_stop(t: &UdpTransport<'_>) -> bool {
 
 /// Hands one received datagram to the protocol (or counts it, if cut short or from an
 /// address that is not IP).
+#[inline(always)]
 fn deliver<P: DatagramProtocol>(p: &mut P, t: &mut UdpTransport<'_>, d: sys::Datagram<'_>) {
-    let Some(from) = d.from else {
-        t.core.stats.recv_errors += 1;
-        return;
-    };
-    if d.truncated {
+    // One arm per family, so that each builds only its own kind of address for the
+    // call (merged, the two would go through a field-by-field copy of both layouts).
+    match d.from {
+        Some(from @ SocketAddr::V4(_)) => deliver_from(p, t, d.data, d.truncated, from),
+        Some(from @ SocketAddr::V6(_)) => deliver_from(p, t, d.data, d.truncated, from),
+        None => t.core.stats.recv_errors += 1,
+    }
+}
+
+#[inline(always)]
+fn deliver_from<P: DatagramProtocol>(
+    p: &mut P,
+    t: &mut UdpTransport<'_>,
+    data: &[u8],
+    truncated: bool,
+    from: SocketAddr,
+) {
+    if truncated {
         t.core.on_truncated(from);
         return;
     }
     t.core.stats.datagrams_received += 1;
-    t.core.stats.bytes_received += d.data.len() as u64;
-    p.datagram_received(t, d.data, from);
+    t.core.stats.bytes_received += data.len() as u64;
+    p.datagram_received(t, data, from);
 }
 
 /// A refusal read from the socket: the kernel reports ICMP port unreachable only on
@@ -377,19 +398,60 @@ const WARN_INTERVAL: Duration = Duration::from_secs(1);
 
 impl PortCore {
     /// Sends one datagram now, or queues it if the kernel's buffer is full.
+    ///
+    /// The common case (an unconnected port dispatching a batch, nothing queued, an
+    /// address of the port's family, a length UDP can carry) is the few tests here, inlined
+    /// into the protocol's callback; everything else is [`send_checked`](Self::send_checked).
     #[inline]
     pub(crate) fn send(&mut self, data: &[u8], addr: SocketAddr) -> Result<()> {
+        if self.peer.is_none()
+            && addr.is_ipv4() == self.local_is_v4
+            && data.len() <= self.max_send
+            && self.queue.is_empty()
+            && let Some(out) = self.out.as_mut()
+        {
+            out.push(data, addr);
+            if out.len() >= self.batch_size {
+                self.flush_out();
+            }
+            return Ok(());
+        }
+        self.send_checked(data, addr)
+    }
+
+    /// Sends one datagram to the connected peer: [`send`](Self::send) without the address.
+    #[inline]
+    pub(crate) fn send_connected(&mut self, data: &[u8]) -> Result<()> {
+        let Some(peer) = self.peer else {
+            return Err(Error::NotConnected);
+        };
+        if data.len() <= self.max_send
+            && self.queue.is_empty()
+            && let Some(out) = self.out.as_mut()
+        {
+            out.push(data, peer);
+            if out.len() >= self.batch_size {
+                self.flush_out();
+            }
+            return Ok(());
+        }
+        self.send_checked(data, peer)
+    }
+
+    /// [`send`](Self::send) with every check: connected ports, queued data, writes
+    /// outside a dispatch batch, and the errors.
+    #[inline(never)]
+    fn send_checked(&mut self, data: &[u8], addr: SocketAddr) -> Result<()> {
         if !same_family(&addr, &self.local) {
             return Err(Error::AddressFamilyMismatch {
                 address: addr,
                 local: self.local,
             });
         }
-        let max = max_datagram(&self.local);
-        if data.len() > max {
+        if data.len() > self.max_send {
             return Err(Error::MessageTooLong {
                 len: data.len(),
-                max,
+                max: self.max_send,
             });
         }
         if let Some(peer) = self.peer.filter(|p| *p != addr) {

@@ -101,8 +101,7 @@ impl<'a> UdpTransport<'a> {
     #[doc(alias = "write")]
     #[inline]
     pub fn send(&mut self, data: &[u8]) -> Result<()> {
-        let peer = self.core.peer.ok_or(Error::NotConnected)?;
-        self.core.send(data, peer)
+        self.core.send_connected(data)
     }
 
     /// Connects the port to `addr`: writes then need no address, only `addr`'s datagrams
@@ -159,7 +158,10 @@ impl<'a> UdpTransport<'a> {
     /// nothing.
     #[doc(alias = "stopListening")]
     pub fn stop_listening(&mut self) {
-        self.core.closing = true;
+        if !self.core.closing {
+            self.core.closing = true;
+            self.reactor.note_stop_asked();
+        }
     }
 
     /// Whether [`stop_listening`](Self::stop_listening) was called (or the port is being
