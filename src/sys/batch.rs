@@ -56,7 +56,8 @@ const NAME_LEN: libc::socklen_t = mem::size_of::<libc::sockaddr_storage>() as li
 /// An all-zero value of a plain C struct.
 fn zeroed<T: Copy>() -> T {
     // SAFETY: only called with libc's plain-old-data structs (sockaddr_storage, iovec,
-    // mmsghdr), for which all-zero bytes are a valid value (null pointers, zero lengths).
+    // mmsghdr) and SegmentCmsg (a cmsghdr and integers), for which all-zero bytes are a
+    // valid value (null pointers, zero lengths).
     unsafe { mem::zeroed() }
 }
 
@@ -163,6 +164,9 @@ pub struct SendBatch {
     names: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<Mmsg>,
+    /// Per header: its `UDP_SEGMENT` control message, and how many datagrams it carries.
+    controls: Vec<SegmentCmsg>,
+    segments: Vec<usize>,
 }
 
 impl std::fmt::Debug for SendBatch {
@@ -183,10 +187,13 @@ impl SendBatch {
             names: vec![zeroed(); capacity],
             iovs: vec![zeroed(); capacity],
             hdrs: vec![zeroed(); capacity],
+            controls: vec![zeroed(); capacity],
+            segments: vec![0; capacity],
         }
     }
 
-    /// How many datagrams one send hands the kernel.
+    /// How many messages one send hands the kernel (each one datagram, or with
+    /// [`send_segmented`](Self::send_segmented) a run of them).
     pub fn capacity(&self) -> usize {
         self.hdrs.len()
     }
@@ -239,12 +246,69 @@ impl SendBatch {
     /// how many the kernel took, or the error met by datagram `from` (`EINTR` retried).
     /// With `connected`, no destination is given (the socket's peer is used).
     pub fn send(&mut self, fd: &impl AsRawFd, from: usize, connected: bool) -> io::Result<usize> {
-        let count = (self.entries.len() - from).min(self.capacity());
+        let messages = self.prepare(from, connected, false);
+        let sent = imp::send(fd.as_raw_fd(), &mut self.hdrs[..messages])?;
+        Ok(sent)
+    }
+
+    /// [`send`](Self::send), with each run of datagrams to one destination, all of one
+    /// length (the run's last may be shorter), handed the kernel as one message that it
+    /// cuts back into those datagrams (UDP generic segmentation offload, Linux's
+    /// `UDP_SEGMENT`): the stack is walked once per run instead of once per datagram. The
+    /// receiver sees the same datagrams. Elsewhere than on Linux it is `send`.
+    ///
+    /// An error met by a run is the error of each of its datagrams; a kernel or route that
+    /// cannot segment answers `EIO` or `EINVAL` (see [`segmentation_refused`]).
+    pub fn send_segmented(
+        &mut self,
+        fd: &impl AsRawFd,
+        from: usize,
+        connected: bool,
+    ) -> io::Result<usize> {
+        let messages = self.prepare(from, connected, imp::SEGMENTATION);
+        let sent = imp::send(fd.as_raw_fd(), &mut self.hdrs[..messages])?;
+        Ok(self.segments[..sent].iter().sum())
+    }
+
+    /// How many datagrams the first message of the last send carried (more than one only
+    /// for a segmented run).
+    pub fn first_run(&self) -> usize {
+        self.segments.first().copied().unwrap_or(0)
+    }
+
+    /// Fills the headers for datagrams `from..`; returns how many headers are ready. With
+    /// `segment`, runs to one destination of one length share a header (and `segments`
+    /// says how many datagrams each header carries).
+    #[inline]
+    fn prepare(&mut self, from: usize, connected: bool, segment: bool) -> usize {
         let base = self.data.as_mut_ptr();
-        for k in 0..count {
-            let i = from + k;
+        let mut i = from;
+        let mut k = 0;
+        while i < self.entries.len() && k < self.hdrs.len() {
             let start = if i == 0 { 0 } else { self.entries[i - 1].0 };
-            let (end, addr) = self.entries[i];
+            let (mut end, addr) = self.entries[i];
+            let size = end - start;
+            let mut run = 1;
+            if segment && size > 0 && size <= MAX_SEGMENT {
+                // Extend while the next has the same destination, the same length (or is
+                // shorter but not empty, and ends the run), and the kernel's limits hold.
+                while run < MAX_SEGMENTS && i + run < self.entries.len() {
+                    let (next_end, next_addr) = self.entries[i + run];
+                    let next_size = next_end - end;
+                    if next_addr != addr
+                        || next_size == 0
+                        || next_size > size
+                        || next_end - start > MAX_SEGMENTED_BYTES
+                    {
+                        break;
+                    }
+                    end = next_end;
+                    run += 1;
+                    if next_size < size {
+                        break;
+                    }
+                }
+            }
             self.iovs[k] = libc::iovec {
                 // SAFETY: start <= end <= data.len(), so the offset stays inside `data`.
                 iov_base: unsafe { base.add(start) }.cast(),
@@ -272,10 +336,68 @@ impl SendBatch {
             let hdr = &mut self.hdrs[k].msg_hdr;
             hdr.msg_iov = &mut self.iovs[k];
             hdr.msg_iovlen = 1;
+            if run > 1 {
+                self.controls[k].set_segment(size);
+                self.controls[k].attach(hdr);
+            } else {
+                hdr.msg_control = std::ptr::null_mut();
+                hdr.msg_controllen = 0;
+            }
+            self.segments[k] = run;
+            i += run;
+            k += 1;
         }
-        imp::send(fd.as_raw_fd(), &mut self.hdrs[..count])
+        k
     }
 }
+
+/// Whether an error from [`SendBatch::send_segmented`] says the kernel, the route or the
+/// device cannot segment (so the same datagrams should go again with `send`) rather than
+/// that the datagrams themselves failed.
+pub fn segmentation_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+    )
+}
+
+/// The most datagrams one segmented message carries (the kernel's `UDP_MAX_SEGMENTS` of
+/// older kernels; newer ones allow more).
+const MAX_SEGMENTS: usize = 64;
+/// The longest datagram sent segmented: one that fits an Ethernet frame with IPv6 and UDP
+/// headers, since a segment longer than the route's MTU is refused (`EINVAL`) where a
+/// plain datagram would be fragmented. Longer ones go one per message.
+const MAX_SEGMENT: usize = 1452;
+/// The most bytes of one segmented message (the IP length field's bound, with headers).
+const MAX_SEGMENTED_BYTES: usize = 65_000;
+
+/// One header's control data: a `UDP_SEGMENT` message with the segment length.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct SegmentCmsg {
+    hdr: libc::cmsghdr,
+    /// The segment length, right after the (aligned) header as `CMSG_DATA` places it.
+    size: u16,
+    _pad: [u8; 6],
+}
+
+impl SegmentCmsg {
+    fn set_segment(&mut self, size: usize) {
+        self.hdr.cmsg_len = (mem::size_of::<libc::cmsghdr>() + mem::size_of::<u16>()) as _;
+        self.hdr.cmsg_level = libc::IPPROTO_UDP; // SOL_UDP
+        self.hdr.cmsg_type = UDP_SEGMENT;
+        // Only called with size <= MAX_SEGMENT.
+        self.size = size as u16;
+    }
+
+    fn attach(&mut self, hdr: &mut libc::msghdr) {
+        hdr.msg_control = (self as *mut SegmentCmsg).cast();
+        hdr.msg_controllen = mem::size_of::<SegmentCmsg>() as _;
+    }
+}
+
+/// Linux's `UDP_SEGMENT` (`linux/udp.h`); the value is only used on Linux.
+const UDP_SEGMENT: libc::c_int = 103;
 
 #[cfg(target_os = "linux")]
 mod imp {
@@ -284,6 +406,9 @@ mod imp {
 
     /// The kernel's `struct mmsghdr`.
     pub(super) type Mmsg = libc::mmsghdr;
+
+    /// The kernel segments datagrams (`UDP_SEGMENT`, Linux 4.18 and later).
+    pub(super) const SEGMENTATION: bool = true;
 
     /// `recvmmsg` into the prepared headers.
     pub(super) fn recv(fd: RawFd, hdrs: &mut [Mmsg]) -> io::Result<usize> {
@@ -333,6 +458,9 @@ mod imp {
 
     use std::io;
     use std::os::fd::RawFd;
+
+    /// No `UDP_SEGMENT` here: `send_segmented` sends one datagram per message.
+    pub(super) const SEGMENTATION: bool = false;
 
     /// Linux's `struct mmsghdr`, for the same preparation code.
     #[repr(C)]

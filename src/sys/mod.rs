@@ -24,7 +24,7 @@ mod imp;
 #[cfg(unix)]
 use imp as unix;
 
-pub use batch::{Datagram, RecvBatch, SendBatch};
+pub use batch::{Datagram, RecvBatch, SendBatch, segmentation_refused};
 pub use imp::pin_to_cpu;
 
 pub(crate) use imp::{classify, dup_cloexec, inspect_socket, interface_index};

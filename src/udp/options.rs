@@ -46,6 +46,7 @@ pub struct ListenOptions {
     pub(crate) read_budget_bytes: usize,
     pub(crate) send_queue_limit: usize,
     pub(crate) batch_size: usize,
+    pub(crate) segmentation: bool,
 }
 
 impl ListenOptions {
@@ -63,6 +64,7 @@ impl ListenOptions {
             read_budget_bytes: DEFAULT_READ_BUDGET_BYTES,
             send_queue_limit: DEFAULT_SEND_QUEUE_LIMIT,
             batch_size: DEFAULT_BATCH_SIZE,
+            segmentation: true,
         }
     }
 
@@ -135,6 +137,20 @@ impl ListenOptions {
     /// dispatched (or at once when `batch_size` of them are waiting), in order.
     pub fn batch_size(mut self, datagrams: usize) -> Self {
         self.batch_size = datagrams;
+        self
+    }
+
+    /// Whether gathered writes use UDP segmentation offload (Linux's `UDP_SEGMENT`, "GSO";
+    /// on by default): a run of gathered datagrams to one destination, all of one length
+    /// (up to 1452 bytes; the run's last may be shorter), goes to the kernel as one
+    /// message that it cuts back into the same datagrams, so the network stack is walked
+    /// once per run instead of once per datagram. Receivers see no difference. If the
+    /// kernel or the route refuses it, the port falls back to one message per datagram for
+    /// the rest of its life, losing nothing. Off: always one message per datagram.
+    #[doc(alias = "gso")]
+    #[doc(alias = "UDP_SEGMENT")]
+    pub fn segmentation(mut self, enabled: bool) -> Self {
+        self.segmentation = enabled;
         self
     }
 

@@ -113,6 +113,9 @@ pub(crate) struct PortCore {
     read_budget_bytes: usize,
     /// Datagrams read or sent per system call.
     pub(crate) batch_size: usize,
+    /// Gathered writes go out segmented (`UDP_SEGMENT`); cleared for good the first time
+    /// the kernel refuses a segmented message.
+    segmentation: bool,
     /// Writes gathered while a batch of received datagrams is dispatched (the reactor's
     /// send batch, lent for that time); sent with one `sendmmsg`.
     out: Option<Box<SendBatch>>,
@@ -159,6 +162,7 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 read_budget: opts.read_budget,
                 read_budget_bytes: opts.read_budget_bytes,
                 batch_size: opts.batch_size,
+                segmentation: opts.segmentation,
                 out: None,
                 queue: VecDeque::new(),
                 queued_bytes: 0,
@@ -568,7 +572,25 @@ impl PortCore {
         let connected = self.peer.is_some();
         let mut next = 0;
         while next < out.len() {
-            match out.send(&self.socket, next, connected) {
+            let sent = if self.segmentation {
+                out.send_segmented(&self.socket, next, connected)
+            } else {
+                out.send(&self.socket, next, connected)
+            };
+            match sent {
+                Err(e)
+                    if self.segmentation
+                        && out.first_run() > 1
+                        && sys::segmentation_refused(&e) =>
+                {
+                    // The kernel, route or device cannot segment: the same datagrams go
+                    // again one per message, and so does everything after.
+                    debug!(
+                        "{} on {}: segmented send refused ({e}); sending one datagram per message",
+                        self.prefix, self.local
+                    );
+                    self.segmentation = false;
+                }
                 Ok(0) => {
                     // Not expected with datagrams left; never spin on it.
                     self.stats.send_dropped += (out.len() - next) as u64;
