@@ -2,7 +2,8 @@
 //! on 127.0.0.1, 64-byte datagrams.
 //!
 //! Servers: (a) twine (`Reactor` + a `DatagramProtocol` that writes every datagram back,
-//! default options); (b) a blocking `std::net::UdpSocket` loop; (c) a hand-written mio
+//! default options, so replies go out with UDP segmentation offload); (a') the same with
+//! `segmentation(false)`, one datagram per message as (c) sends; (b) a blocking `std::net::UdpSocket` loop; (c) a hand-written mio
 //! loop with `recvmmsg`/`sendmmsg`, the batch-I/O limit; (d) tokio's current-thread
 //! runtime; (e) Twisted, when `target/twisted-venv` exists (`.ci/twisted-venv`).
 //!
@@ -523,9 +524,13 @@ fn write_files(
          {WINDOW} datagrams in flight (one more sent per echo; one not echoed within \
          {} ms is lost and replaced), {} ms warm-up, then echoes counted for {} ms. \
          Ping-pong: one datagram in flight, {} ms warm-up, then every round trip recorded \
-         for {} ms. The load generator batches (`recvmmsg`/`sendmmsg` on a mio poll). \
-         Servers: (a) twine, `Reactor` + a `DatagramProtocol` whose `datagram_received` \
-         does `t.write(data, from)`, default `ListenOptions` (batch size 32); (b) blocking \
+         for {} ms. The load generator batches (`recvmmsg`, and `sendmmsg` with UDP \
+         segmentation offload, on a mio poll), so that it costs less per datagram than any \
+         server. Servers: (a) twine, `Reactor` + a `DatagramProtocol` whose \
+         `datagram_received` does `t.write(data, from)`, default `ListenOptions` (batch \
+         size 32; the replies gathered during a batch go out segmented, `UDP_SEGMENT`: one \
+         message per run of replies to one client); (a') the same with \
+         `ListenOptions::segmentation(false)`: one message per reply, as (c); (b) blocking \
          `std::net::UdpSocket` `recv_from`/`send_to`; (c) a hand-written mio loop, \
          edge-triggered, `recvmmsg` of 32, one `sendmmsg`, until `EAGAIN`; (d) tokio \
          current-thread runtime, `recv_from` then `send_to`; (e) Twisted's \

@@ -73,8 +73,9 @@
 //!   leave in the order they were written.
 //! - **Batched, allocation-free I/O.** Datagrams are read up to
 //!   [`ListenOptions::batch_size`] per system call into buffers the reactor reuses, and
-//!   the writes made while a batch is dispatched are sent together once it has been; in
-//!   the steady state of an echo server no heap allocation happens per datagram.
+//!   the writes made while a batch is dispatched are sent together once it has been (runs
+//!   to one peer of one length segmented by the kernel: [`ListenOptions::segmentation`]);
+//!   in the steady state of an echo server no heap allocation happens per datagram.
 //! - **Nothing is lost silently.** A datagram longer than the port's max packet size is
 //!   dropped (never delivered cut short), logged and counted in
 //!   [`PortStats::truncated`]; a send dropped at the queue bound is counted in
@@ -96,7 +97,7 @@
 //! |---|---|---|
 //! | readiness | epoll, edge-triggered (mio) | kqueue (mio) |
 //! | receive | `recvmmsg` into a reused batch; `MSG_TRUNC` flags truncation | `recvmsg` per datagram, same batch |
-//! | send, while a batch is dispatched | gathered, then `sendmmsg` | `sendmsg` per datagram |
+//! | send, while a batch is dispatched | gathered, then `sendmmsg`; runs to one peer of one length as one `UDP_SEGMENT` message | `sendmsg` per datagram |
 //! | send, elsewhere (timers, `start_protocol` ...) | `sendto` / `send` (connected) | same |
 //! | cross-thread wake-up | eventfd (mio `Waker`) | pipe or kqueue user event |
 //! | signals | signal-hook's self-pipe, registered while `run` runs | same |

@@ -1,6 +1,8 @@
 //! The load generator: one non-blocking socket on a mio `Poll`, batched I/O
-//! (`recvmmsg`/`sendmmsg` through `twine::bench_support`) and a window of outstanding
-//! datagrams, so that it does no more system calls per echo than the fastest server.
+//! (`recvmmsg`, and `sendmmsg` with UDP segmentation offload, through
+//! `twine::bench_support`) and a window of outstanding datagrams, so that it does no more
+//! system calls per echo than the fastest server and walks the kernel's send path once
+//! per batch rather than once per datagram.
 //!
 //! Every datagram is [`PAYLOAD`] bytes: its window slot and a sequence number, then zeros.
 //! An echo whose slot still waits for that sequence number counts; anything else (an echo

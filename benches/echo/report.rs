@@ -238,7 +238,7 @@ pub fn callgrind_section(old: &str) -> Option<&str> {
 pub fn saturation(rows: &[Row]) -> Option<String> {
     let busy: Vec<f64> = rows
         .iter()
-        .filter(|r| r.kind != Kind::Twisted)
+        .filter(|r| !matches!(r.kind, Kind::Twisted | Kind::Twine))
         .map(|r| r.gen_busy)
         .filter(|b| b.is_finite())
         .collect();
@@ -248,12 +248,14 @@ pub fn saturation(rows: &[Row]) -> Option<String> {
     (!busy.is_empty() && low >= 90.0).then(|| {
         format!(
             "Note: in throughput mode the load generator was {low:.0}-{high:.0}% busy \
-             with servers (a)-(d), as busy as they were. Over loopback the sender of a \
+             with servers (a')-(d), as busy as they were. Over loopback the sender of a \
              datagram pays for its whole way through the kernel's stack, so each side \
              spends about the same kernel time per echo, and with one CPU each the rate \
              is bounded by that kernel cost on both sides rather than by the server \
              alone: the throughput column separates those servers less than their own \
-             cost does (see server CPU µs/echo, and the instructions per datagram)."
+             cost does (see server CPU µs/echo, and the instructions per datagram). \
+             (a) walks that path once per run of replies to one client (segmentation \
+             offload) instead of once per reply, which is where its lead comes from."
         )
     })
 }

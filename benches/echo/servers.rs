@@ -25,6 +25,7 @@ use twine::{DatagramProtocol, ListenOptions, Reactor, ReactorHandle, UdpTranspor
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Twine,
+    TwinePlain,
     Std,
     Mio,
     Tokio,
@@ -32,8 +33,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Twine,
+        Kind::TwinePlain,
         Kind::Std,
         Kind::Mio,
         Kind::Tokio,
@@ -44,6 +46,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Twine => "twine",
+            Kind::TwinePlain => "twine_plain",
             Kind::Std => "std",
             Kind::Mio => "mio",
             Kind::Tokio => "tokio",
@@ -55,6 +58,7 @@ impl Kind {
     pub fn label(self) -> &'static str {
         match self {
             Kind::Twine => "(a) twine",
+            Kind::TwinePlain => "(a') twine, no GSO",
             Kind::Std => "(b) std blocking",
             Kind::Mio => "(c) mio + mmsg",
             Kind::Tokio => "(d) tokio",
@@ -107,6 +111,7 @@ pub fn start(kind: Kind, cpu: Option<usize>) -> Result<Server, String> {
     let (tx, rx) = mpsc::channel();
     let thread = match kind {
         Kind::Twine => spawn(Box::new(move || serve_twine(cpu, tx)))?,
+        Kind::TwinePlain => spawn(Box::new(move || serve_twine_plain(cpu, tx)))?,
         Kind::Std => spawn(Box::new(move || serve_std(cpu, tx)))?,
         Kind::Mio => spawn(Box::new(move || serve_mio(cpu, tx)))?,
         Kind::Tokio => spawn(Box::new(move || serve_tokio(cpu, tx)))?,
@@ -231,15 +236,31 @@ impl DatagramProtocol for Echo {
 
 #[inline(never)]
 fn serve_twine(cpu: Option<usize>, ready: Ready) {
+    run_twine(cpu, ready, Kind::Twine, ListenOptions::new(0));
+}
+
+/// (a'): (a) with `segmentation(false)`: gathered replies go one datagram per message of
+/// one `sendmmsg`, as (c) sends them.
+#[inline(never)]
+fn serve_twine_plain(cpu: Option<usize>, ready: Ready) {
+    run_twine(
+        cpu,
+        ready,
+        Kind::TwinePlain,
+        ListenOptions::new(0).segmentation(false),
+    );
+}
+
+fn run_twine(cpu: Option<usize>, ready: Ready, kind: Kind, options: ListenOptions) {
     pin(cpu);
     let opened = (|| {
         let mut reactor = Reactor::new()?;
         reactor.set_handle_signals(false);
-        let port = reactor.listen_udp_with(ListenOptions::new(0).interface("127.0.0.1"), Echo)?;
+        let port = reactor.listen_udp_with(options.interface("127.0.0.1"), Echo)?;
         Ok::<_, twine::Error>((reactor, port.local_addr()))
     })();
     let stopper = |reactor: &Reactor| Stopper::Twine(reactor.handle());
-    if let Some(mut reactor) = announce(&ready, Kind::Twine, opened, stopper)
+    if let Some(mut reactor) = announce(&ready, kind, opened, stopper)
         && let Err(e) = reactor.run()
     {
         eprintln!("twine server: {e}");
