@@ -290,19 +290,16 @@ impl SendBatch {
             let size = end - start;
             let mut run = 1;
             if segment && size > 0 && size <= MAX_SEGMENT {
-                // Extend while the next has the same destination, the same length (or is
-                // shorter but not empty, and ends the run), and the kernel's limits hold.
-                while run < MAX_SEGMENTS && i + run < self.entries.len() {
-                    let (next_end, next_addr) = self.entries[i + run];
+                // Extend while the next has the same destination and the same length (a
+                // shorter one, not empty, ends the run), within the kernel's limits.
+                let most = MAX_SEGMENTS.min(MAX_SEGMENTED_BYTES / size);
+                let last = self.entries.len().min(i + most);
+                for (next_end, next_addr) in &self.entries[i + 1..last] {
                     let next_size = next_end - end;
-                    if next_addr != addr
-                        || next_size == 0
-                        || next_size > size
-                        || next_end - start > MAX_SEGMENTED_BYTES
-                    {
+                    if *next_addr != addr || next_size == 0 || next_size > size {
                         break;
                     }
-                    end = next_end;
+                    end = *next_end;
                     run += 1;
                     if next_size < size {
                         break;
