@@ -257,8 +257,10 @@ impl SendBatch {
     /// `UDP_SEGMENT`): the stack is walked once per run instead of once per datagram. The
     /// receiver sees the same datagrams. Elsewhere than on Linux it is `send`.
     ///
-    /// An error met by a run is the error of each of its datagrams; a kernel or route that
-    /// cannot segment answers `EIO` or `EINVAL` (see [`segmentation_refused`]).
+    /// An error met by the first message is returned as the error of datagram `from`
+    /// (sending again from `from + 1` learns the others' fate); a kernel, route or device
+    /// that cannot segment answers `EMSGSIZE`, `EIO` or `EINVAL` (see
+    /// [`segmentation_refused`]).
     pub fn send_segmented(
         &mut self,
         fd: &impl AsRawFd,
@@ -354,7 +356,7 @@ impl SendBatch {
 pub fn segmentation_refused(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+        Some(libc::EMSGSIZE | libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
     )
 }
 
@@ -362,8 +364,9 @@ pub fn segmentation_refused(e: &io::Error) -> bool {
 /// older kernels; newer ones allow more).
 const MAX_SEGMENTS: usize = 64;
 /// The longest datagram sent segmented: one that fits an Ethernet frame with IPv6 and UDP
-/// headers, since a segment longer than the route's MTU is refused (`EINVAL`) where a
-/// plain datagram would be fragmented. Longer ones go one per message.
+/// headers, since a segment longer than the route's MTU is refused (`EMSGSIZE`, or
+/// `EINVAL` on older kernels) where a plain datagram would be fragmented. Longer ones go
+/// one per message.
 const MAX_SEGMENT: usize = 1452;
 /// The most bytes of one segmented message (the IP length field's bound, with headers).
 const MAX_SEGMENTED_BYTES: usize = 65_000;
