@@ -75,6 +75,22 @@ pub trait DatagramProtocol: 'static {
         let _ = transport;
     }
 
+    /// Called for a datagram longer than the port's max packet size, only when the port
+    /// was opened with [`ListenOptions::deliver_truncated`](crate::ListenOptions::deliver_truncated)
+    /// (otherwise such datagrams are dropped): `data` is its first max-packet-size bytes,
+    /// `len` its whole length as sent (on Linux; elsewhere `data.len()`). It is counted in
+    /// [`PortStats::truncated`](crate::PortStats::truncated) either way, and never reaches
+    /// `datagram_received`.
+    fn datagram_truncated(
+        &mut self,
+        transport: &mut UdpTransport<'_>,
+        data: &[u8],
+        len: usize,
+        from: SocketAddr,
+    ) {
+        let _ = (transport, data, len, from);
+    }
+
     /// The name used in the port's log lines (`"<prefix> starting on <addr>"`); by
     /// default the type's name without its module path (Twisted's `logPrefix`).
     #[doc(alias = "logPrefix")]

@@ -19,6 +19,8 @@
 #[cfg(unix)]
 mod batch;
 #[cfg(unix)]
+mod errors;
+#[cfg(unix)]
 #[path = "unix.rs"]
 mod imp;
 #[cfg(unix)]
@@ -26,6 +28,10 @@ use imp as unix;
 
 pub use batch::{Datagram, RecvBatch, SendBatch, segmentation_refused};
 pub use imp::pin_to_cpu;
+
+pub(crate) use errors::{
+    QueuedError, drops_or_log, enable_drop_count, read_queued_error, set_recv_errors,
+};
 
 pub(crate) use imp::{classify, dup_cloexec, inspect_socket, interface_index};
 pub(crate) use imp::{

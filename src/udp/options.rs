@@ -47,6 +47,7 @@ pub struct ListenOptions {
     pub(crate) send_queue_limit: usize,
     pub(crate) batch_size: usize,
     pub(crate) segmentation: bool,
+    pub(crate) deliver_truncated: bool,
 }
 
 impl ListenOptions {
@@ -65,6 +66,7 @@ impl ListenOptions {
             send_queue_limit: DEFAULT_SEND_QUEUE_LIMIT,
             batch_size: DEFAULT_BATCH_SIZE,
             segmentation: true,
+            deliver_truncated: false,
         }
     }
 
@@ -151,6 +153,17 @@ impl ListenOptions {
     #[doc(alias = "UDP_SEGMENT")]
     pub fn segmentation(mut self, enabled: bool) -> Self {
         self.segmentation = enabled;
+        self
+    }
+
+    /// What becomes of a datagram longer than the max packet size (the kernel says so
+    /// with `MSG_TRUNC`): by default it is dropped, never delivered cut short; with
+    /// `true` its first max-packet-size bytes and its whole length go to
+    /// [`DatagramProtocol::datagram_truncated`](crate::DatagramProtocol::datagram_truncated).
+    /// Either way it is counted in [`PortStats::truncated`](crate::PortStats::truncated)
+    /// and logged (at most once a second per port).
+    pub fn deliver_truncated(mut self, deliver: bool) -> Self {
+        self.deliver_truncated = deliver;
         self
     }
 

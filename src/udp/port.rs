@@ -8,7 +8,9 @@
 
 use std::any::{Any, TypeId};
 use std::collections::VecDeque;
+use std::fmt;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
@@ -53,6 +55,33 @@ pub struct PortStats {
     /// `connection_refused` call. A refusal met by a send (rather than read by the
     /// reactor) also means that datagram was not sent.
     pub refused: u64,
+    /// Datagrams the kernel dropped before the port could read them (its receive buffer
+    /// was full), since the port opened: read with `SO_RXQ_OVFL` as datagrams arrive and
+    /// with `SO_MEMINFO` whenever the counters are read (Linux; 0 elsewhere).
+    pub kernel_dropped: u64,
+}
+
+impl fmt::Display for PortStats {
+    /// One line for logs: what came in, what went out, and what was lost where.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "received {} datagrams ({} bytes), sent {} ({} bytes); dropped: {} truncated, \
+             {} by the kernel, {} at the send queue; {} send errors, {} receive errors, \
+             {} refused, {} queued",
+            self.datagrams_received,
+            self.bytes_received,
+            self.datagrams_sent,
+            self.bytes_sent,
+            self.truncated,
+            self.kernel_dropped,
+            self.send_dropped,
+            self.send_errors,
+            self.recv_errors,
+            self.refused,
+            self.send_queued,
+        )
+    }
 }
 
 /// The boxed closure of a port-scoped timer, as stored (type-erased) in the reactor's queue.
@@ -124,6 +153,11 @@ pub(crate) struct PortCore {
     queue_limit: usize,
     writable_registered: bool,
     last_truncation_warning: Option<Instant>,
+    /// Datagrams longer than the receive buffer go to `datagram_truncated` (else dropped).
+    deliver_truncated: bool,
+    /// The socket's drop count when last looked at (`SO_RXQ_OVFL`/`SO_MEMINFO`); `None`
+    /// where the OS does not tell.
+    drops_seen: Option<u32>,
 }
 
 /// A port: its protocol, its core, and (while it reads) the reactor's receive batch.
@@ -169,8 +203,27 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 queue_limit: opts.send_queue_limit,
                 writable_registered: false,
                 last_truncation_warning: None,
+                deliver_truncated: opts.deliver_truncated,
+                drops_seen: None,
             },
         }
+        .counting_drops()
+    }
+
+    /// Asks the kernel for its drop count on every datagram once any is dropped, and
+    /// notes where the count stands (an adopted socket may have dropped already).
+    fn counting_drops(mut self) -> Self {
+        let fd = self.core.socket.as_raw_fd();
+        if let Err(e) = sys::enable_drop_count(fd)
+            && e.kind() != std::io::ErrorKind::Unsupported
+        {
+            debug!(
+                "{} on {}: SO_RXQ_OVFL: {e}",
+                self.core.prefix, self.core.local
+            );
+        }
+        self.core.drops_seen = sys::drops_or_log(fd);
+        self
     }
 
     /// Runs `f` with the protocol and a transport from outside the hooks
@@ -288,8 +341,11 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
                 self.core.prefix, self.core.local
             );
         }
-        debug!(
-            "{} on {} closed: {:?}",
+        if let Some(now) = sys::drops_or_log(self.core.socket.as_raw_fd()) {
+            self.core.note_drops(now);
+        }
+        info!(
+            "{} on {} closed: {}",
             self.core.prefix, self.core.local, self.core.stats
         );
     }
@@ -341,6 +397,9 @@ fn read_batch<P: DatagramProtocol>(
                 break;
             }
         }
+        if let Some(count) = ring.drop_count() {
+            t.core.note_drops(count);
+        }
         t.core.flush_out();
         report_refusals(p, t);
         if got < want {
@@ -364,8 +423,8 @@ fn deliver<P: DatagramProtocol>(p: &mut P, t: &mut UdpTransport<'_>, d: sys::Dat
     // One arm per family, so that each builds only its own kind of address for the
     // call (merged, the two would go through a field-by-field copy of both layouts).
     match d.from {
-        Some(from @ SocketAddr::V4(_)) => deliver_from(p, t, d.data, d.truncated, from),
-        Some(from @ SocketAddr::V6(_)) => deliver_from(p, t, d.data, d.truncated, from),
+        Some(from @ SocketAddr::V4(_)) => deliver_from(p, t, d.data, d.truncated, d.len, from),
+        Some(from @ SocketAddr::V6(_)) => deliver_from(p, t, d.data, d.truncated, d.len, from),
         None => t.core.stats.recv_errors += 1,
     }
 }
@@ -376,10 +435,14 @@ fn deliver_from<P: DatagramProtocol>(
     t: &mut UdpTransport<'_>,
     data: &[u8],
     truncated: bool,
+    len: usize,
     from: SocketAddr,
 ) {
     if truncated {
-        t.core.on_truncated(from);
+        t.core.on_truncated(from, len);
+        if t.core.deliver_truncated {
+            p.datagram_truncated(t, data, len, from);
+        }
         return;
     }
     t.core.stats.datagrams_received += 1;
@@ -648,8 +711,13 @@ impl PortCore {
         }
     }
 
-    fn on_truncated(&mut self, from: SocketAddr) {
+    fn on_truncated(&mut self, from: SocketAddr, len: usize) {
         self.stats.truncated += 1;
+        let what = if self.deliver_truncated {
+            "delivered cut short to datagram_truncated"
+        } else {
+            "dropped"
+        };
         let now = Instant::now();
         let due = self
             .last_truncation_warning
@@ -657,15 +725,33 @@ impl PortCore {
         if due {
             self.last_truncation_warning = Some(now);
             warn!(
-                "{} on {}: datagram from {from} longer than max packet size {} dropped ({} so far)",
+                "{} on {}: datagram of {len} bytes from {from} longer than max packet size {}, {what} ({} so far)",
                 self.prefix, self.local, self.max_packet_size, self.stats.truncated
             );
         } else {
             trace!(
-                "{} on {}: truncated datagram from {from} dropped",
+                "{} on {}: datagram of {len} bytes from {from} {what}",
                 self.prefix, self.local
             );
         }
+    }
+
+    /// Takes in the socket's drop count as the kernel reported it.
+    pub(crate) fn note_drops(&mut self, count: u32) {
+        let seen = self.drops_seen.unwrap_or(0);
+        self.stats.kernel_dropped += u64::from(count.wrapping_sub(seen));
+        self.drops_seen = Some(count);
+    }
+
+    /// The counters, with the kernel's drop count as it stands now.
+    pub(crate) fn current_stats(&self) -> PortStats {
+        let mut stats = self.stats;
+        if let Some(seen) = self.drops_seen
+            && let Some(now) = sys::drops_or_log(self.socket.as_raw_fd())
+        {
+            stats.kernel_dropped += u64::from(now.wrapping_sub(seen));
+        }
+        stats
     }
 
     fn on_panic(&mut self, hook: &str, message: &str) {

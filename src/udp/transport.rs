@@ -172,7 +172,7 @@ impl<'a> UdpTransport<'a> {
 
     /// The port's counters.
     pub fn stats(&self) -> PortStats {
-        self.core.stats
+        self.core.current_stats()
     }
 
     /// Bytes waiting in the send queue for the kernel's buffer to drain.
