@@ -68,11 +68,36 @@ pub trait DatagramProtocol: 'static {
     /// port unreachable came back: nothing listens there), once per refusal counted in
     /// [`PortStats::refused`](crate::PortStats::refused). The port keeps working.
     ///
-    /// Unconnected ports are not told, as in Twisted: the kernel does not say which
-    /// destination refused.
+    /// Unconnected ports are told through
+    /// [`error_received`](Self::error_received), with the destination that refused
+    /// (Linux), where Twisted says nothing.
     #[doc(alias = "connectionRefused")]
     fn connection_refused(&mut self, transport: &mut UdpTransport<'_>) {
         let _ = transport;
+    }
+
+    /// Called when the kernel reports that an earlier datagram was not delivered, with
+    /// the destination it was for:
+    ///
+    /// - [`Error::Unreachable`](crate::Error::Unreachable): an ICMP error came back for a
+    ///   datagram this (unconnected) port sent to `addr`, e.g. port unreachable
+    ///   (`ECONNREFUSED`: nothing listens there). Linux only (`IP_RECVERR`), where the
+    ///   kernel's error queue names the destination; neither Twisted nor asyncio can say
+    ///   which destination refused. Connected ports get `connection_refused` instead.
+    /// - [`Error::Send`](crate::Error::Send): a datagram `write` had accepted (gathered
+    ///   into a batch, or queued while the kernel's buffer was full) was refused when it
+    ///   was handed to the kernel. A write that fails at once returns its error instead.
+    ///
+    /// Each is also counted in [`PortStats`](crate::PortStats). Calls run after the hook
+    /// during which the error was met returns, or on the turn the kernel reports it.
+    #[doc(alias = "errorReceived")]
+    fn error_received(
+        &mut self,
+        transport: &mut UdpTransport<'_>,
+        error: &crate::Error,
+        addr: SocketAddr,
+    ) {
+        let _ = (transport, error, addr);
     }
 
     /// Called for a datagram longer than the port's max packet size, only when the port

@@ -255,6 +255,24 @@ pub(crate) fn signal_ignored(signal: libc::c_int) -> bool {
     ret == 0 && old.sa_sigaction == libc::SIG_IGN
 }
 
+/// Whether an error is one the kernel raises for an ICMP error (unreachable, time
+/// exceeded, parameter problem, fragmentation needed) about an earlier datagram.
+pub(crate) fn is_icmp_error(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(
+            libc::ECONNREFUSED
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::EHOSTDOWN
+                | libc::ENOPROTOOPT
+                | libc::EMSGSIZE
+                | libc::EPROTO
+                | libc::EOPNOTSUPP
+        )
+    )
+}
+
 /// Sorts an I/O error into what a port does about it.
 pub(crate) fn classify(err: &io::Error) -> ErrorClass {
     match err.raw_os_error() {

@@ -59,6 +59,9 @@ pub struct PortStats {
     /// was full), since the port opened: read with `SO_RXQ_OVFL` as datagrams arrive and
     /// with `SO_MEMINFO` whenever the counters are read (Linux; 0 elsewhere).
     pub kernel_dropped: u64,
+    /// Errors the kernel reported for earlier datagrams of an unconnected port (ICMP
+    /// unreachable, read from its error queue), each passed to `error_received`.
+    pub unreachable: u64,
 }
 
 impl fmt::Display for PortStats {
@@ -68,7 +71,7 @@ impl fmt::Display for PortStats {
             f,
             "received {} datagrams ({} bytes), sent {} ({} bytes); dropped: {} truncated, \
              {} by the kernel, {} at the send queue; {} send errors, {} receive errors, \
-             {} refused, {} queued",
+             {} refused, {} unreachable, {} queued",
             self.datagrams_received,
             self.bytes_received,
             self.datagrams_sent,
@@ -79,6 +82,7 @@ impl fmt::Display for PortStats {
             self.send_errors,
             self.recv_errors,
             self.refused,
+            self.unreachable,
             self.send_queued,
         )
     }
@@ -134,6 +138,13 @@ pub(crate) struct PortCore {
     /// Sends that met ECONNREFUSED: `connection_refused` is called once for each, after the
     /// running hook returns.
     pub(crate) refused_pending: u32,
+    /// Errors for the protocol's `error_received`, met where it cannot be called (inside
+    /// a hook, or while sending gathered writes); bounded by `ERRORS_KEPT`.
+    errors: VecDeque<(Error, SocketAddr)>,
+    /// The kernel's error queue is on (`IP_RECVERR`): ICMP errors name their destination.
+    error_queue: bool,
+    /// The error queue has entries to read (a call met the error they raised).
+    error_queue_pending: bool,
     /// The message of a panic caught in a hook.
     pub(crate) panic: Option<String>,
     pub(crate) stats: PortStats,
@@ -190,6 +201,9 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 protocol_type: (TypeId::of::<P>(), short_type_name::<P>()),
                 closing: false,
                 refused_pending: 0,
+                errors: VecDeque::new(),
+                error_queue: false,
+                error_queue_pending: false,
                 panic: None,
                 stats: PortStats::default(),
                 max_packet_size: opts.max_packet_size,
@@ -223,6 +237,7 @@ impl<P: DatagramProtocol> UdpPort<P> {
             );
         }
         self.core.drops_seen = sys::drops_or_log(fd);
+        self.core.set_error_queue(true);
         self
     }
 
@@ -249,7 +264,7 @@ impl<P: DatagramProtocol> UdpPort<P> {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let mut t = UdpTransport::new(core, r);
             let out = f(protocol, &mut t, ring);
-            report_refusals(protocol, &mut t);
+            report_pending(protocol, &mut t);
             out
         }));
         match outcome {
@@ -262,13 +277,31 @@ impl<P: DatagramProtocol> UdpPort<P> {
     }
 }
 
-/// Calls `connection_refused` for refusals that writes met while a hook ran.
-fn report_refusals<P: DatagramProtocol>(protocol: &mut P, t: &mut UdpTransport<'_>) {
+/// Calls `connection_refused` for refusals that writes met while a hook ran, and
+/// `error_received` for the errors met since (reading the kernel's error queue first if a
+/// call found it had entries). Bounded, since those hooks may write and meet more.
+fn report_pending<P: DatagramProtocol>(protocol: &mut P, t: &mut UdpTransport<'_>) {
     while t.core.refused_pending > 0 {
         t.core.refused_pending -= 1;
         protocol.connection_refused(t);
     }
+    if t.core.error_queue_pending {
+        t.core.read_error_queue();
+    }
+    for _ in 0..ERRORS_KEPT {
+        let Some((error, addr)) = t.core.errors.pop_front() else {
+            break;
+        };
+        protocol.error_received(t, &error, addr);
+    }
 }
+
+/// The most errors kept for `error_received` at once; more are counted, and logged at
+/// debug, but not passed on.
+const ERRORS_KEPT: usize = 256;
+
+/// The most entries read from the kernel's error queue at once.
+const ERROR_QUEUE_READS: usize = 1024;
 
 impl<P: DatagramProtocol> Port for UdpPort<P> {
     fn core(&self) -> &PortCore {
@@ -377,6 +410,9 @@ fn read_batch<P: DatagramProtocol>(
                 count += 1;
                 match sys::classify(&e) {
                     ErrorClass::WouldBlock => return false,
+                    // An ICMP error for an earlier datagram: the error queue says which
+                    // destination it was about.
+                    _ if t.core.stale_error(&e) => report_pending(p, t),
                     ErrorClass::Refused => read_refused(p, t),
                     _ => {
                         t.core.stats.recv_errors += 1;
@@ -401,7 +437,7 @@ fn read_batch<P: DatagramProtocol>(
             t.core.note_drops(count);
         }
         t.core.flush_out();
-        report_refusals(p, t);
+        report_pending(p, t);
         if got < want {
             // Fewer than asked for: the socket was drained, and the next datagram to
             // arrive raises a new readiness event.
@@ -545,6 +581,7 @@ impl PortCore {
     }
 
     fn send_now(&mut self, data: &[u8], addr: SocketAddr) -> std::io::Result<()> {
+        let mut retried = false;
         loop {
             let sent = if self.peer.is_some() {
                 self.socket.send(data)
@@ -558,6 +595,9 @@ impl PortCore {
                     return Ok(());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // An earlier datagram's ICMP error, not this one's: the call that met it
+                // cleared it, so once more.
+                Err(e) if !retried && self.stale_error(&e) => retried = true,
                 Err(e) => return Err(e),
             }
         }
@@ -620,8 +660,102 @@ impl PortCore {
     /// datagram has no caller left to tell, so it counts as an error.
     fn later_send_failed(&mut self, e: std::io::Error, len: usize, addr: SocketAddr) {
         debug!("{} on {}: send to {addr}: {e}", self.prefix, self.local);
-        if let Err(Error::MessageTooLong { .. }) = self.send_failed(e, len, addr) {
-            self.stats.send_errors += 1;
+        let kept = copy_io_error(&e);
+        match self.send_failed(e, len, addr) {
+            // Told through connection_refused.
+            Err(Error::ConnectionRefused { .. }) if self.peer.is_some() => {}
+            Err(error) => {
+                if let Error::MessageTooLong { .. } = error {
+                    self.stats.send_errors += 1;
+                }
+                self.keep_error(Error::Send { addr, source: kept }, addr);
+            }
+            Ok(()) => {}
+        }
+    }
+
+    /// Whether `e`, met by a call on an unconnected port whose error queue is on, is an
+    /// ICMP error raised for an earlier datagram (the kernel keeps the latest one for the
+    /// next call, whatever it is): then the error queue has the details, to be read.
+    pub(crate) fn stale_error(&mut self, e: &std::io::Error) -> bool {
+        if self.error_queue && self.peer.is_none() && sys::is_icmp_error(e) {
+            self.error_queue_pending = true;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Reads the kernel's error queue: each entry is counted and kept for
+    /// `error_received` with the destination it names.
+    pub(crate) fn read_error_queue(&mut self) {
+        self.error_queue_pending = false;
+        let fd = self.socket.as_raw_fd();
+        for _ in 0..ERROR_QUEUE_READS {
+            match sys::read_queued_error(fd) {
+                Ok(Some(q)) => {
+                    self.stats.unreachable += 1;
+                    let source = std::io::Error::from_raw_os_error(q.errno);
+                    let Some(addr) = q.dest else {
+                        debug!(
+                            "{} on {}: error with no destination: {source}",
+                            self.prefix, self.local
+                        );
+                        continue;
+                    };
+                    debug!(
+                        "{} on {}: {addr} unreachable: {source}",
+                        self.prefix, self.local
+                    );
+                    let error = Error::Unreachable {
+                        addr,
+                        reporter: q.reporter,
+                        source,
+                    };
+                    self.keep_error(error, addr);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    debug!(
+                        "{} on {}: reading the error queue: {e}",
+                        self.prefix, self.local
+                    );
+                    return;
+                }
+            }
+        }
+        // More than one read's worth: the rest on the next call.
+        self.error_queue_pending = true;
+    }
+
+    /// Keeps an error for `error_received`, unless too many are waiting already.
+    fn keep_error(&mut self, error: Error, addr: SocketAddr) {
+        if self.errors.len() < ERRORS_KEPT {
+            self.errors.push_back((error, addr));
+        } else {
+            debug!(
+                "{} on {}: {error} not passed to error_received ({ERRORS_KEPT} waiting)",
+                self.prefix, self.local
+            );
+        }
+    }
+
+    /// Turns the kernel's error queue on (unconnected ports) or off (on connect: a
+    /// connected port learns of refusals from its calls, as in Twisted).
+    pub(crate) fn set_error_queue(&mut self, on: bool) {
+        let v6 = self.local.is_ipv6();
+        match sys::set_recv_errors(self.socket.as_raw_fd(), v6, on) {
+            Ok(()) => self.error_queue = on,
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => self.error_queue = false,
+            Err(e) => {
+                debug!("{} on {}: IP_RECVERR {on}: {e}", self.prefix, self.local);
+                if !on {
+                    self.error_queue = false;
+                }
+            }
+        }
+        if !self.error_queue {
+            self.error_queue_pending = false;
         }
     }
 
@@ -634,6 +768,7 @@ impl PortCore {
         };
         let connected = self.peer.is_some();
         let mut next = 0;
+        let mut retried = false;
         while next < out.len() {
             let sent = if self.segmentation {
                 out.send_segmented(&self.socket, next, connected)
@@ -641,6 +776,7 @@ impl PortCore {
                 out.send(&self.socket, next, connected)
             };
             match sent {
+                Err(e) if !retried && self.stale_error(&e) => retried = true,
                 Err(e)
                     if self.segmentation
                         && out.first_run() > 1
@@ -761,6 +897,15 @@ impl PortCore {
         );
         self.closing = true;
         self.panic = Some(message.to_owned());
+    }
+}
+
+/// A copy of an I/O error (they are not `Clone`): the same OS error, or the same kind and
+/// message.
+fn copy_io_error(e: &std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(e.kind(), e.to_string()),
     }
 }
 

@@ -129,6 +129,7 @@ impl<'a> UdpTransport<'a> {
             .connect(addr)
             .map_err(|source| Error::Connect { addr, source })?;
         self.core.peer = Some(addr);
+        self.core.set_error_queue(false);
         Ok(())
     }
 
