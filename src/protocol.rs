@@ -76,6 +76,27 @@ pub trait DatagramProtocol: 'static {
         let _ = transport;
     }
 
+    /// Called when the port's send queue grows past its high-water mark
+    /// ([`ListenOptions::write_buffer_limits`](crate::ListenOptions::write_buffer_limits)):
+    /// the kernel's buffer is full and writes are piling up. Stop producing until
+    /// [`resume_producing`](Self::resume_producing); writes past the hard bound are refused
+    /// with [`Error::SendQueueFull`](crate::Error::SendQueueFull). Twisted's
+    /// `IPushProducer.pauseProducing`, asyncio's `pause_writing`. Runs after the hook whose
+    /// write crossed the mark returns.
+    #[doc(alias = "pauseProducing")]
+    #[doc(alias = "pause_writing")]
+    fn pause_producing(&mut self, transport: &mut UdpTransport<'_>) {
+        let _ = transport;
+    }
+
+    /// Called once the send queue has drained to its low-water mark after a
+    /// [`pause_producing`](Self::pause_producing): writing may go on.
+    #[doc(alias = "resumeProducing")]
+    #[doc(alias = "resume_writing")]
+    fn resume_producing(&mut self, transport: &mut UdpTransport<'_>) {
+        let _ = transport;
+    }
+
     /// Called when the kernel reports that an earlier datagram was not delivered, with
     /// the destination it was for:
     ///

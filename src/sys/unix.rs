@@ -255,6 +255,13 @@ pub(crate) fn signal_ignored(signal: libc::c_int) -> bool {
     ret == 0 && old.sa_sigaction == libc::SIG_IGN
 }
 
+/// Whether a network interface has index `index`.
+pub(crate) fn interface_exists(index: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname may write.
+    !unsafe { libc::if_indextoname(index, name.as_mut_ptr()) }.is_null()
+}
+
 /// Whether an error is one the kernel raises for an ICMP error (unreachable, time
 /// exceeded, parameter problem, fragmentation needed) about an earlier datagram.
 pub(crate) fn is_icmp_error(err: &io::Error) -> bool {

@@ -162,6 +162,14 @@ pub(crate) struct PortCore {
     queue: VecDeque<(Box<[u8]>, SocketAddr)>,
     queued_bytes: usize,
     queue_limit: usize,
+    /// Flow control marks (bytes in the queue): paused past `write_high`, resumed at
+    /// `write_low`.
+    write_high: usize,
+    write_low: usize,
+    /// The queue went past `write_high` and has not drained to `write_low` since.
+    write_paused: bool,
+    /// What the protocol was last told (`pause_producing` called, not yet resumed).
+    told_paused: bool,
     writable_registered: bool,
     last_truncation_warning: Option<Instant>,
     /// Datagrams longer than the receive buffer go to `datagram_truncated` (else dropped).
@@ -215,6 +223,12 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 queue_limit: opts.send_queue_limit,
+                write_high: opts.write_high.min(opts.send_queue_limit),
+                write_low: opts
+                    .write_low
+                    .min(opts.write_high.min(opts.send_queue_limit)),
+                write_paused: false,
+                told_paused: false,
                 writable_registered: false,
                 last_truncation_warning: None,
                 deliver_truncated: opts.deliver_truncated,
@@ -287,6 +301,16 @@ fn report_pending<P: DatagramProtocol>(protocol: &mut P, t: &mut UdpTransport<'_
     }
     if t.core.error_queue_pending {
         t.core.read_error_queue();
+    }
+    // Flow control: tell the protocol of a change since it was last told (a pause and
+    // resume within one hook cancel out).
+    if t.core.write_paused != t.core.told_paused {
+        t.core.told_paused = t.core.write_paused;
+        if t.core.write_paused {
+            protocol.pause_producing(t);
+        } else {
+            protocol.resume_producing(t);
+        }
     }
     for _ in 0..ERRORS_KEPT {
         let Some((error, addr)) = t.core.errors.pop_front() else {
@@ -635,6 +659,9 @@ impl PortCore {
         self.stats.send_queued += 1;
         self.queued_bytes += data.len();
         self.queue.push_back((data.into(), addr));
+        if self.queued_bytes > self.write_high {
+            self.write_paused = true;
+        }
         Ok(())
     }
 
@@ -644,7 +671,7 @@ impl PortCore {
             match self.send_now(&data, addr) {
                 Err(e) if sys::classify(&e) == ErrorClass::WouldBlock => {
                     self.queue.push_front((data, addr));
-                    return;
+                    break;
                 }
                 Err(e) => {
                     self.queued_bytes -= data.len();
@@ -652,6 +679,9 @@ impl PortCore {
                 }
                 Ok(()) => self.queued_bytes -= data.len(),
             }
+        }
+        if self.write_paused && self.queued_bytes <= self.write_low {
+            self.write_paused = false;
         }
     }
 
@@ -828,6 +858,11 @@ impl PortCore {
     /// Bytes waiting in the send queue.
     pub(crate) fn queued_bytes(&self) -> usize {
         self.queued_bytes
+    }
+
+    /// Whether the send queue is between its high- and low-water marks, coming down.
+    pub(crate) fn write_paused(&self) -> bool {
+        self.write_paused
     }
 
     /// Asks for WRITABLE events while the queue holds data, and stops asking once it is empty.
