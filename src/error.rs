@@ -55,6 +55,18 @@ pub enum Error {
         /// What the kernel said.
         source: io::Error,
     },
+    /// The kernel reported that an earlier datagram to `addr` could not be delivered: an
+    /// ICMP error came back (port unreachable: `source` is `ECONNREFUSED`; host or
+    /// network unreachable, ...). Passed to
+    /// [`DatagramProtocol::error_received`](crate::DatagramProtocol::error_received).
+    Unreachable {
+        /// The destination of the datagram the error is about.
+        addr: SocketAddr,
+        /// The host that sent the ICMP message, when the kernel said.
+        reporter: Option<IpAddr>,
+        /// The error, as the kernel names it.
+        source: io::Error,
+    },
     /// A connected port's peer refused an earlier datagram (ICMP port unreachable); this
     /// datagram was not sent. `connection_refused` is called too.
     ConnectionRefused {
@@ -193,6 +205,16 @@ impl fmt::Display for Error {
                 "send queue full: {len}-byte datagram dropped, {queued} bytes already queued"
             ),
             Send { addr, source } => write!(f, "couldn't send to {addr}: {source}"),
+            Unreachable {
+                addr,
+                reporter: Some(by),
+                source,
+            } => write!(f, "{addr} unreachable: {source} (reported by {by})"),
+            Unreachable {
+                addr,
+                reporter: None,
+                source,
+            } => write!(f, "{addr} unreachable: {source}"),
             ConnectionRefused { peer } => write!(f, "connection refused by {peer}"),
             AlreadyConnected { peer } => write!(
                 f,
@@ -249,6 +271,7 @@ impl std::error::Error for Error {
         match self {
             CannotListen { source, .. }
             | Send { source, .. }
+            | Unreachable { source, .. }
             | Connect { source, .. }
             | Multicast { source, .. }
             | SocketOption { source, .. }

@@ -133,7 +133,7 @@ pub use reactor::{ListeningPort, Reactor};
 pub use timer::DelayedCall;
 pub use udp::options::{
     DEFAULT_BATCH_SIZE, DEFAULT_MAX_PACKET_SIZE, DEFAULT_READ_BUDGET, DEFAULT_READ_BUDGET_BYTES,
-    DEFAULT_SEND_QUEUE_LIMIT,
+    DEFAULT_SEND_QUEUE_LIMIT, DEFAULT_WRITE_HIGH, DEFAULT_WRITE_LOW,
 };
 pub use udp::{
     Interface, IntoInterface, IpLiteral, ListenOptions, PeerAddr, PortStats, UdpTransport,

@@ -68,11 +68,73 @@ pub trait DatagramProtocol: 'static {
     /// port unreachable came back: nothing listens there), once per refusal counted in
     /// [`PortStats::refused`](crate::PortStats::refused). The port keeps working.
     ///
-    /// Unconnected ports are not told, as in Twisted: the kernel does not say which
-    /// destination refused.
+    /// Unconnected ports are told through
+    /// [`error_received`](Self::error_received), with the destination that refused
+    /// (Linux), where Twisted says nothing.
     #[doc(alias = "connectionRefused")]
     fn connection_refused(&mut self, transport: &mut UdpTransport<'_>) {
         let _ = transport;
+    }
+
+    /// Called when the port's send queue grows past its high-water mark
+    /// ([`ListenOptions::write_buffer_limits`](crate::ListenOptions::write_buffer_limits)):
+    /// the kernel's buffer is full and writes are piling up. Stop producing until
+    /// [`resume_producing`](Self::resume_producing); writes past the hard bound are refused
+    /// with [`Error::SendQueueFull`](crate::Error::SendQueueFull). Twisted's
+    /// `IPushProducer.pauseProducing`, asyncio's `pause_writing`. Runs after the hook whose
+    /// write crossed the mark returns.
+    #[doc(alias = "pauseProducing")]
+    #[doc(alias = "pause_writing")]
+    fn pause_producing(&mut self, transport: &mut UdpTransport<'_>) {
+        let _ = transport;
+    }
+
+    /// Called once the send queue has drained to its low-water mark after a
+    /// [`pause_producing`](Self::pause_producing): writing may go on.
+    #[doc(alias = "resumeProducing")]
+    #[doc(alias = "resume_writing")]
+    fn resume_producing(&mut self, transport: &mut UdpTransport<'_>) {
+        let _ = transport;
+    }
+
+    /// Called when the kernel reports that an earlier datagram was not delivered, with
+    /// the destination it was for:
+    ///
+    /// - [`Error::Unreachable`](crate::Error::Unreachable): an ICMP error came back for a
+    ///   datagram this (unconnected) port sent to `addr`, e.g. port unreachable
+    ///   (`ECONNREFUSED`: nothing listens there). Linux only (`IP_RECVERR`), where the
+    ///   kernel's error queue names the destination; neither Twisted nor asyncio can say
+    ///   which destination refused. Connected ports get `connection_refused` instead.
+    /// - [`Error::Send`](crate::Error::Send): a datagram `write` had accepted (gathered
+    ///   into a batch, or queued while the kernel's buffer was full) was refused when it
+    ///   was handed to the kernel. A write that fails at once returns its error instead.
+    ///
+    /// Each is also counted in [`PortStats`](crate::PortStats). Calls run after the hook
+    /// during which the error was met returns, or on the turn the kernel reports it.
+    #[doc(alias = "errorReceived")]
+    fn error_received(
+        &mut self,
+        transport: &mut UdpTransport<'_>,
+        error: &crate::Error,
+        addr: SocketAddr,
+    ) {
+        let _ = (transport, error, addr);
+    }
+
+    /// Called for a datagram longer than the port's max packet size, only when the port
+    /// was opened with [`ListenOptions::deliver_truncated`](crate::ListenOptions::deliver_truncated)
+    /// (otherwise such datagrams are dropped): `data` is its first max-packet-size bytes,
+    /// `len` its whole length as sent (on Linux; elsewhere `data.len()`). It is counted in
+    /// [`PortStats::truncated`](crate::PortStats::truncated) either way, and never reaches
+    /// `datagram_received`.
+    fn datagram_truncated(
+        &mut self,
+        transport: &mut UdpTransport<'_>,
+        data: &[u8],
+        len: usize,
+        from: SocketAddr,
+    ) {
+        let _ = (transport, data, len, from);
     }
 
     /// The name used in the port's log lines (`"<prefix> starting on <addr>"`); by

@@ -517,6 +517,11 @@ impl Reactor {
         if let Some(port) = slot.port.as_mut() {
             port.core_mut().closing = true;
         }
+        // Its timers will never fire: cancelled now, not at teardown, so that none runs
+        // later in this turn and none counts as pending meanwhile.
+        for call in std::mem::take(&mut slot.timers) {
+            self.timers.cancel(call);
+        }
         self.stops_asked += 1;
         trace!("close requested for {key:?}");
         self.closing.push(key);
@@ -710,7 +715,7 @@ impl Reactor {
         interval: Option<Duration>,
         f: Box<dyn Any>,
     ) -> Result<DelayedCall> {
-        if !self.is_live(key) {
+        if !self.is_live(key) || self.close_requested(key) {
             return Err(Error::PortClosed);
         }
         let call = self
@@ -863,16 +868,19 @@ impl Reactor {
         timeout: Duration,
         mut done: impl FnMut(&mut Reactor) -> bool,
     ) -> Result<bool> {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long for the clock (Duration::MAX) means no deadline.
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             if done(self) {
                 return Ok(true);
             }
             let now = Instant::now();
-            if now >= deadline {
-                return Ok(false);
-            }
-            self.iterate((deadline - now).min(Duration::from_millis(50)))?;
+            let left = match deadline {
+                Some(deadline) if now >= deadline => return Ok(false),
+                Some(deadline) => deadline - now,
+                None => Duration::MAX,
+            };
+            self.iterate(left.min(Duration::from_millis(50)))?;
         }
     }
 
@@ -1061,11 +1069,14 @@ fn bind_socket(addr: SocketAddr, opts: &ListenOptions) -> std::io::Result<std::n
 }
 
 fn apply_buffer_sizes(socket: &Socket, opts: &ListenOptions) -> std::io::Result<()> {
+    // The kernel takes an int and caps it at its own maximum; a larger request must
+    // not wrap into a tiny buffer.
+    let cap = |n: usize| n.min(i32::MAX as usize);
     if let Some(n) = opts.recv_buffer_size {
-        socket.set_recv_buffer_size(n)?;
+        socket.set_recv_buffer_size(cap(n))?;
     }
     if let Some(n) = opts.send_buffer_size {
-        socket.set_send_buffer_size(n)?;
+        socket.set_send_buffer_size(cap(n))?;
     }
     Ok(())
 }

@@ -28,7 +28,15 @@ pub struct RecvBatch {
     names: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<Mmsg>,
+    /// Per header: room for the control messages the kernel attaches (the drop count).
+    controls: Vec<RecvControl>,
 }
+
+/// Room for one datagram's control messages: `SO_RXQ_OVFL`'s count needs
+/// `CMSG_SPACE(4)`, 24 bytes on 64-bit Linux.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct RecvControl([u8; 32]);
 
 /// One datagram of a [`RecvBatch`].
 #[derive(Debug)]
@@ -39,6 +47,8 @@ pub struct Datagram<'a> {
     pub truncated: bool,
     /// The sender, or `None` for an address that is neither IPv4 nor IPv6.
     pub from: Option<SocketAddr>,
+    /// The datagram's whole length as sent (on Linux; elsewhere the length of `data`).
+    pub len: usize,
 }
 
 impl std::fmt::Debug for RecvBatch {
@@ -79,6 +89,7 @@ impl RecvBatch {
         self.names = vec![zeroed(); capacity];
         self.iovs = vec![zeroed(); capacity];
         self.hdrs = vec![zeroed(); capacity];
+        self.controls = vec![RecvControl([0; 32]); capacity];
         // Every header points at its own name and iovec, and every iovec at its own slot,
         // for as long as these vectors live; `recv` only resets what the kernel changed.
         let base = self.bufs.as_mut_ptr();
@@ -93,6 +104,8 @@ impl RecvBatch {
             hdr.msg_namelen = NAME_LEN;
             hdr.msg_iov = &mut self.iovs[i];
             hdr.msg_iovlen = 1;
+            hdr.msg_control = (&mut self.controls[i] as *mut RecvControl).cast();
+            hdr.msg_controllen = mem::size_of::<RecvControl>() as _;
         }
         self.max = self.slot;
         self.used = 0;
@@ -112,6 +125,7 @@ impl RecvBatch {
         }
         for hdr in &mut self.hdrs[..self.used] {
             hdr.msg_hdr.msg_namelen = NAME_LEN;
+            hdr.msg_hdr.msg_controllen = mem::size_of::<RecvControl>() as _;
         }
         self.used = 0;
         let got = imp::recv(fd.as_raw_fd(), &mut self.hdrs[..count])?;
@@ -126,7 +140,7 @@ impl RecvBatch {
         datagram(
             &self.hdrs[i],
             &self.names[i],
-            &self.bufs[start..start + self.slot],
+            &self.bufs[start..start + self.max],
         )
     }
 
@@ -134,16 +148,48 @@ impl RecvBatch {
     /// each, without an index to check per datagram.
     #[inline]
     pub fn datagrams(&self) -> impl Iterator<Item = Datagram<'_>> {
-        let used = self.used;
+        let (used, max) = (self.used, self.max);
         self.hdrs[..used]
             .iter()
             .zip(&self.names[..used])
             .zip(self.bufs.chunks_exact(self.slot.max(1)))
-            .map(|((m, name), buf)| datagram(m, name, buf))
+            .map(move |((m, name), slot)| datagram(m, name, &slot[..max]))
+    }
+
+    /// The socket's receive-queue drop count as the kernel attached it to the last
+    /// datagram of the last [`recv`](Self::recv) (`SO_RXQ_OVFL`, once enabled on the
+    /// socket): `None` if it attached none (nothing dropped yet, or not enabled). The
+    /// count only grows, so the last datagram's is the newest.
+    pub fn drop_count(&self) -> Option<u32> {
+        let name = super::errors::SO_RXQ_OVFL?;
+        let last = self.hdrs[..self.used].last()?;
+        if last.msg_hdr.msg_controllen == 0 {
+            return None;
+        }
+        let mut found = None;
+        // SAFETY: the header describes its own control buffer, into which the kernel
+        // wrote `msg_controllen` bytes of well-formed control messages; CMSG_FIRSTHDR and
+        // CMSG_NXTHDR stay inside that length.
+        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&last.msg_hdr) };
+        while !cmsg.is_null() {
+            // SAFETY: a non-null cmsg from CMSG_FIRSTHDR/NXTHDR points at a whole header,
+            // and an SO_RXQ_OVFL message carries a u32 (read unaligned).
+            unsafe {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == name {
+                    found = Some(std::ptr::read_unaligned(
+                        libc::CMSG_DATA(cmsg).cast::<u32>(),
+                    ));
+                }
+                cmsg = libc::CMSG_NXTHDR(&last.msg_hdr, cmsg);
+            }
+        }
+        found
     }
 }
 
-/// The datagram the kernel described in `m`, received into `buf` (its slot) from `name`.
+/// The datagram the kernel described in `m`, received into `buf` (its slot, cut to the
+/// length the kernel was offered) from `name`. `msg_len` is the whole length (MSG_TRUNC),
+/// so the data is the shorter of the two.
 #[inline(always)]
 fn datagram<'a>(m: &Mmsg, name: &libc::sockaddr_storage, buf: &'a [u8]) -> Datagram<'a> {
     Datagram {
@@ -152,6 +198,7 @@ fn datagram<'a>(m: &Mmsg, name: &libc::sockaddr_storage, buf: &'a [u8]) -> Datag
         // SAFETY: the kernel wrote `msg_namelen` bytes of the sender's address into `name`
         // (zeroed at creation, so the rest is initialised).
         from: unsafe { sockaddr_to_std(name, m.msg_hdr.msg_namelen) },
+        len: m.msg_len as usize,
     }
 }
 
@@ -420,7 +467,8 @@ mod imp {
                     fd,
                     hdrs.as_mut_ptr(),
                     hdrs.len() as libc::c_uint,
-                    0,
+                    // Each header's msg_len is then the datagram's whole length.
+                    libc::MSG_TRUNC,
                     std::ptr::null_mut(),
                 )
             };
@@ -553,6 +601,42 @@ mod tests {
             0,
             "a failed call leaves no datagrams"
         );
+    }
+
+    /// SO_RXQ_OVFL: once the kernel has dropped datagrams for a full buffer, the next
+    /// datagram queued carries the socket's drop count.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_drop_count_comes_with_the_next_datagram_after_drops() {
+        use std::os::fd::AsRawFd;
+        let (rx, tx) = pair();
+        socket2::SockRef::from(&rx)
+            .set_recv_buffer_size(16 * 1024)
+            .expect("rcvbuf");
+        super::super::errors::enable_drop_count(rx.as_raw_fd()).expect("SO_RXQ_OVFL");
+        let to = rx.local_addr().expect("addr");
+        let mut ring = RecvBatch::default();
+        ring.reserve(64, 512);
+        tx.send_to(b"first", to).expect("send");
+        assert_eq!(ring.recv(&rx, 64, 512).expect("recv"), 1);
+        assert_eq!(ring.drop_count(), None, "nothing dropped yet");
+        const BURST: usize = 500;
+        for _ in 0..BURST {
+            tx.send_to(&[1u8; 256], to).expect("send");
+        }
+        let mut queued = 0;
+        while let Ok(got) = ring.recv(&rx, 64, 512) {
+            queued += got;
+        }
+        assert!(
+            queued < BURST,
+            "a 16 KiB buffer holds fewer than {BURST} datagrams"
+        );
+        tx.send_to(b"after", to).expect("send");
+        assert_eq!(ring.recv(&rx, 64, 512).expect("recv"), 1);
+        assert_eq!(ring.drop_count(), Some((BURST - queued) as u32));
+        let meminfo = super::super::errors::socket_drops(rx.as_raw_fd()).expect("SO_MEMINFO");
+        assert_eq!(meminfo as usize, BURST - queued);
     }
 
     #[test]

@@ -19,6 +19,8 @@
 #[cfg(unix)]
 mod batch;
 #[cfg(unix)]
+mod errors;
+#[cfg(unix)]
 #[path = "unix.rs"]
 mod imp;
 #[cfg(unix)]
@@ -27,7 +29,11 @@ use imp as unix;
 pub use batch::{Datagram, RecvBatch, SendBatch, segmentation_refused};
 pub use imp::pin_to_cpu;
 
-pub(crate) use imp::{classify, dup_cloexec, inspect_socket, interface_index};
+pub(crate) use errors::{drops_or_log, enable_drop_count, read_queued_error, set_recv_errors};
+
+pub(crate) use imp::{
+    classify, dup_cloexec, inspect_socket, interface_exists, interface_index, is_icmp_error,
+};
 pub(crate) use imp::{
     multicast_all_v4, multicast_all_v6, set_multicast_all_v4, set_multicast_all_v6, signal_ignored,
 };

@@ -255,6 +255,31 @@ pub(crate) fn signal_ignored(signal: libc::c_int) -> bool {
     ret == 0 && old.sa_sigaction == libc::SIG_IGN
 }
 
+/// Whether a network interface has index `index`.
+pub(crate) fn interface_exists(index: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname may write.
+    !unsafe { libc::if_indextoname(index, name.as_mut_ptr()) }.is_null()
+}
+
+/// Whether an error is one the kernel raises for an ICMP error (unreachable, time
+/// exceeded, parameter problem, fragmentation needed) about an earlier datagram.
+pub(crate) fn is_icmp_error(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(
+            libc::ECONNREFUSED
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::EHOSTDOWN
+                | libc::ENOPROTOOPT
+                | libc::EMSGSIZE
+                | libc::EPROTO
+                | libc::EOPNOTSUPP
+        )
+    )
+}
+
 /// Sorts an I/O error into what a port does about it.
 pub(crate) fn classify(err: &io::Error) -> ErrorClass {
     match err.raw_os_error() {

@@ -238,7 +238,11 @@ impl UdpTransport<'_> {
                 });
             }
         }
-        .map_err(option_error("IP_MULTICAST_IF"))
+        .map_err(option_error(if self.is_v4() {
+            "IP_MULTICAST_IF"
+        } else {
+            "IPV6_MULTICAST_IF"
+        }))
     }
 
     /// Whether the port receives datagrams of every group joined by *any* socket on the

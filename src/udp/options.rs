@@ -13,6 +13,11 @@ pub const DEFAULT_READ_BUDGET: usize = 256;
 pub const DEFAULT_READ_BUDGET_BYTES: usize = 256 * 1024;
 /// Bytes a port queues while the kernel's send buffer is full, before `write` refuses.
 pub const DEFAULT_SEND_QUEUE_LIMIT: usize = 1024 * 1024;
+/// Default high-water mark of the send queue, in bytes: past it the protocol is paused.
+pub const DEFAULT_WRITE_HIGH: usize = 64 * 1024;
+/// Default low-water mark of the send queue, in bytes: down to it a paused protocol is
+/// resumed.
+pub const DEFAULT_WRITE_LOW: usize = 16 * 1024;
 /// Datagrams read or sent per system call (`recvmmsg`/`sendmmsg`) by default.
 pub const DEFAULT_BATCH_SIZE: usize = 32;
 /// The largest batch a port may ask for.
@@ -47,6 +52,9 @@ pub struct ListenOptions {
     pub(crate) send_queue_limit: usize,
     pub(crate) batch_size: usize,
     pub(crate) segmentation: bool,
+    pub(crate) deliver_truncated: bool,
+    pub(crate) write_high: usize,
+    pub(crate) write_low: usize,
 }
 
 impl ListenOptions {
@@ -65,6 +73,9 @@ impl ListenOptions {
             send_queue_limit: DEFAULT_SEND_QUEUE_LIMIT,
             batch_size: DEFAULT_BATCH_SIZE,
             segmentation: true,
+            deliver_truncated: false,
+            write_high: DEFAULT_WRITE_HIGH,
+            write_low: DEFAULT_WRITE_LOW,
         }
     }
 
@@ -140,6 +151,20 @@ impl ListenOptions {
         self
     }
 
+    /// Flow control: when the bytes waiting in the send queue (the kernel's buffer being
+    /// full) go past `high`, the protocol's
+    /// [`pause_producing`](crate::DatagramProtocol::pause_producing) is called; once they
+    /// are down to `low` or less, [`resume_producing`](crate::DatagramProtocol::resume_producing).
+    /// 64 KiB and 16 KiB by default (asyncio's). The hard bound stays
+    /// [`send_queue_limit`](Self::send_queue_limit): `high` above it acts as the limit,
+    /// and `low` above `high` as `high`.
+    #[doc(alias = "set_write_buffer_limits")]
+    pub fn write_buffer_limits(mut self, high: usize, low: usize) -> Self {
+        self.write_high = high;
+        self.write_low = low;
+        self
+    }
+
     /// Whether gathered writes use UDP segmentation offload (Linux's `UDP_SEGMENT`, "GSO";
     /// on by default): a run of gathered datagrams to one destination, all of one length
     /// (up to 1452 bytes; the run's last may be shorter), goes to the kernel as one
@@ -151,6 +176,17 @@ impl ListenOptions {
     #[doc(alias = "UDP_SEGMENT")]
     pub fn segmentation(mut self, enabled: bool) -> Self {
         self.segmentation = enabled;
+        self
+    }
+
+    /// What becomes of a datagram longer than the max packet size (the kernel says so
+    /// with `MSG_TRUNC`): by default it is dropped, never delivered cut short; with
+    /// `true` its first max-packet-size bytes and its whole length go to
+    /// [`DatagramProtocol::datagram_truncated`](crate::DatagramProtocol::datagram_truncated).
+    /// Either way it is counted in [`PortStats::truncated`](crate::PortStats::truncated)
+    /// and logged (at most once a second per port).
+    pub fn deliver_truncated(mut self, deliver: bool) -> Self {
+        self.deliver_truncated = deliver;
         self
     }
 

@@ -8,7 +8,9 @@
 
 use std::any::{Any, TypeId};
 use std::collections::VecDeque;
+use std::fmt;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
@@ -53,6 +55,37 @@ pub struct PortStats {
     /// `connection_refused` call. A refusal met by a send (rather than read by the
     /// reactor) also means that datagram was not sent.
     pub refused: u64,
+    /// Datagrams the kernel dropped before the port could read them (its receive buffer
+    /// was full), since the port opened: read with `SO_RXQ_OVFL` as datagrams arrive and
+    /// with `SO_MEMINFO` whenever the counters are read (Linux; 0 elsewhere).
+    pub kernel_dropped: u64,
+    /// Errors the kernel reported for earlier datagrams of an unconnected port (ICMP
+    /// unreachable, read from its error queue), each passed to `error_received`.
+    pub unreachable: u64,
+}
+
+impl fmt::Display for PortStats {
+    /// One line for logs: what came in, what went out, and what was lost where.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "received {} datagrams ({} bytes), sent {} ({} bytes); dropped: {} truncated, \
+             {} by the kernel, {} at the send queue; {} send errors, {} receive errors, \
+             {} refused, {} unreachable, {} queued",
+            self.datagrams_received,
+            self.bytes_received,
+            self.datagrams_sent,
+            self.bytes_sent,
+            self.truncated,
+            self.kernel_dropped,
+            self.send_dropped,
+            self.send_errors,
+            self.recv_errors,
+            self.refused,
+            self.unreachable,
+            self.send_queued,
+        )
+    }
 }
 
 /// The boxed closure of a port-scoped timer, as stored (type-erased) in the reactor's queue.
@@ -105,6 +138,13 @@ pub(crate) struct PortCore {
     /// Sends that met ECONNREFUSED: `connection_refused` is called once for each, after the
     /// running hook returns.
     pub(crate) refused_pending: u32,
+    /// Errors for the protocol's `error_received`, met where it cannot be called (inside
+    /// a hook, or while sending gathered writes); bounded by `ERRORS_KEPT`.
+    errors: VecDeque<(Error, SocketAddr)>,
+    /// The kernel's error queue is on (`IP_RECVERR`): ICMP errors name their destination.
+    error_queue: bool,
+    /// The error queue has entries to read (a call met the error they raised).
+    error_queue_pending: bool,
     /// The message of a panic caught in a hook.
     pub(crate) panic: Option<String>,
     pub(crate) stats: PortStats,
@@ -122,8 +162,21 @@ pub(crate) struct PortCore {
     queue: VecDeque<(Box<[u8]>, SocketAddr)>,
     queued_bytes: usize,
     queue_limit: usize,
+    /// Flow control marks (bytes in the queue): paused past `write_high`, resumed at
+    /// `write_low`.
+    write_high: usize,
+    write_low: usize,
+    /// The queue went past `write_high` and has not drained to `write_low` since.
+    write_paused: bool,
+    /// What the protocol was last told (`pause_producing` called, not yet resumed).
+    told_paused: bool,
     writable_registered: bool,
     last_truncation_warning: Option<Instant>,
+    /// Datagrams longer than the receive buffer go to `datagram_truncated` (else dropped).
+    deliver_truncated: bool,
+    /// The socket's drop count when last looked at (`SO_RXQ_OVFL`/`SO_MEMINFO`); `None`
+    /// where the OS does not tell.
+    drops_seen: Option<u32>,
 }
 
 /// A port: its protocol, its core, and (while it reads) the reactor's receive batch.
@@ -156,6 +209,9 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 protocol_type: (TypeId::of::<P>(), short_type_name::<P>()),
                 closing: false,
                 refused_pending: 0,
+                errors: VecDeque::new(),
+                error_queue: false,
+                error_queue_pending: false,
                 panic: None,
                 stats: PortStats::default(),
                 max_packet_size: opts.max_packet_size,
@@ -167,10 +223,36 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 queue_limit: opts.send_queue_limit,
+                write_high: opts.write_high.min(opts.send_queue_limit),
+                write_low: opts
+                    .write_low
+                    .min(opts.write_high.min(opts.send_queue_limit)),
+                write_paused: false,
+                told_paused: false,
                 writable_registered: false,
                 last_truncation_warning: None,
+                deliver_truncated: opts.deliver_truncated,
+                drops_seen: None,
             },
         }
+        .counting_drops()
+    }
+
+    /// Asks the kernel for its drop count on every datagram once any is dropped, and
+    /// notes where the count stands (an adopted socket may have dropped already).
+    fn counting_drops(mut self) -> Self {
+        let fd = self.core.socket.as_raw_fd();
+        if let Err(e) = sys::enable_drop_count(fd)
+            && e.kind() != std::io::ErrorKind::Unsupported
+        {
+            debug!(
+                "{} on {}: SO_RXQ_OVFL: {e}",
+                self.core.prefix, self.core.local
+            );
+        }
+        self.core.drops_seen = sys::drops_or_log(fd);
+        self.core.set_error_queue(true);
+        self
     }
 
     /// Runs `f` with the protocol and a transport from outside the hooks
@@ -196,7 +278,7 @@ impl<P: DatagramProtocol> UdpPort<P> {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let mut t = UdpTransport::new(core, r);
             let out = f(protocol, &mut t, ring);
-            report_refusals(protocol, &mut t);
+            report_pending(protocol, &mut t);
             out
         }));
         match outcome {
@@ -209,13 +291,41 @@ impl<P: DatagramProtocol> UdpPort<P> {
     }
 }
 
-/// Calls `connection_refused` for refusals that writes met while a hook ran.
-fn report_refusals<P: DatagramProtocol>(protocol: &mut P, t: &mut UdpTransport<'_>) {
+/// Calls `connection_refused` for refusals that writes met while a hook ran, and
+/// `error_received` for the errors met since (reading the kernel's error queue first if a
+/// call found it had entries). Bounded, since those hooks may write and meet more.
+fn report_pending<P: DatagramProtocol>(protocol: &mut P, t: &mut UdpTransport<'_>) {
     while t.core.refused_pending > 0 {
         t.core.refused_pending -= 1;
         protocol.connection_refused(t);
     }
+    if t.core.error_queue_pending {
+        t.core.read_error_queue();
+    }
+    // Flow control: tell the protocol of a change since it was last told (a pause and
+    // resume within one hook cancel out).
+    if t.core.write_paused != t.core.told_paused {
+        t.core.told_paused = t.core.write_paused;
+        if t.core.write_paused {
+            protocol.pause_producing(t);
+        } else {
+            protocol.resume_producing(t);
+        }
+    }
+    for _ in 0..ERRORS_KEPT {
+        let Some((error, addr)) = t.core.errors.pop_front() else {
+            break;
+        };
+        protocol.error_received(t, &error, addr);
+    }
 }
+
+/// The most errors kept for `error_received` at once; more are counted, and logged at
+/// debug, but not passed on.
+const ERRORS_KEPT: usize = 256;
+
+/// The most entries read from the kernel's error queue at once.
+const ERROR_QUEUE_READS: usize = 1024;
 
 impl<P: DatagramProtocol> Port for UdpPort<P> {
     fn core(&self) -> &PortCore {
@@ -288,8 +398,11 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
                 self.core.prefix, self.core.local
             );
         }
-        debug!(
-            "{} on {} closed: {:?}",
+        if let Some(now) = sys::drops_or_log(self.core.socket.as_raw_fd()) {
+            self.core.note_drops(now);
+        }
+        info!(
+            "{} on {} closed: {}",
             self.core.prefix, self.core.local, self.core.stats
         );
     }
@@ -321,6 +434,9 @@ fn read_batch<P: DatagramProtocol>(
                 count += 1;
                 match sys::classify(&e) {
                     ErrorClass::WouldBlock => return false,
+                    // An ICMP error for an earlier datagram: the error queue says which
+                    // destination it was about.
+                    _ if t.core.stale_error(&e) => report_pending(p, t),
                     ErrorClass::Refused => read_refused(p, t),
                     _ => {
                         t.core.stats.recv_errors += 1;
@@ -341,8 +457,11 @@ fn read_batch<P: DatagramProtocol>(
                 break;
             }
         }
+        if let Some(count) = ring.drop_count() {
+            t.core.note_drops(count);
+        }
         t.core.flush_out();
-        report_refusals(p, t);
+        report_pending(p, t);
         if got < want {
             // Fewer than asked for: the socket was drained, and the next datagram to
             // arrive raises a new readiness event.
@@ -364,8 +483,8 @@ fn deliver<P: DatagramProtocol>(p: &mut P, t: &mut UdpTransport<'_>, d: sys::Dat
     // One arm per family, so that each builds only its own kind of address for the
     // call (merged, the two would go through a field-by-field copy of both layouts).
     match d.from {
-        Some(from @ SocketAddr::V4(_)) => deliver_from(p, t, d.data, d.truncated, from),
-        Some(from @ SocketAddr::V6(_)) => deliver_from(p, t, d.data, d.truncated, from),
+        Some(from @ SocketAddr::V4(_)) => deliver_from(p, t, d.data, d.truncated, d.len, from),
+        Some(from @ SocketAddr::V6(_)) => deliver_from(p, t, d.data, d.truncated, d.len, from),
         None => t.core.stats.recv_errors += 1,
     }
 }
@@ -376,10 +495,14 @@ fn deliver_from<P: DatagramProtocol>(
     t: &mut UdpTransport<'_>,
     data: &[u8],
     truncated: bool,
+    len: usize,
     from: SocketAddr,
 ) {
     if truncated {
-        t.core.on_truncated(from);
+        t.core.on_truncated(from, len);
+        if t.core.deliver_truncated {
+            p.datagram_truncated(t, data, len, from);
+        }
         return;
     }
     t.core.stats.datagrams_received += 1;
@@ -482,6 +605,7 @@ impl PortCore {
     }
 
     fn send_now(&mut self, data: &[u8], addr: SocketAddr) -> std::io::Result<()> {
+        let mut retried = false;
         loop {
             let sent = if self.peer.is_some() {
                 self.socket.send(data)
@@ -495,6 +619,9 @@ impl PortCore {
                     return Ok(());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // An earlier datagram's ICMP error, not this one's: the call that met it
+                // cleared it, so once more.
+                Err(e) if !retried && self.stale_error(&e) => retried = true,
                 Err(e) => return Err(e),
             }
         }
@@ -532,6 +659,9 @@ impl PortCore {
         self.stats.send_queued += 1;
         self.queued_bytes += data.len();
         self.queue.push_back((data.into(), addr));
+        if self.queued_bytes > self.write_high {
+            self.write_paused = true;
+        }
         Ok(())
     }
 
@@ -541,7 +671,7 @@ impl PortCore {
             match self.send_now(&data, addr) {
                 Err(e) if sys::classify(&e) == ErrorClass::WouldBlock => {
                     self.queue.push_front((data, addr));
-                    return;
+                    break;
                 }
                 Err(e) => {
                     self.queued_bytes -= data.len();
@@ -550,6 +680,9 @@ impl PortCore {
                 Ok(()) => self.queued_bytes -= data.len(),
             }
         }
+        if self.write_paused && self.queued_bytes <= self.write_low {
+            self.write_paused = false;
+        }
     }
 
     /// A send that failed after `write` returned (from the send queue or the gathered
@@ -557,8 +690,102 @@ impl PortCore {
     /// datagram has no caller left to tell, so it counts as an error.
     fn later_send_failed(&mut self, e: std::io::Error, len: usize, addr: SocketAddr) {
         debug!("{} on {}: send to {addr}: {e}", self.prefix, self.local);
-        if let Err(Error::MessageTooLong { .. }) = self.send_failed(e, len, addr) {
-            self.stats.send_errors += 1;
+        let kept = copy_io_error(&e);
+        match self.send_failed(e, len, addr) {
+            // Told through connection_refused.
+            Err(Error::ConnectionRefused { .. }) if self.peer.is_some() => {}
+            Err(error) => {
+                if let Error::MessageTooLong { .. } = error {
+                    self.stats.send_errors += 1;
+                }
+                self.keep_error(Error::Send { addr, source: kept }, addr);
+            }
+            Ok(()) => {}
+        }
+    }
+
+    /// Whether `e`, met by a call on an unconnected port whose error queue is on, is an
+    /// ICMP error raised for an earlier datagram (the kernel keeps the latest one for the
+    /// next call, whatever it is): then the error queue has the details, to be read.
+    pub(crate) fn stale_error(&mut self, e: &std::io::Error) -> bool {
+        if self.error_queue && self.peer.is_none() && sys::is_icmp_error(e) {
+            self.error_queue_pending = true;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Reads the kernel's error queue: each entry is counted and kept for
+    /// `error_received` with the destination it names.
+    pub(crate) fn read_error_queue(&mut self) {
+        self.error_queue_pending = false;
+        let fd = self.socket.as_raw_fd();
+        for _ in 0..ERROR_QUEUE_READS {
+            match sys::read_queued_error(fd) {
+                Ok(Some(q)) => {
+                    self.stats.unreachable += 1;
+                    let source = std::io::Error::from_raw_os_error(q.errno);
+                    let Some(addr) = q.dest else {
+                        debug!(
+                            "{} on {}: error with no destination: {source}",
+                            self.prefix, self.local
+                        );
+                        continue;
+                    };
+                    debug!(
+                        "{} on {}: {addr} unreachable: {source}",
+                        self.prefix, self.local
+                    );
+                    let error = Error::Unreachable {
+                        addr,
+                        reporter: q.reporter,
+                        source,
+                    };
+                    self.keep_error(error, addr);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    debug!(
+                        "{} on {}: reading the error queue: {e}",
+                        self.prefix, self.local
+                    );
+                    return;
+                }
+            }
+        }
+        // More than one read's worth: the rest on the next call.
+        self.error_queue_pending = true;
+    }
+
+    /// Keeps an error for `error_received`, unless too many are waiting already.
+    fn keep_error(&mut self, error: Error, addr: SocketAddr) {
+        if self.errors.len() < ERRORS_KEPT {
+            self.errors.push_back((error, addr));
+        } else {
+            debug!(
+                "{} on {}: {error} not passed to error_received ({ERRORS_KEPT} waiting)",
+                self.prefix, self.local
+            );
+        }
+    }
+
+    /// Turns the kernel's error queue on (unconnected ports) or off (on connect: a
+    /// connected port learns of refusals from its calls, as in Twisted).
+    pub(crate) fn set_error_queue(&mut self, on: bool) {
+        let v6 = self.local.is_ipv6();
+        match sys::set_recv_errors(self.socket.as_raw_fd(), v6, on) {
+            Ok(()) => self.error_queue = on,
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => self.error_queue = false,
+            Err(e) => {
+                debug!("{} on {}: IP_RECVERR {on}: {e}", self.prefix, self.local);
+                if !on {
+                    self.error_queue = false;
+                }
+            }
+        }
+        if !self.error_queue {
+            self.error_queue_pending = false;
         }
     }
 
@@ -571,6 +798,7 @@ impl PortCore {
         };
         let connected = self.peer.is_some();
         let mut next = 0;
+        let mut retried = false;
         while next < out.len() {
             let sent = if self.segmentation {
                 out.send_segmented(&self.socket, next, connected)
@@ -578,6 +806,7 @@ impl PortCore {
                 out.send(&self.socket, next, connected)
             };
             match sent {
+                Err(e) if !retried && self.stale_error(&e) => retried = true,
                 Err(e)
                     if self.segmentation
                         && out.first_run() > 1
@@ -631,6 +860,11 @@ impl PortCore {
         self.queued_bytes
     }
 
+    /// Whether the send queue is between its high- and low-water marks, coming down.
+    pub(crate) fn write_paused(&self) -> bool {
+        self.write_paused
+    }
+
     /// Asks for WRITABLE events while the queue holds data, and stops asking once it is empty.
     pub(crate) fn sync_interest(&mut self, registry: &Registry) {
         let want = !self.queue.is_empty();
@@ -648,8 +882,13 @@ impl PortCore {
         }
     }
 
-    fn on_truncated(&mut self, from: SocketAddr) {
+    fn on_truncated(&mut self, from: SocketAddr, len: usize) {
         self.stats.truncated += 1;
+        let what = if self.deliver_truncated {
+            "delivered cut short to datagram_truncated"
+        } else {
+            "dropped"
+        };
         let now = Instant::now();
         let due = self
             .last_truncation_warning
@@ -657,15 +896,33 @@ impl PortCore {
         if due {
             self.last_truncation_warning = Some(now);
             warn!(
-                "{} on {}: datagram from {from} longer than max packet size {} dropped ({} so far)",
+                "{} on {}: datagram of {len} bytes from {from} longer than max packet size {}, {what} ({} so far)",
                 self.prefix, self.local, self.max_packet_size, self.stats.truncated
             );
         } else {
             trace!(
-                "{} on {}: truncated datagram from {from} dropped",
+                "{} on {}: datagram of {len} bytes from {from} {what}",
                 self.prefix, self.local
             );
         }
+    }
+
+    /// Takes in the socket's drop count as the kernel reported it.
+    pub(crate) fn note_drops(&mut self, count: u32) {
+        let seen = self.drops_seen.unwrap_or(0);
+        self.stats.kernel_dropped += u64::from(count.wrapping_sub(seen));
+        self.drops_seen = Some(count);
+    }
+
+    /// The counters, with the kernel's drop count as it stands now.
+    pub(crate) fn current_stats(&self) -> PortStats {
+        let mut stats = self.stats;
+        if let Some(seen) = self.drops_seen
+            && let Some(now) = sys::drops_or_log(self.socket.as_raw_fd())
+        {
+            stats.kernel_dropped += u64::from(now.wrapping_sub(seen));
+        }
+        stats
     }
 
     fn on_panic(&mut self, hook: &str, message: &str) {
@@ -675,6 +932,15 @@ impl PortCore {
         );
         self.closing = true;
         self.panic = Some(message.to_owned());
+    }
+}
+
+/// A copy of an I/O error (they are not `Clone`): the same OS error, or the same kind and
+/// message.
+fn copy_io_error(e: &std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(e.kind(), e.to_string()),
     }
 }
 

@@ -10,6 +10,7 @@ use socket2::SockRef;
 use crate::error::{Error, Result};
 use crate::protocol::short_type_name;
 use crate::reactor::Reactor;
+use crate::sys;
 use crate::timer::DelayedCall;
 use crate::udp::addr::{PeerAddr, same_family};
 use crate::udp::port::{PortCore, PortStats, PortTimerFn, once};
@@ -118,6 +119,24 @@ impl<'a> UdpTransport<'a> {
             return Err(Error::AlreadyConnected { peer });
         }
         let addr = addr.peer_addr()?;
+        if addr.port() == 0 {
+            // The kernel accepts it, then sends to port 0 and takes every port's datagrams.
+            return Err(Error::InvalidAddress {
+                address: addr.to_string(),
+                reason: "port 0 is not a peer's port",
+            });
+        }
+        if let SocketAddr::V6(v6) = addr
+            && v6.scope_id() != 0
+            && !sys::interface_exists(v6.scope_id())
+        {
+            // The kernel would tie the socket to the missing interface before failing,
+            // leaving the port unable to send anywhere.
+            return Err(Error::InvalidAddress {
+                address: addr.to_string(),
+                reason: "its scope names no network interface",
+            });
+        }
         if !same_family(&addr, &self.core.local) {
             return Err(Error::AddressFamilyMismatch {
                 address: addr,
@@ -129,6 +148,7 @@ impl<'a> UdpTransport<'a> {
             .connect(addr)
             .map_err(|source| Error::Connect { addr, source })?;
         self.core.peer = Some(addr);
+        self.core.set_error_queue(false);
         Ok(())
     }
 
@@ -172,12 +192,21 @@ impl<'a> UdpTransport<'a> {
 
     /// The port's counters.
     pub fn stats(&self) -> PortStats {
-        self.core.stats
+        self.core.current_stats()
     }
 
-    /// Bytes waiting in the send queue for the kernel's buffer to drain.
+    /// Bytes waiting in the send queue for the kernel's buffer to drain (asyncio's
+    /// `get_write_buffer_size`).
+    #[doc(alias = "get_write_buffer_size")]
     pub fn write_buffer_size(&self) -> usize {
         self.core.queued_bytes()
+    }
+
+    /// Whether the send queue is past its high-water mark and has not drained to its
+    /// low-water mark since: between `pause_producing` and `resume_producing` (see
+    /// [`ListenOptions::write_buffer_limits`](crate::ListenOptions::write_buffer_limits)).
+    pub fn is_write_paused(&self) -> bool {
+        self.core.write_paused()
     }
 
     /// Allows sending to broadcast addresses (`SO_BROADCAST`); off by default.
@@ -219,7 +248,7 @@ impl<'a> UdpTransport<'a> {
     /// # Errors
     ///
     /// [`Error::ProtocolMismatch`] if `P` is not this port's protocol type;
-    /// [`Error::PortClosed`] from `stop_protocol` (the port is being torn down).
+    /// [`Error::PortClosed`] once the port's stop was asked for (and from `stop_protocol`).
     #[doc(alias = "callLater")]
     pub fn call_later<P: 'static>(
         &mut self,
@@ -236,7 +265,7 @@ impl<'a> UdpTransport<'a> {
     /// # Errors
     ///
     /// [`Error::ProtocolMismatch`] if `P` is not this port's protocol type;
-    /// [`Error::PortClosed`] from `stop_protocol` (the port is being torn down).
+    /// [`Error::PortClosed`] once the port's stop was asked for (and from `stop_protocol`).
     #[doc(alias = "LoopingCall")]
     pub fn call_every<P: 'static>(
         &mut self,
@@ -258,6 +287,10 @@ impl<'a> UdpTransport<'a> {
                 port: name,
                 requested: short_type_name::<P>(),
             });
+        }
+        if self.core.closing {
+            // Its timers are cancelled when the stop takes effect: never one that cannot run.
+            return Err(Error::PortClosed);
         }
         let boxed: PortTimerFn<P> = Box::new(f);
         self.reactor
