@@ -110,6 +110,15 @@ pub enum Error {
         /// What the kernel said.
         source: io::Error,
     },
+    /// The kernel refused the interface given for outgoing multicast.
+    OutgoingInterface {
+        /// The interface as given (an address, or an index).
+        interface: String,
+        /// The option set: `"IP_MULTICAST_IF"` or `"IPV6_MULTICAST_IF"`.
+        option: &'static str,
+        /// What the kernel said.
+        source: io::Error,
+    },
     /// Reading or setting a socket option failed.
     SocketOption {
         /// The option's name, e.g. `"IP_MULTICAST_TTL"`.
@@ -205,6 +214,14 @@ impl fmt::Display for Error {
                 "send queue full: {len}-byte datagram dropped, {queued} bytes already queued"
             ),
             Send { addr, source } => write!(f, "couldn't send to {addr}: {source}"),
+            OutgoingInterface {
+                interface,
+                option,
+                source,
+            } => write!(
+                f,
+                "couldn't send multicast through {interface} ({option}): {source}"
+            ),
             Unreachable {
                 addr,
                 reporter: Some(by),
@@ -272,6 +289,7 @@ impl std::error::Error for Error {
             CannotListen { source, .. }
             | Send { source, .. }
             | Unreachable { source, .. }
+            | OutgoingInterface { source, .. }
             | Connect { source, .. }
             | Multicast { source, .. }
             | SocketOption { source, .. }

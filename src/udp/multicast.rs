@@ -225,6 +225,7 @@ impl UdpTransport<'_> {
     #[doc(alias = "setOutgoingInterface")]
     pub fn set_outgoing_interface(&mut self, interface: impl IntoInterface) -> Result<()> {
         let interface = interface.interface()?;
+        let described = describe(interface);
         let sock = self.sock();
         match (self.is_v4(), interface) {
             (true, Interface::Any) => sock.set_multicast_if_v4(&Ipv4Addr::UNSPECIFIED),
@@ -238,11 +239,15 @@ impl UdpTransport<'_> {
                 });
             }
         }
-        .map_err(option_error(if self.is_v4() {
-            "IP_MULTICAST_IF"
-        } else {
-            "IPV6_MULTICAST_IF"
-        }))
+        .map_err(|source| Error::OutgoingInterface {
+            interface: described,
+            option: if self.is_v4() {
+                "IP_MULTICAST_IF"
+            } else {
+                "IPV6_MULTICAST_IF"
+            },
+            source,
+        })
     }
 
     /// Whether the port receives datagrams of every group joined by *any* socket on the
