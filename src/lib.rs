@@ -77,9 +77,17 @@
 //!   to one peer of one length segmented by the kernel: [`ListenOptions::segmentation`]);
 //!   in the steady state of an echo server no heap allocation happens per datagram.
 //! - **Nothing is lost silently.** A datagram longer than the port's max packet size is
-//!   dropped (never delivered cut short), logged and counted in
-//!   [`PortStats::truncated`]; a send dropped at the queue bound is counted in
-//!   [`PortStats::send_dropped`]. Counters are readable per port at any time.
+//!   dropped (never delivered cut short, unless
+//!   [`ListenOptions::deliver_truncated`] asks for it), logged and counted in
+//!   [`PortStats::truncated`]; datagrams the kernel dropped for a full receive buffer are
+//!   counted in [`PortStats::kernel_dropped`] (`SO_RXQ_OVFL`, Linux); a send dropped at
+//!   the queue bound is counted in [`PortStats::send_dropped`]; a write the kernel refuses
+//!   after `write` returned, and an ICMP error naming the destination it was about (Linux
+//!   `IP_RECVERR`), reach [`DatagramProtocol::error_received`]. Counters are readable per
+//!   port at any time and logged when it stops.
+//! - **Flow control.** Past [`ListenOptions::write_buffer_limits`]' high mark the send
+//!   queue pauses the protocol ([`DatagramProtocol::pause_producing`]) and resumes it at
+//!   the low mark; past `send_queue_limit` a write is refused.
 //! - **Fault isolation.** A panic in a hook is caught, logged with the port's address, and
 //!   closes that port only. A panic in a reactor-level timer or cross-thread call is
 //!   caught and logged. (Not with `panic = "abort"`.)
