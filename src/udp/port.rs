@@ -723,6 +723,16 @@ impl PortCore {
         let fd = self.socket.as_raw_fd();
         for _ in 0..ERROR_QUEUE_READS {
             match sys::read_queued_error(fd) {
+                Ok(Some(q)) if !q.icmp => {
+                    // A local error (the kernel queues one when a send fails at once, as
+                    // EMSGSIZE): the call that met it returned or reported it already.
+                    debug!(
+                        "{} on {}: local error in the error queue: {}",
+                        self.prefix,
+                        self.local,
+                        std::io::Error::from_raw_os_error(q.errno)
+                    );
+                }
                 Ok(Some(q)) => {
                     self.stats.unreachable += 1;
                     let source = std::io::Error::from_raw_os_error(q.errno);
