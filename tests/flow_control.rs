@@ -97,22 +97,7 @@ impl DatagramProtocol for Producer {
 /// turn at the marks, never refused, and every datagram arrives in order.
 #[test]
 fn a_producer_is_paused_past_the_high_mark_and_resumed_at_the_low_mark() {
-    let ns = Netns::create("fc").and_then(|ns| {
-        ns.tc(&[
-            "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "8mbit", "burst", "4kb", "latency",
-            "500ms",
-        ])?;
-        Ok(ns)
-    });
-    match ns {
-        Ok(ns) => ns.run_inner("inner_paused_and_resumed", CHILD_FLAG),
-        Err(reason) => {
-            if std::env::var_os("TWINE_REQUIRE_PEERS").is_some_and(|v| v == "1") {
-                panic!("flow control needs a network namespace with a tbf qdisc: {reason}");
-            }
-            eprintln!("skipped: flow control needs a network namespace with a tbf qdisc: {reason}")
-        }
-    }
+    Netns::run_rate_limited("fc", "inner_paused_and_resumed", CHILD_FLAG);
 }
 
 /// Not a test of its own: the part of the test above that runs inside the namespace.

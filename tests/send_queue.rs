@@ -16,31 +16,12 @@ use util::{drive, init_logging};
 
 const CHILD_FLAG: &str = "TWINE_SEND_QUEUE_TEST_CHILD";
 
-/// Runs the ignored test `inner` in a namespace of its own whose `lo` is limited to 1 MB/s
-/// by a token-bucket qdisc; skips (passing, with a "skipped:" line) where that cannot be
-/// made.
-fn run_rate_limited(tag: &str, inner: &str) {
-    let ns = Netns::create(tag).and_then(|ns| {
-        ns.tc(&[
-            "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "8mbit", "burst", "4kb", "latency",
-            "500ms",
-        ])?;
-        Ok(ns)
-    });
-    match ns {
-        Ok(ns) => ns.run_inner(inner, CHILD_FLAG),
-        Err(reason) => {
-            eprintln!("skipped: {inner} needs a network namespace with a tbf qdisc: {reason}")
-        }
-    }
-}
-
 /// In a namespace whose loopback is rate-limited, a burst of writes past the kernel's send
 /// buffer is queued (never blocking), refused with `SendQueueFull` past the bound, every
 /// write is accounted for, and the queue drains in order once the kernel has room.
 #[test]
 fn full_kernel_buffer_queues_then_refuses_then_drains_in_order() {
-    run_rate_limited("sq", "inner_full_kernel_buffer");
+    Netns::run_rate_limited("sq", "inner_full_kernel_buffer", CHILD_FLAG);
 }
 
 /// Not a test of its own: the part of the test above that runs inside the namespace.
@@ -146,7 +127,7 @@ fn inner_full_kernel_buffer() {
 /// empties.
 #[test]
 fn refusals_while_draining_the_queue_reach_the_protocol() {
-    run_rate_limited("sqr", "inner_refusals_while_draining");
+    Netns::run_rate_limited("sqr", "inner_refusals_while_draining", CHILD_FLAG);
 }
 
 /// Not a test of its own: the part of the test above that runs inside the namespace.

@@ -56,6 +56,33 @@ impl Netns {
         }
     }
 
+    /// Creates a namespace whose `lo` is limited to 1 MB/s by a token-bucket qdisc
+    /// (packets waiting in it stay charged to the sender's buffer, so loopback pushes
+    /// back) and runs the ignored test `inner` in it, as [`run_inner`](Self::run_inner).
+    /// Where that cannot be made it prints `skipped:` and returns, unless
+    /// `TWINE_REQUIRE_PEERS=1` (CI), where it fails.
+    #[track_caller]
+    pub fn run_rate_limited(tag: &str, inner: &str, flag: &str) {
+        let ns = Netns::create(tag).and_then(|ns| {
+            ns.tc(&[
+                "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "8mbit", "burst", "4kb",
+                "latency", "500ms",
+            ])?;
+            Ok(ns)
+        });
+        match ns {
+            Ok(ns) => ns.run_inner(inner, flag),
+            Err(reason) => {
+                let why = format!("{inner} needs a network namespace with a tbf qdisc: {reason}");
+                assert!(
+                    std::env::var_os("TWINE_REQUIRE_PEERS").is_none_or(|v| v != "1"),
+                    "{why}"
+                );
+                eprintln!("skipped: {why}");
+            }
+        }
+    }
+
     /// Runs the ignored test `inner` of the current test binary inside the namespace, with
     /// `flag` set in its environment, and asserts that it ran, printed `INNER-DONE` and
     /// passed.
