@@ -496,17 +496,11 @@ impl Reactor {
         self.stops_asked
     }
 
-    /// Counts a stop asked for outside the reactor's own bookkeeping (a port's
-    /// `stop_listening`), so that [`stops_asked`](Self::stops_asked) changes.
-    pub(crate) fn note_stop_asked(&mut self) {
-        self.stops_asked += 1;
-    }
-
     pub(crate) fn close_requested(&self, key: PortKey) -> bool {
         matches!(self.ports.get(key.index), Some(slot) if slot.generation == key.generation && slot.closing)
     }
 
-    fn request_close(&mut self, key: PortKey) {
+    pub(crate) fn request_close(&mut self, key: PortKey) {
         let Some(slot) = self.live_slot(key) else {
             return;
         };
@@ -1020,6 +1014,8 @@ impl Reactor {
             self.request_close(key);
         }
         self.process_closes();
+        // A stop asked for by a stop_protocol of this teardown is this stop, not the next.
+        self.stop_requested = false;
         info!("reactor stopped");
     }
 

@@ -270,9 +270,14 @@ fn deadline_after(now: Instant, delay: Duration) -> Instant {
 
 /// The first `deadline + k * interval` (k >= 1) that is after `now`.
 fn next_tick(deadline: Instant, interval: Duration, now: Instant) -> Instant {
+    if interval.is_zero() {
+        // Every turn, queued behind whatever else is due by now (keeping its first
+        // deadline would put it ahead of every later timer, forever).
+        return now.max(deadline);
+    }
     let next = deadline_after(deadline, interval);
-    if next > now || interval.is_zero() {
-        return next.max(deadline);
+    if next > now {
+        return next;
     }
     let behind = now.duration_since(deadline).as_nanos();
     let step = interval.as_nanos();

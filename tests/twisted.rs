@@ -127,7 +127,7 @@ fn twisted_client_talks_to_the_echo_example() {
     );
 
     echo.wait_for(&format!(
-        "datagram from {client} longer than max packet size 8192 dropped (1 so far)"
+        "datagram of 8193 bytes from {client} longer than max packet size 8192, dropped (1 so far)"
     ));
     let stopped = echo.interrupt();
     assert!(

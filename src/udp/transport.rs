@@ -180,7 +180,8 @@ impl<'a> UdpTransport<'a> {
     pub fn stop_listening(&mut self) {
         if !self.core.closing {
             self.core.closing = true;
-            self.reactor.note_stop_asked();
+            // At once in the reactor too: its timers cancelled, is_listening false.
+            self.reactor.request_close(self.core.key);
         }
     }
 
