@@ -19,7 +19,8 @@
 //! The namespaces are the tests' own (named with the pid, deleted when the test ends,
 //! even on panic); the host's interfaces and routes are not touched. Without root, `ip
 //! netns`, veth, a TUN device or Python, each test prints `skipped:` and passes, unless
-//! `TWINE_REQUIRE_PEERS=1`: then it fails.
+//! `TWINE_REQUIRE_NETNS=1` (`.ci/run` sets it when `.ci/netns-probe` finds all of these):
+//! then it fails.
 
 mod util;
 
@@ -57,14 +58,14 @@ const TUN_DEV: &str = "imp0";
 
 /// Whether a missing capability fails the test instead of skipping it.
 fn required() -> bool {
-    std::env::var_os("TWINE_REQUIRE_PEERS").is_some_and(|v| v == "1")
+    std::env::var_os("TWINE_REQUIRE_NETNS").is_some_and(|v| v == "1")
 }
 
 /// Says why `test` is skipped, or fails it where the lossy network is required.
 fn skip(test: &str, why: &str) {
     assert!(
         !required(),
-        "{test}: a lossy network is required (TWINE_REQUIRE_PEERS=1) but cannot be built: {why}"
+        "{test}: a lossy network is required (TWINE_REQUIRE_NETNS=1) but cannot be built: {why}"
     );
     eprintln!("skipped: {test}: {why}");
 }

@@ -404,7 +404,7 @@ const LONG_COUNT: usize = 20;
 ///
 /// The part in the namespace is this same test run again by `ip netns exec` with
 /// `TWINE_NETNS_CHILD=1`. Without root or `ip` it prints `skipped:` and passes, unless
-/// `TWINE_REQUIRE_PEERS=1`.
+/// `TWINE_REQUIRE_NETNS=1`.
 #[test]
 fn refused_segmentation_falls_back_and_delivers_every_datagram() {
     if std::env::var_os(CHILD_FLAG).is_some() {
@@ -416,9 +416,9 @@ fn refused_segmentation_falls_back_and_delivers_every_datagram() {
         Ok(ns)
     }) {
         Ok(ns) => ns,
-        Err(why) if std::env::var_os("TWINE_REQUIRE_PEERS").is_some_and(|v| v == "1") => {
+        Err(why) if std::env::var_os("TWINE_REQUIRE_NETNS").is_some_and(|v| v == "1") => {
             panic!(
-                "{FALLBACK_TEST}: a network namespace is required (TWINE_REQUIRE_PEERS=1): {why}"
+                "{FALLBACK_TEST}: a network namespace is required (TWINE_REQUIRE_NETNS=1): {why}"
             )
         }
         Err(why) => {

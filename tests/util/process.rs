@@ -60,7 +60,7 @@ impl Netns {
     /// (packets waiting in it stay charged to the sender's buffer, so loopback pushes
     /// back) and runs the ignored test `inner` in it, as [`run_inner`](Self::run_inner).
     /// Where that cannot be made it prints `skipped:` and returns, unless
-    /// `TWINE_REQUIRE_PEERS=1` (CI), where it fails.
+    /// `TWINE_REQUIRE_NETNS=1` (CI), where it fails.
     #[track_caller]
     pub fn run_rate_limited(tag: &str, inner: &str, flag: &str) {
         let ns = Netns::create(tag).and_then(|ns| {
@@ -75,7 +75,7 @@ impl Netns {
             Err(reason) => {
                 let why = format!("{inner} needs a network namespace with a tbf qdisc: {reason}");
                 assert!(
-                    std::env::var_os("TWINE_REQUIRE_PEERS").is_none_or(|v| v != "1"),
+                    std::env::var_os("TWINE_REQUIRE_NETNS").is_none_or(|v| v != "1"),
                     "{why}"
                 );
                 eprintln!("skipped: {why}");
