@@ -459,7 +459,7 @@ impl Reactor {
         if slot.generation != port.key.generation {
             return None;
         }
-        slot.port.as_ref().map(|p| p.core().stats)
+        slot.port.as_ref().map(|p| p.core().current_stats())
     }
 
     /// Runs `f` with the port's protocol and a transport, from outside its callbacks: e.g.
