@@ -107,6 +107,10 @@
 //! | receive | `recvmmsg` into a reused batch; `MSG_TRUNC` flags truncation | `recvmsg` per datagram, same batch |
 //! | send, while a batch is dispatched | gathered, then `sendmmsg`; runs to one peer of one length as one `UDP_SEGMENT` message | `sendmsg` per datagram |
 //! | send, elsewhere (timers, `start_protocol` ...) | `sendto` / `send` (connected) | same |
+//! | ICMP errors, unconnected port | the error queue (`IP_RECVERR`/`IPV6_RECVERR`) names the destination: `error_received` | not reported |
+//! | ICMP errors, connected port | read as `ECONNREFUSED`: `connection_refused` | same |
+//! | receive-queue drops | `SO_RXQ_OVFL` per batch, `SO_MEMINFO` when counters are read | not counted |
+//! | truncation | `MSG_TRUNC`: the whole length is known | flagged, length unknown |
 //! | cross-thread wake-up | eventfd (mio `Waker`) | pipe or kqueue user event |
 //! | signals | signal-hook's self-pipe, registered while `run` runs | same |
 //! | adoption checks | `fcntl(F_GETFD)`, `SO_TYPE`, `getsockname` | same |
