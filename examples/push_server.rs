@@ -9,6 +9,10 @@
 //! - anything else is answered `error: ...`;
 //! - each push is `time <ctime>` (`time Sun Nov 22 14:03:07 2026`, UTC).
 //!
+//! A client that went away without unregistering is dropped at the next push: the kernel
+//! reports which destination refused (ICMP port unreachable, Linux), through
+//! `error_received` (`dropped NAME at ADDR: ...` in the log).
+//!
 //! Run:  `cargo run --example push_server [IP:PORT] [--every SECONDS]`
 //!       (default `127.0.0.1:9996`, every 10 s), then `cargo run --example push_client`
 //! Poke: `echo alice | nc -u 127.0.0.1 9996` (stays open to print the pushes)
@@ -20,7 +24,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use twine::{DatagramProtocol, ListenOptions, Reactor, UdpTransport};
+use twine::{DatagramProtocol, Error, ListenOptions, Reactor, UdpTransport};
 
 /// The longest name accepted.
 const MAX_NAME: usize = 32;
@@ -77,6 +81,30 @@ impl DatagramProtocol for PushServer {
         if let Err(e) = t.call_every(self.every, |me: &mut PushServer, t| me.push(t)) {
             log::error!("scheduling the pushes: {e}");
             t.reactor().stop();
+        }
+    }
+
+    /// A push refused by a client's host: nothing listens there any more, so the name
+    /// registered at that address is dropped.
+    fn error_received(&mut self, _: &mut UdpTransport<'_>, error: &Error, addr: SocketAddr) {
+        let refused = matches!(
+            error,
+            Error::Unreachable { source, .. }
+                if source.kind() == std::io::ErrorKind::ConnectionRefused
+        );
+        if !refused {
+            log::warn!("{addr}: {error}");
+            return;
+        }
+        let gone: Vec<String> = self
+            .clients
+            .iter()
+            .filter(|(_, at)| **at == addr)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.clients.remove(&name);
+            log::info!("dropped {name} at {addr}: {error}");
         }
     }
 

@@ -453,6 +453,25 @@ fn push_server_pushes_to_a_registered_socket_until_it_unregisters() {
     assert!(server.interrupt().success);
 }
 
+/// A client that closes its socket without unregistering is dropped at the next push:
+/// the server learns which destination refused (error_received, Linux's error queue),
+/// and the other client keeps getting its pushes.
+#[test]
+fn push_server_drops_a_client_whose_port_refuses_a_push() {
+    let (mut server, addr) = serve("push_server", &["--every", "0.1"]);
+    let (gone, stays) = (client(), client());
+    assert_eq!(text(request(&gone, addr, b"gone")), "registered gone");
+    assert_eq!(text(request(&stays, addr, b"stays")), "registered stays");
+    let at = gone.local_addr().expect("addr");
+    drop(gone);
+    server.wait_for(&format!("dropped gone at {at}: {at} unreachable"));
+    await_pushes(&stays, addr, 3);
+    let end = server.interrupt();
+    assert!(end.success, "{:#?}", end.lines);
+    assert_lines(&end, "dropped gone at ", 1);
+    assert_lines(&end, "dropped stays", 0);
+}
+
 /// Registering a name again from another address moves it: the pushes go to the new
 /// address only.
 #[test]
