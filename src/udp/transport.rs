@@ -191,7 +191,9 @@ impl<'a> UdpTransport<'a> {
         self.core.closing || self.reactor.close_requested(self.core.key)
     }
 
-    /// The port's counters.
+    /// The port's counters. On Linux this asks the kernel for its drop count
+    /// (`SO_MEMINFO`, one system call), so that drops after the last datagram read are
+    /// counted too: read them when needed, not per datagram.
     pub fn stats(&self) -> PortStats {
         self.core.current_stats()
     }
