@@ -29,9 +29,9 @@ mod imp {
     use std::mem;
     use std::os::fd::RawFd;
 
-    /// `SO_RXQ_OVFL` and `SO_MEMINFO` of `asm-generic/socket.h`, which the architectures
-    /// named here use (libc does not export them for Linux); `None` elsewhere.
-    #[cfg(any(
+    /// Whether the target uses `asm-generic/socket.h`'s option numbers (libc does not
+    /// export the two below for Linux).
+    const GENERIC_SOCKET_H: bool = cfg!(any(
         target_arch = "x86_64",
         target_arch = "x86",
         target_arch = "aarch64",
@@ -40,24 +40,20 @@ mod imp {
         target_arch = "loongarch64",
         target_arch = "powerpc64",
         target_arch = "s390x"
-    ))]
+    ));
+
+    /// `SO_RXQ_OVFL` and `SO_MEMINFO` where their numbers are known; `None` elsewhere.
     pub(super) mod consts {
-        pub(crate) const SO_RXQ_OVFL: Option<libc::c_int> = Some(40);
-        pub(crate) const SO_MEMINFO: Option<libc::c_int> = Some(55);
-    }
-    #[cfg(not(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64",
-        target_arch = "loongarch64",
-        target_arch = "powerpc64",
-        target_arch = "s390x"
-    )))]
-    pub(super) mod consts {
-        pub(crate) const SO_RXQ_OVFL: Option<libc::c_int> = None;
-        pub(crate) const SO_MEMINFO: Option<libc::c_int> = None;
+        pub(crate) const SO_RXQ_OVFL: Option<libc::c_int> = if super::GENERIC_SOCKET_H {
+            Some(40)
+        } else {
+            None
+        };
+        pub(crate) const SO_MEMINFO: Option<libc::c_int> = if super::GENERIC_SOCKET_H {
+            Some(55)
+        } else {
+            None
+        };
     }
 
     fn unsupported() -> io::Error {

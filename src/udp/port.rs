@@ -531,16 +531,7 @@ impl PortCore {
     /// into the protocol's callback; everything else is [`send_checked`](Self::send_checked).
     #[inline]
     pub(crate) fn send(&mut self, data: &[u8], addr: SocketAddr) -> Result<()> {
-        if self.peer.is_none()
-            && addr.is_ipv4() == self.local_is_v4
-            && data.len() <= self.max_send
-            && self.queue.is_empty()
-            && let Some(out) = self.out.as_mut()
-        {
-            out.push(data, addr);
-            if out.len() >= self.batch_size {
-                self.flush_out();
-            }
+        if self.peer.is_none() && addr.is_ipv4() == self.local_is_v4 && self.gather(data, addr) {
             return Ok(());
         }
         self.send_checked(data, addr)
@@ -552,17 +543,27 @@ impl PortCore {
         let Some(peer) = self.peer else {
             return Err(Error::NotConnected);
         };
-        if data.len() <= self.max_send
-            && self.queue.is_empty()
-            && let Some(out) = self.out.as_mut()
-        {
-            out.push(data, peer);
-            if out.len() >= self.batch_size {
-                self.flush_out();
-            }
+        if self.gather(data, peer) {
             return Ok(());
         }
         self.send_checked(data, peer)
+    }
+
+    /// Adds the datagram to the batch being gathered, if there is one, nothing is queued
+    /// before it and UDP can carry it (sending the batch once full); false otherwise.
+    #[inline(always)]
+    fn gather(&mut self, data: &[u8], addr: SocketAddr) -> bool {
+        if data.len() > self.max_send || !self.queue.is_empty() {
+            return false;
+        }
+        let Some(out) = self.out.as_mut() else {
+            return false;
+        };
+        out.push(data, addr);
+        if out.len() >= self.batch_size {
+            self.flush_out();
+        }
+        true
     }
 
     /// [`send`](Self::send) with every check: connected ports, queued data, writes
