@@ -96,13 +96,21 @@ fn forward_stdin(reactor: &Reactor, port: ListeningPort<ChatClient>) {
     let handle = reactor.handle();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines().map_while(Result::ok) {
-            let sent = handle.call_from_thread(move |r| {
-                if let Err(e) = r.with_port(&port, |me, t| me.say(t, &line)) {
-                    log::debug!("typed line not sent: {e}");
+            loop {
+                let line = line.clone();
+                let sent = handle.call_from_thread(move |r| {
+                    if let Err(e) = r.with_port(&port, |me, t| me.say(t, &line)) {
+                        log::debug!("typed line not sent: {e}");
+                    }
+                });
+                match sent {
+                    // Lines come faster than the reactor takes them: wait for room.
+                    Err(twine::Error::CallQueueFull { .. }) => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(_) => return, // the reactor is gone
+                    Ok(()) => break,
                 }
-            });
-            if sent.is_err() {
-                break; // the reactor is gone
             }
         }
     });

@@ -163,8 +163,12 @@ pub enum Error {
         /// The fd given.
         fd: RawFd,
     },
-    /// The port is closed, closing, or is the one whose callback is running.
+    /// The port is closed or closing.
     PortClosed,
+    /// The port is the one whose callback is running: reach it through the callback's
+    /// transport instead ([`Reactor::with_port`](crate::Reactor::with_port) from its own
+    /// hook, say).
+    PortBusy,
     /// A port-scoped timer was scheduled with a closure for another protocol type.
     ProtocolMismatch {
         /// The protocol type of the port.
@@ -183,6 +187,12 @@ pub enum Error {
     Reentrant,
     /// The reactor behind a [`ReactorHandle`](crate::ReactorHandle) is gone.
     ReactorGone,
+    /// [`ReactorHandle::call_from_thread`](crate::ReactorHandle::call_from_thread) found
+    /// the reactor's queue of cross-thread calls at its bound; the call was not queued.
+    CallQueueFull {
+        /// The bound ([`Reactor::set_thread_call_limit`](crate::Reactor::set_thread_call_limit)).
+        limit: usize,
+    },
     /// An operating-system call of the reactor itself failed (poll, waker, signals).
     Io {
         /// What the reactor was doing.
@@ -265,6 +275,10 @@ impl fmt::Display for Error {
             }
             NotBound { fd } => write!(f, "fd {fd} is not bound to a port"),
             PortClosed => write!(f, "port is closed"),
+            PortBusy => write!(
+                f,
+                "port is running a callback: use the transport the callback was handed"
+            ),
             ProtocolMismatch { port, requested } => write!(
                 f,
                 "timer closure takes {requested} but the port's protocol is {port}"
@@ -277,6 +291,10 @@ impl fmt::Display for Error {
                 "the reactor is already running a turn (called from a callback?)"
             ),
             ReactorGone => write!(f, "the reactor is gone"),
+            CallQueueFull { limit } => write!(
+                f,
+                "the reactor's cross-thread call queue is full ({limit} calls waiting)"
+            ),
             Io { context, source } => write!(f, "{context}: {source}"),
         }
     }

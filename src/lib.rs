@@ -59,12 +59,25 @@
 //!
 //! - **`start_protocol` first, `stop_protocol` last, each once.** `start_protocol` runs
 //!   inside the listen call, before any datagram. `stop_protocol` runs on a reactor turn
-//!   after the stop was asked for (`stop_listening`, `Reactor::stop`, a signal, a panic),
-//!   while the socket is still open; no datagram is delivered after the stop is asked for.
+//!   after the stop was asked for (`stop_listening`, `Reactor::stop`, a signal, a panic in
+//!   a hook with [`ListenOptions::close_on_panic`]), while the socket is still open; no
+//!   datagram is delivered after the stop is asked for, and no hook is called after
+//!   `stop_protocol` (errors and refusals still pending then are counted in
+//!   [`PortStats::errors_unreported`], not reported). A [`Reactor`] dropped without a stop
+//!   closes its sockets without calling `stop_protocol`: stop it (and let the stopping
+//!   turn run) first.
+//! - **A datagram goes where it was written.** Once `write` has accepted a datagram for
+//!   an address, it goes to that address or is counted as failed, whatever happens after
+//!   (a `connect` to another peer included); a connected port delivers only its peer's
+//!   datagrams (others still queued from before the connect are counted in
+//!   [`PortStats::not_from_peer`]).
 //! - **Fair.** A port reads until the kernel has nothing more (a batch comes back short,
-//!   or `EAGAIN`), but at most a budget per turn (256 datagrams or 256 KiB by default, both counted, so empty
-//!   datagrams cannot dodge it); a port with data left is served again next turn without
-//!   waiting for a new readiness event, after the other ports and the due timers.
+//!   or `EAGAIN`), but at most a budget per turn (256 datagrams or 256 KiB by default,
+//!   both counted, so empty datagrams cannot dodge it, and a batch is cut to what the byte
+//!   budget has room for, so a turn takes at most one max-size datagram past it); a port
+//!   with data left is served again next turn without waiting for a new readiness event,
+//!   after the other ports and the due timers. Calls from other threads run at most 1024
+//!   a turn, and their queue is bounded ([`Reactor::set_thread_call_limit`]).
 //! - **Timers** never fire early; calls due at the same instant fire in the order they
 //!   were scheduled; a call scheduled for "now" from a timer runs on the next turn.
 //! - **Writes never block the reactor and never panic.** A full kernel buffer queues the
@@ -83,14 +96,31 @@
 //!   counted in [`PortStats::kernel_dropped`] (`SO_RXQ_OVFL`, Linux); a send dropped at
 //!   the queue bound is counted in [`PortStats::send_dropped`]; a write the kernel refuses
 //!   after `write` returned, and an ICMP error naming the destination it was about (Linux
-//!   `IP_RECVERR`), reach [`DatagramProtocol::error_received`]. Counters are readable per
-//!   port at any time and logged when it stops.
+//!   `IP_RECVERR`), reach [`DatagramProtocol::error_received`], or, past 1024 waiting or
+//!   once the port is closing, are counted in [`PortStats::errors_unreported`]. The
+//!   kernel's error queue is read as soon as the kernel flags an error (and whenever a
+//!   call meets one), so that it never fills the socket's receive buffer. An earlier
+//!   datagram's ICMP error met by a later call never costs that call its datagram.
+//!   Counters are readable per port at any time and logged when it stops.
+//! - **Bounded memory.** The send queue charges each datagram its payload plus 128 bytes
+//!   (what an entry costs), so that even empty datagrams are bounded by `send_queue_limit`;
+//!   the error list is bounded (1024); the cross-thread queue is bounded.
 //! - **Flow control.** Past [`ListenOptions::write_buffer_limits`]' high mark the send
-//!   queue pauses the protocol ([`DatagramProtocol::pause_producing`]) and resumes it at
-//!   the low mark; past `send_queue_limit` a write is refused.
-//! - **Fault isolation.** A panic in a hook is caught, logged with the port's address, and
-//!   closes that port only. A panic in a reactor-level timer or cross-thread call is
-//!   caught and logged. (Not with `panic = "abort"`.)
+//!   queue (and the writes gathered for a batch) pauses the protocol
+//!   ([`DatagramProtocol::pause_producing`], right after the hook whose write crossed the
+//!   mark) and resumes it at the low mark; past `send_queue_limit` a write is refused. A
+//!   producer that heeds the pause never meets that bound (see
+//!   [`UdpTransport::write_buffer_size`]).
+//! - **Fault isolation.** A panic in a hook a remote peer can trigger
+//!   (`datagram_received`, `datagram_truncated`, `error_received`, `connection_refused`,
+//!   `pause_producing`, `resume_producing`) or in a port timer is caught, logged with the
+//!   port's address (and the sender's), counted in [`PortStats::panics`], and costs that
+//!   one event: the port goes on, as in Twisted, so that one datagram that trips a bug in
+//!   a parser cannot shut a public server down ([`ListenOptions::close_on_panic`] closes
+//!   the port instead). The protocol's state may be left half-updated by the panic. A
+//!   panic in `start_protocol` or `stop_protocol` closes that port. A panic in a
+//!   reactor-level timer or cross-thread call is caught and logged. Other ports and the
+//!   reactor always go on. (Not with `panic = "abort"`.)
 //! - **Stale handles are harmless.** Port slots and timer slots are reused, but each
 //!   carries a generation: an event, timer or handle for a closed port never reaches a
 //!   later one.

@@ -11,10 +11,34 @@ use crate::udp::UdpTransport;
 ///
 /// Every hook but [`datagram_received`](Self::datagram_received) has an empty default.
 ///
-/// A panic in any hook is caught: it is logged with the port's address, and that port is
-/// closed (its [`stop_protocol`](Self::stop_protocol) still runs, unless the panic was in
-/// `start_protocol`: a port that never started is not stopped); the reactor and its other
-/// ports go on.
+/// # Panics in hooks
+///
+/// A panic in a hook is caught and logged (at ERROR, with the port's address). What
+/// follows depends on who can trigger the hook:
+///
+/// - In a hook a remote peer can trigger ([`datagram_received`](Self::datagram_received),
+///   [`datagram_truncated`](Self::datagram_truncated),
+///   [`error_received`](Self::error_received),
+///   [`connection_refused`](Self::connection_refused),
+///   [`pause_producing`](Self::pause_producing), [`resume_producing`](Self::resume_producing))
+///   and in a port timer, the panic costs that one event (the datagram, the report, the
+///   timer's run; a repeating timer that panics is cancelled): it is counted in
+///   [`PortStats::panics`](crate::PortStats::panics), the sender is named in the log, and
+///   the port goes on with the next datagram, as in Twisted. Otherwise one datagram that
+///   trips a bug in a parser would shut a public server down.
+///   [`ListenOptions::close_on_panic`](crate::ListenOptions::close_on_panic) makes such a
+///   panic close the port instead.
+/// - In [`start_protocol`](Self::start_protocol) the port is closed at once (the listen
+///   call returns [`Error::StartPanicked`](crate::Error::StartPanicked) and
+///   `stop_protocol` is not called: the port never started); in
+///   [`stop_protocol`](Self::stop_protocol) the port closes as it was going to.
+///
+/// **Unwind safety:** the protocol is used again after a panic in one of its hooks, so its
+/// state is whatever the hook left when it panicked, possibly half-updated (the hooks run
+/// under `AssertUnwindSafe`). A protocol whose invariants a panic can break should
+/// restore them, or ask for `close_on_panic`.
+///
+/// The reactor and its other ports go on in every case.
 ///
 /// # Examples
 ///
@@ -46,9 +70,14 @@ pub trait DatagramProtocol: 'static {
     }
 
     /// Called once when the port goes down, on a reactor turn after the stop was asked for
-    /// (`stop_listening`, `Reactor::stop`, SIGINT/SIGTERM, or a panic in a hook). The socket
-    /// is still open: writes made here are sent (or dropped if the kernel buffer is full),
-    /// then it is closed.
+    /// (`stop_listening`, `Reactor::stop`, SIGINT/SIGTERM, or a panic in a hook with
+    /// `close_on_panic`). The socket is still open: writes made here are sent (or dropped
+    /// if the kernel buffer is full), then it is closed.
+    ///
+    /// It is the last hook: no `error_received`, `connection_refused` or flow-control hook
+    /// runs after it. What was still to be reported then (and what the writes made here
+    /// meet) is counted in [`PortStats::errors_unreported`](crate::PortStats::errors_unreported).
+    /// It is not called if the [`Reactor`](crate::Reactor) is dropped without a stop.
     #[doc(alias = "stopProtocol")]
     fn stop_protocol(&mut self, transport: &mut UdpTransport<'_>) {
         let _ = transport;
@@ -56,6 +85,8 @@ pub trait DatagramProtocol: 'static {
 
     /// Called for each datagram, with a slice borrowed from the port's receive buffer
     /// (never copied) and the sender's address. An empty datagram arrives as an empty slice.
+    ///
+    /// A panic here costs this datagram only (see [Panics in hooks](Self#panics-in-hooks)).
     #[doc(alias = "datagramReceived")]
     fn datagram_received(
         &mut self,
@@ -81,8 +112,11 @@ pub trait DatagramProtocol: 'static {
     /// the kernel's buffer is full and writes are piling up. Stop producing until
     /// [`resume_producing`](Self::resume_producing); writes past the hard bound are refused
     /// with [`Error::SendQueueFull`](crate::Error::SendQueueFull). Twisted's
-    /// `IPushProducer.pauseProducing`, asyncio's `pause_writing`. Runs after the hook whose
-    /// write crossed the mark returns.
+    /// `IPushProducer.pauseProducing`, asyncio's `pause_writing`. Runs right after the
+    /// hook whose write crossed the mark returns (inside a batch of received datagrams,
+    /// before the next one is delivered); within a hook,
+    /// [`UdpTransport::is_write_paused`](crate::UdpTransport::is_write_paused) turns true
+    /// at the write that crossed it.
     #[doc(alias = "pauseProducing")]
     #[doc(alias = "pause_writing")]
     fn pause_producing(&mut self, transport: &mut UdpTransport<'_>) {

@@ -64,6 +64,10 @@ struct Slot {
     /// The key is in `Reactor::ready` (served again next turn): a flag, so that marking a
     /// port costs the same however many others are marked.
     in_ready: bool,
+    /// The turn in which the port last read (served readable): a port read by an event is
+    /// not read again as left over in the same turn, so no turn gives it more than its
+    /// budget.
+    read_in_turn: u64,
 }
 
 /// A handle to a listening port, returned by the listen and adopt calls: its address, and
@@ -107,6 +111,12 @@ impl<P> ListeningPort<P> {
 
 /// The event loop: one thread, any number of UDP ports, timers, and calls from other
 /// threads. See the [crate docs](crate) for the model.
+///
+/// **Dropping** a reactor closes its sockets and drops its protocols, timers and queued
+/// cross-thread calls, but runs no hook: `stop_protocol` runs only for a stop
+/// ([`stop`](Self::stop), a signal, a [`ReactorHandle::stop`]) and the turn that carries
+/// it out (the last turn of [`run`](Self::run), or an [`iterate`](Self::iterate) that
+/// returns true). Stop it first when the protocols have something to say at the end.
 pub struct Reactor {
     poll: Poll,
     events: Option<Events>,
@@ -118,13 +128,20 @@ pub struct Reactor {
     /// Ports to tear down at the start of the next turn.
     closing: Vec<PortKey>,
     shared: Arc<Shared>,
+    /// The calls being run this turn (kept to reuse its allocation).
     thread_calls: Vec<ThreadCall>,
-    signals: Option<SignalWatch>,
+    /// The last turn left cross-thread calls queued (its budget ran out): the reactor
+    /// woke itself to come back to them, and the next poll does not sleep.
+    thread_calls_left: bool,
+    /// The signal pipe, made by the first `run` with signal handling on and kept.
+    signals: SignalWatch,
     handle_signals: bool,
     stop_requested: bool,
     /// Turns, port dispatches and listen calls under way: `run`/`iterate` refuse to start
     /// a nested turn while it is not zero.
     busy: usize,
+    /// Turns begun (counting from 1).
+    turns: u64,
     /// Bumped by every stop asked for (of a port or of the reactor), so that a port
     /// dispatching a batch checks for one with a single compare per datagram.
     stops_asked: u64,
@@ -144,7 +161,7 @@ impl fmt::Debug for Reactor {
 
 impl Drop for Reactor {
     fn drop(&mut self) {
-        self.shared.alive.store(false, Ordering::Release);
+        self.shared.close();
     }
 }
 
@@ -172,10 +189,12 @@ impl Reactor {
             closing: Vec::new(),
             shared: Arc::new(Shared::new(waker)),
             thread_calls: Vec::new(),
-            signals: None,
+            thread_calls_left: false,
+            signals: SignalWatch::new(),
             handle_signals: true,
             stop_requested: false,
             busy: 0,
+            turns: 0,
             batches: None,
             stops_asked: 0,
         })
@@ -189,14 +208,37 @@ impl Reactor {
         }
     }
 
+    /// How many [`call_from_thread`](ReactorHandle::call_from_thread) calls may wait for
+    /// the reactor at a time (default [`ReactorHandle::DEFAULT_CALL_LIMIT`]); past it a
+    /// call is refused with [`Error::CallQueueFull`]. Calls already waiting beyond a
+    /// lowered limit stay queued. A limit of 0 refuses every call;
+    /// [`ReactorHandle::stop`] is never refused.
+    pub fn set_thread_call_limit(&mut self, limit: usize) {
+        self.shared.set_limit(limit);
+    }
+
     /// Whether [`run`](Self::run) stops gracefully on SIGINT and SIGTERM (the default).
-    /// Turn it off, before the first `run`, when the program handles signals itself.
     ///
-    /// How it works: while `run` runs, the signals are caught (through signal-hook) and
-    /// stop the reactor. Afterwards they have their default effect again (the process
-    /// ends): twine leaves a signal-hook action in place that emulates the default whenever
-    /// no reactor is running. A signal the process ignored when twine first looked stays
-    /// ignored.
+    /// How it works: the first `run` with handling on gives the reactor a signal pipe
+    /// (through signal-hook), kept until the reactor is dropped. While `run` runs, either
+    /// signal stops it; one that came while this reactor was not inside `run` is
+    /// discarded, and does not stop a later `run`. signal-hook's process-wide handler
+    /// stays installed once set, so with it twine also registers, once per process, a
+    /// signal-hook action for each signal that emulates the default (the process ends,
+    /// killed by the signal) whenever no reactor of the process is inside `run` with
+    /// handling on. That action is never removed. A signal the process ignored when twine
+    /// first looked stays ignored.
+    ///
+    /// A program that handles SIGINT or SIGTERM itself must call
+    /// `set_handle_signals(false)` on every reactor before its first `run`. With handling
+    /// off on every reactor, twine installs no signal handler and no action at all, and the
+    /// program's handler works as if twine were not there. Otherwise, once any reactor has
+    /// run with handling on, a signal arriving while no reactor runs ends the process even
+    /// if the program registered its own handler (`signal_hook::flag::register`, say): its
+    /// action runs, then twine's ends the process, because signal-hook gives an action no
+    /// way to tell whether another is registered for the signal. A handler set with plain
+    /// `sigaction` before then is chained by signal-hook and fares the same; one set after
+    /// replaces signal-hook's, and `run` no longer sees the signal.
     pub fn set_handle_signals(&mut self, on: bool) {
         self.handle_signals = on;
     }
@@ -260,7 +302,7 @@ impl Reactor {
         let addr = opts.bind_addr()?;
         let socket =
             bind_socket(addr, &opts).map_err(|source| Error::CannotListen { addr, source })?;
-        self.open_port(socket, protocol, &opts)
+        self.open_port(socket, protocol, &opts, None)
     }
 
     /// Listens on `port` for multicast, on every IPv4 interface, as Twisted's
@@ -365,7 +407,12 @@ impl Reactor {
             .map_err(io_error("making the adopted fd non-blocking"))?;
         apply_buffer_sizes(&socket, &opts)
             .map_err(io_error("setting the adopted socket's buffers"))?;
-        self.open_port(socket.into(), protocol, &opts)
+        // A connected socket (socket activation hands such ones too) is served as one.
+        let peer = socket.peer_addr().ok().and_then(|a| a.as_socket());
+        if let Some(peer) = peer {
+            trace!("adopted fd {fd} is connected to {peer}");
+        }
+        self.open_port(socket.into(), protocol, &opts, peer)
     }
 
     /// Validated socket in, running port out: register, start, put in the slab.
@@ -374,6 +421,7 @@ impl Reactor {
         socket: std::net::UdpSocket,
         protocol: P,
         opts: &ListenOptions,
+        peer: Option<SocketAddr>,
     ) -> Result<ListeningPort<P>> {
         let local = socket
             .local_addr()
@@ -393,6 +441,9 @@ impl Reactor {
         }
         trace!("registered port {local} as {key:?}");
         let mut port = UdpPort::new(socket, key, local, protocol, opts);
+        if let Some(peer) = peer {
+            port.core_mut().adopt_peer(peer);
+        }
         info!("{} starting on {local}", port.core().prefix);
         self.busy += 1;
         port.start(self);
@@ -433,6 +484,7 @@ impl Reactor {
             timers: Vec::new(),
             timers_pruned_at: 0,
             in_ready: false,
+            read_in_turn: 0,
         });
         Ok(PortKey { index, generation })
     }
@@ -463,16 +515,26 @@ impl Reactor {
     }
 
     /// Runs `f` with the port's protocol and a transport, from outside its callbacks: e.g.
-    /// to send a first datagram from `main`. A panic in `f` closes the port, as in a hook.
+    /// to send a first datagram from `main`. A panic in `f` closes the port, as one in
+    /// `start_protocol` does (`f` is the program's own code, not something a peer sent).
     ///
     /// # Errors
     ///
-    /// [`Error::PortClosed`] if the port is closed, or is the one whose callback is running.
+    /// [`Error::PortClosed`] if the port is closed (or `f` panicked);
+    /// [`Error::PortBusy`] if it is the port whose callback is running (use the
+    /// callback's transport).
     pub fn with_port<P: DatagramProtocol, R>(
         &mut self,
         port: &ListeningPort<P>,
         f: impl FnOnce(&mut P, &mut UdpTransport<'_>) -> R,
     ) -> Result<R> {
+        if self
+            .ports
+            .get(port.key.index)
+            .is_some_and(|slot| slot.generation == port.key.generation && slot.port.is_none())
+        {
+            return Err(Error::PortBusy);
+        }
         let out = self.with_port_dyn(port.key, |p, r| {
             let port = p.as_any_mut().downcast_mut::<UdpPort<P>>()?;
             port.call(r, f)
@@ -528,13 +590,14 @@ impl Reactor {
         batch: usize,
         max: usize,
     ) -> (Box<RecvBatch>, Box<SendBatch>) {
-        let (mut ring, out) = self.batches.take().unwrap_or_else(|| {
+        let (mut ring, mut out) = self.batches.take().unwrap_or_else(|| {
             (
                 Box::new(RecvBatch::default()),
                 Box::new(SendBatch::with_capacity(DEFAULT_BATCH_SIZE, 64 * 1024)),
             )
         });
         ring.reserve(batch, max);
+        out.reserve(batch);
         (ring, out)
     }
 
@@ -645,6 +708,10 @@ impl Reactor {
 
     /// Runs `f` every `interval` (first after one interval) until cancelled: Twisted's
     /// `LoopingCall`. Missed runs are skipped, not bunched. A panic in `f` stops it.
+    ///
+    /// An interval of zero runs `f` once per reactor turn, and so keeps the loop from
+    /// ever sleeping (busy, as Twisted's `LoopingCall` with interval 0 is); other timers
+    /// and ports still get their turn.
     #[doc(alias = "LoopingCall")]
     pub fn call_every(
         &mut self,
@@ -768,10 +835,8 @@ impl Reactor {
                     }
                 }
                 TimerAction::Port(key, f) => {
-                    if self
-                        .with_port_dyn(*key, |p, r| p.fire_timer(r, f))
-                        .is_none()
-                    {
+                    // Gone, or panicked (as a reactor-level timer that panics, it stops).
+                    if self.with_port_dyn(*key, |p, r| p.fire_timer(r, f)) != Some(true) {
                         self.timers.cancel(due.call);
                     }
                 }
@@ -797,8 +862,14 @@ impl Reactor {
     /// Runs turns until [`stop`](Self::stop) (from a callback, a timer or a
     /// [`ReactorHandle`]) or, unless turned off with
     /// [`set_handle_signals`](Self::set_handle_signals), SIGINT or SIGTERM. Then every
-    /// port's `stop_protocol` runs, and `run` returns. After it returns, the signals have
-    /// their default effect again.
+    /// port's `stop_protocol` runs, and `run` returns. After it returns, and once no other
+    /// reactor of the process is inside `run`, the signals have their default effect again
+    /// (see [`set_handle_signals`](Self::set_handle_signals)).
+    ///
+    /// A stop asked for while no turn runs (through [`ReactorHandle::stop`] between two
+    /// `run`s, or [`stop`](Self::stop) before the first) is kept, as Twisted keeps such a
+    /// stop queued: in its first turn the next `run` runs the cross-thread calls queued
+    /// by then, closes the ports and returns.
     ///
     /// # Errors
     ///
@@ -890,6 +961,7 @@ impl Reactor {
     }
 
     fn turn_inner(&mut self, max_wait: Option<Duration>) -> Result<bool> {
+        self.turns += 1;
         self.process_closes();
         let timeout = self.poll_timeout(max_wait);
         let mut events = self
@@ -922,10 +994,10 @@ impl Reactor {
                 token => {
                     if let Some(key) = PortKey::from_token(token) {
                         // An error event (e.g. ICMP refusal) may come without readable: read
-                        // anyway, so recv surfaces the error.
+                        // anyway, so recv surfaces the error, and read the error queue.
                         let readable =
                             event.is_readable() || event.is_error() || event.is_read_closed();
-                        self.serve_port(key, readable, event.is_writable());
+                        self.serve_port(key, readable, event.is_writable(), event.is_error());
                     }
                 }
             }
@@ -941,7 +1013,11 @@ impl Reactor {
     }
 
     fn poll_timeout(&mut self, max_wait: Option<Duration>) -> Option<Duration> {
-        if !self.ready.is_empty() || !self.closing.is_empty() || self.stop_requested {
+        if !self.ready.is_empty()
+            || !self.closing.is_empty()
+            || self.stop_requested
+            || self.thread_calls_left
+        {
             return Some(Duration::ZERO);
         }
         let timer = self
@@ -954,12 +1030,18 @@ impl Reactor {
         }
     }
 
-    fn serve_port(&mut self, key: PortKey, readable: bool, writable: bool) {
+    fn serve_port(&mut self, key: PortKey, readable: bool, writable: bool, error: bool) {
         // Once a stop is asked for, no more datagrams: every port closes at the turn's end.
         if self.stop_requested {
             return;
         }
-        if self.with_port_dyn(key, |p, r| p.on_ready(r, readable, writable)) == Some(true)
+        if readable {
+            let turn = self.turns;
+            if let Some(slot) = self.live_slot(key) {
+                slot.read_in_turn = turn;
+            }
+        }
+        if self.with_port_dyn(key, |p, r| p.on_ready(r, readable, writable, error)) == Some(true)
             && let Some(slot) = self.live_slot(key)
             && !slot.in_ready
         {
@@ -969,11 +1051,15 @@ impl Reactor {
     }
 
     /// Serves the ports whose budget ran out last turn, unless an event this turn already
-    /// served them and marked them again.
+    /// read them.
     fn serve_left_over(&mut self, mut left_over: Vec<PortKey>) {
+        let turn = self.turns;
         for key in left_over.drain(..) {
-            if self.live_slot(key).is_some_and(|slot| !slot.in_ready) {
-                self.serve_port(key, true, false);
+            if self
+                .live_slot(key)
+                .is_some_and(|slot| !slot.in_ready && slot.read_in_turn != turn)
+            {
+                self.serve_port(key, true, false, false);
             }
         }
         self.ready_spare = left_over;
@@ -986,9 +1072,27 @@ impl Reactor {
             .filter(|slot| slot.generation == key.generation)
     }
 
+    /// Runs the cross-thread calls of this turn: those queued when it starts, at most
+    /// [`ReactorHandle::CALLS_PER_TURN`], in order. When a handle asked for a stop, every
+    /// call queued by then runs first, and then the reactor stops.
     fn run_thread_calls(&mut self) {
+        // The flag first: a call queued before the stop is then already in the queue.
+        let stop = self.shared.take_stop();
+        let budget = if stop {
+            usize::MAX
+        } else {
+            ReactorHandle::CALLS_PER_TURN
+        };
         let mut calls = std::mem::take(&mut self.thread_calls);
-        self.shared.drain_into(&mut calls);
+        self.thread_calls_left = self.shared.take_calls(&mut calls, budget);
+        if self.thread_calls_left {
+            // Callers do not wake a reactor whose queue is not empty: wake ourselves, so
+            // that the next poll reports the waker again without sleeping.
+            if let Err(e) = self.shared.wake() {
+                error!("{e}; running every queued cross-thread call in this turn");
+                self.thread_calls_left = self.shared.take_calls(&mut calls, usize::MAX);
+            }
+        }
         for call in calls.drain(..) {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| call(self))) {
                 error!(
@@ -998,6 +1102,9 @@ impl Reactor {
             }
         }
         self.thread_calls = calls;
+        if stop {
+            self.stop();
+        }
     }
 
     fn close_all(&mut self) {
@@ -1022,20 +1129,15 @@ impl Reactor {
     // ----- signals -----------------------------------------------------------------------
 
     fn install_signals(&mut self) -> Result<()> {
-        self.signals = SignalWatch::install(self.poll.registry())?;
-        Ok(())
+        self.signals.start(self.poll.registry())
     }
 
     fn remove_signals(&mut self) {
-        if let Some(watch) = self.signals.take() {
-            watch.remove(self.poll.registry());
-        }
+        self.signals.stop();
     }
 
     fn on_signals(&mut self) {
-        if let Some(watch) = self.signals.as_mut()
-            && watch.stop_asked()
-        {
+        if self.signals.stop_asked() {
             self.stop_requested = true;
             self.stops_asked += 1;
         }

@@ -770,15 +770,18 @@ fn assert_one_error(addr: SocketAddr, message: &str) {
     );
 }
 
-/// A panic in datagram_received closes only its port: ERROR log with its address, stop_protocol.
+/// With close_on_panic, a panic in datagram_received closes only its port: ERROR log with
+/// its address, stop_protocol. (Without it the port goes on: tests/panics.rs.)
 #[test]
-fn panic_in_datagram_received_closes_only_that_port() {
+fn panic_in_datagram_received_closes_only_that_port_with_close_on_panic() {
     init_logging();
     let mut reactor = reactor();
     let turns = Rc::new(Cell::new(0));
     let (bad, log) = Scripted::new(&turns);
     let bad = bad.on_datagram(|_, _, _| panic!("lifecycle datagram boom"));
-    let bad = reactor.listen_udp_with(loopback(), bad).expect("listen");
+    let bad = reactor
+        .listen_udp_with(loopback().close_on_panic(true), bad)
+        .expect("listen");
     let (good, good_events) = Recorder::echoing();
     let good = listen_loopback(&mut reactor, good);
 
@@ -847,15 +850,18 @@ fn panic_in_start_protocol_is_start_panicked_and_leaves_no_port() {
     assert_echoes(&mut reactor, &bystander, b"unaffected");
 }
 
-/// A panic in connection_refused closes only that port, logged at ERROR with its address.
+/// With close_on_panic, a panic in connection_refused closes only that port, logged at
+/// ERROR with its address.
 #[test]
-fn panic_in_connection_refused_closes_only_that_port() {
+fn panic_in_connection_refused_closes_only_that_port_with_close_on_panic() {
     init_logging();
     let mut reactor = reactor();
     let turns = Rc::new(Cell::new(0));
     let (bad, log) = Scripted::new(&turns);
     let bad = bad.on_refused(|_| panic!("lifecycle refused boom"));
-    let bad = reactor.listen_udp_with(loopback(), bad).expect("listen");
+    let bad = reactor
+        .listen_udp_with(loopback().close_on_panic(true), bad)
+        .expect("listen");
     let (good, _) = Recorder::echoing();
     let good = listen_loopback(&mut reactor, good);
     let dead = dead_addr();
@@ -879,14 +885,17 @@ fn panic_in_connection_refused_closes_only_that_port() {
     assert_eq!(reactor.port_count(), 1);
 }
 
-/// A panic in a port-scoped timer closes only that port, logged at ERROR with its address.
+/// With close_on_panic, a panic in a port-scoped timer closes only that port, logged at
+/// ERROR with its address.
 #[test]
-fn panic_in_a_port_timer_closes_only_that_port() {
+fn panic_in_a_port_timer_closes_only_that_port_with_close_on_panic() {
     init_logging();
     let mut reactor = reactor();
     let turns = Rc::new(Cell::new(0));
     let (bad, log) = Scripted::new(&turns);
-    let bad = reactor.listen_udp_with(loopback(), bad).expect("listen");
+    let bad = reactor
+        .listen_udp_with(loopback().close_on_panic(true), bad)
+        .expect("listen");
     let (good, _) = Recorder::echoing();
     let good = listen_loopback(&mut reactor, good);
     let ticks = Rc::new(Cell::new(0u32));

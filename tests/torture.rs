@@ -68,8 +68,8 @@ enum Site {
 }
 
 impl Site {
-    /// Runs as one of the actor port's callbacks (a hook or a port timer), so that a panic
-    /// there closes the actor.
+    /// Runs as one of the actor port's callbacks (a hook or a port timer): a panic there
+    /// is logged with the actor's address and counted in its stats.
     fn is_port(self) -> bool {
         !matches!(self, Site::Timer | Site::Repeating | Site::Thread)
     }
@@ -839,7 +839,8 @@ fn drive_case(reactor: &mut Reactor, w: &World, actor: Option<ListeningPort<Prob
     let actor_alive = actor.is_some()
         && match (site, action) {
             (Site::Stop, _) | (_, Action::StopOwnPort) => false,
-            (_, Action::Panic) => !site.is_port(),
+            // A panic in a hook a peer can trigger, or in a port timer, costs that event
+            // only: the port goes on (one in start_protocol leaves no actor at all).
             _ => true,
         };
 
@@ -882,10 +883,14 @@ fn drive_case(reactor: &mut Reactor, w: &World, actor: Option<ListeningPort<Prob
         }
         Action::NestedTurn => {}
         Action::Panic => {
-            if site.is_port() && site != Site::Start {
+            if site == Site::Stop {
                 drive(reactor, w, "the panicking port to close", |w| {
                     w.stops(Who::Actor) == 1
                 });
+            }
+            if let Some(actor) = actor.as_ref().filter(|_| site.is_port() && actor_alive) {
+                let panics = reactor.port_stats(actor).map(|s| s.panics);
+                assert_eq!(panics, Some(1), "the panic is counted, the port goes on");
             }
             let lines = logs_containing(&w.boom);
             assert!(
@@ -906,11 +911,8 @@ fn drive_case(reactor: &mut Reactor, w: &World, actor: Option<ListeningPort<Prob
         && matches!(site, Site::Repeating | Site::PortRepeating)
     {
         let goes_on = action != Action::CancelTimers
-            && if site == Site::Repeating {
-                action != Action::Panic
-            } else {
-                actor_alive
-            };
+            && action != Action::Panic
+            && (site == Site::Repeating || actor_alive);
         if goes_on {
             drive(reactor, w, "the repeating call to go on", |w| {
                 w.fires.get() >= 3
@@ -1017,7 +1019,8 @@ fn check_trace(w: &World, turns_counted: bool) {
             _ => {}
         }
     }
-    // No datagram after the stop of its port (asked for, or a panic) or of the reactor.
+    // No datagram after the stop of its port (asked for, or a panic in stop_protocol) or of
+    // the reactor.
     let mut stopped = HashSet::new();
     let mut reactor_stopping = false;
     for (_, e) in trace.iter() {
@@ -1025,7 +1028,9 @@ fn check_trace(w: &World, turns_counted: bool) {
             Ev::StopAsked(who) => {
                 stopped.insert(*who);
             }
-            Ev::Panicked if w.site.is_port() => {
+            // Only a panic in stop_protocol ends the port (one in start_protocol means it
+            // never started); elsewhere the port goes on.
+            Ev::Panicked if w.site == Site::Stop => {
                 stopped.insert(Who::Actor);
             }
             Ev::ReactorStopAsked => reactor_stopping = true,

@@ -756,8 +756,9 @@ fn datagrams_are_never_logged_above_debug() {
     let closed = format!("INFO (UDP Port {addr} Closed)");
     let counters = format!(
         "INFO Recorder on {addr} closed: received 50 datagrams (1000 bytes), sent 50 \
-         (1000 bytes); dropped: 0 truncated, 0 by the kernel, 0 at the send queue; 0 send \
-         errors, 0 receive errors, 0 refused, 0 unreachable, 0 queued"
+         (1000 bytes); dropped: 0 truncated, 0 by the kernel, 0 at the send queue, 0 from \
+         another peer, 0 at stop; 0 send errors, 0 receive errors, 0 refused, 0 unreachable, \
+         0 errors unreported, 0 panics, 0 queued"
     );
     assert_eq!(loud_logs_about(addr), [start, closed, counters]);
     assert_eq!(loud_logs_about(peer), Vec::<String>::new());

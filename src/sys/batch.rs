@@ -148,11 +148,19 @@ impl RecvBatch {
     /// each, without an index to check per datagram.
     #[inline]
     pub fn datagrams(&self) -> impl Iterator<Item = Datagram<'_>> {
-        let (used, max) = (self.used, self.max);
-        self.hdrs[..used]
+        self.datagrams_from(0)
+    }
+
+    /// [`datagrams`](Self::datagrams) from datagram `from` on (none if `from` is past the
+    /// last).
+    #[inline]
+    pub fn datagrams_from(&self, from: usize) -> impl Iterator<Item = Datagram<'_>> {
+        let (used, max, slot) = (self.used, self.max, self.slot.max(1));
+        let from = from.min(used);
+        self.hdrs[from..used]
             .iter()
-            .zip(&self.names[..used])
-            .zip(self.bufs.chunks_exact(self.slot.max(1)))
+            .zip(&self.names[from..used])
+            .zip(self.bufs[(from * slot).min(self.bufs.len())..].chunks_exact(slot))
             .map(move |((m, name), slot)| datagram(m, name, &slot[..max]))
     }
 
@@ -214,6 +222,8 @@ pub struct SendBatch {
     /// Per header: its `UDP_SEGMENT` control message, and how many datagrams it carries.
     controls: Vec<SegmentCmsg>,
     segments: Vec<usize>,
+    /// The last send took fewer messages than it was handed.
+    short: bool,
 }
 
 impl std::fmt::Debug for SendBatch {
@@ -236,7 +246,23 @@ impl SendBatch {
             hdrs: vec![zeroed(); capacity],
             controls: vec![zeroed(); capacity],
             segments: vec![0; capacity],
+            short: false,
         }
+    }
+
+    /// Grows the batch to hand the kernel at least `capacity` messages per send (never
+    /// shrinks). Allocates only when it grows.
+    pub fn reserve(&mut self, capacity: usize) {
+        if capacity <= self.capacity() {
+            return;
+        }
+        // Every header's pointers are set again by each send (`prepare`): growing moves
+        // nothing that a header still points at.
+        self.names.resize(capacity, zeroed());
+        self.iovs.resize(capacity, zeroed());
+        self.hdrs.resize(capacity, zeroed());
+        self.controls.resize(capacity, zeroed());
+        self.segments.resize(capacity, 0);
     }
 
     /// How many messages one send hands the kernel (each one datagram, or with
@@ -295,7 +321,22 @@ impl SendBatch {
     pub fn send(&mut self, fd: &impl AsRawFd, from: usize, connected: bool) -> io::Result<usize> {
         let messages = self.prepare(from, connected, false);
         let sent = imp::send(fd.as_raw_fd(), &mut self.hdrs[..messages])?;
+        self.short = sent < messages;
         Ok(sent)
+    }
+
+    /// Whether the kernel took fewer messages than it was handed by the last successful
+    /// send: the next one failed, and its error was not returned (`sendmmsg` reports only
+    /// the count). On a socket with an error queue this is where an ICMP error raised by an
+    /// earlier message of the same call is consumed.
+    pub fn was_short(&self) -> bool {
+        self.short
+    }
+
+    /// The payload bytes of every datagram waiting.
+    #[inline]
+    pub fn total_bytes(&self) -> usize {
+        self.data.len()
     }
 
     /// [`send`](Self::send), with each run of datagrams to one destination, all of one
@@ -316,6 +357,7 @@ impl SendBatch {
     ) -> io::Result<usize> {
         let messages = self.prepare(from, connected, imp::SEGMENTATION);
         let sent = imp::send(fd.as_raw_fd(), &mut self.hdrs[..messages])?;
+        self.short = sent < messages;
         Ok(self.segments[..sent].iter().sum())
     }
 

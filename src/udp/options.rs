@@ -55,6 +55,7 @@ pub struct ListenOptions {
     pub(crate) deliver_truncated: bool,
     pub(crate) write_high: usize,
     pub(crate) write_low: usize,
+    pub(crate) close_on_panic: bool,
 }
 
 impl ListenOptions {
@@ -76,6 +77,7 @@ impl ListenOptions {
             deliver_truncated: false,
             write_high: DEFAULT_WRITE_HIGH,
             write_low: DEFAULT_WRITE_LOW,
+            close_on_panic: false,
         }
     }
 
@@ -128,24 +130,32 @@ impl ListenOptions {
     }
 
     /// The most datagrams and bytes (each at least 1) the port reads in one reactor turn before
-    /// the other ports and the timers get theirs.
+    /// the other ports and the timers get theirs (256 and 256 KiB by default). Each read
+    /// asks for no more datagrams of the max packet size than the bytes left have room for
+    /// (at least one), so a turn takes at most one datagram past the byte budget.
     pub fn read_budget(mut self, datagrams: usize, bytes: usize) -> Self {
         self.read_budget = datagrams;
         self.read_budget_bytes = bytes;
         self
     }
 
-    /// The most bytes queued while the kernel's send buffer is full; past it `write`
-    /// returns [`Error::SendQueueFull`].
+    /// The most bytes queued while the kernel's send buffer is full (1 MiB by default),
+    /// each datagram charged its payload plus 128 bytes for its entry (see
+    /// [`UdpTransport::write_buffer_size`](crate::UdpTransport::write_buffer_size)); past
+    /// it `write` returns [`Error::SendQueueFull`].
     pub fn send_queue_limit(mut self, bytes: usize) -> Self {
         self.send_queue_limit = bytes;
         self
     }
 
     /// How many datagrams one system call reads (`recvmmsg`) or sends (`sendmmsg`) on
-    /// Linux, 1..=1024; 32 by default. Writes made while a batch of received datagrams is
+    /// Linux, 1..=1024; 32 by default. A read also asks for no more than the byte budget
+    /// has room for (see [`read_budget`](Self::read_budget): with the default 256 KiB and
+    /// max packet size 8192, 32). Writes made while a batch of received datagrams is
     /// dispatched are gathered and handed to the kernel together once the batch has been
-    /// dispatched (or at once when `batch_size` of them are waiting), in order.
+    /// dispatched (or at once when `batch_size` of them are waiting, or when they would
+    /// count past the high-water mark of
+    /// [`write_buffer_limits`](Self::write_buffer_limits)), in order.
     pub fn batch_size(mut self, datagrams: usize) -> Self {
         self.batch_size = datagrams;
         self
@@ -156,8 +166,11 @@ impl ListenOptions {
     /// [`pause_producing`](crate::DatagramProtocol::pause_producing) is called; once they
     /// are down to `low` or less, [`resume_producing`](crate::DatagramProtocol::resume_producing).
     /// 64 KiB and 16 KiB by default (asyncio's). The hard bound stays
-    /// [`send_queue_limit`](Self::send_queue_limit): `high` above it acts as the limit,
-    /// and `low` above `high` as `high`.
+    /// [`send_queue_limit`](Self::send_queue_limit); `high` is lowered, if need be, to
+    /// leave room below that bound for one more datagram of the largest size, so that a
+    /// producer that heeds the pause never meets the bound (see
+    /// [`UdpTransport::write_buffer_size`](crate::UdpTransport::write_buffer_size) for how
+    /// the bytes are counted), and `low` above `high` acts as `high`.
     #[doc(alias = "set_write_buffer_limits")]
     pub fn write_buffer_limits(mut self, high: usize, low: usize) -> Self {
         self.write_high = high;
@@ -187,6 +200,19 @@ impl ListenOptions {
     /// and logged (at most once a second per port).
     pub fn deliver_truncated(mut self, deliver: bool) -> Self {
         self.deliver_truncated = deliver;
+        self
+    }
+
+    /// Whether a panic in a hook a remote peer can trigger (`datagram_received`,
+    /// `datagram_truncated`, `error_received`, `connection_refused`, `pause_producing`,
+    /// `resume_producing`) or in a port timer closes the port. Off by default, as in
+    /// Twisted: the panic is caught, logged with the port and the sender, counted in
+    /// [`PortStats::panics`](crate::PortStats::panics), that one event is dropped and the
+    /// port goes on, so that one datagram tripping a bug in a parser cannot shut a public
+    /// server down. On: the port closes after such a panic (its `stop_protocol` still
+    /// runs). A panic in `start_protocol` or `stop_protocol` closes the port either way.
+    pub fn close_on_panic(mut self, close: bool) -> Self {
+        self.close_on_panic = close;
         self
     }
 

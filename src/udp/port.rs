@@ -60,8 +60,23 @@ pub struct PortStats {
     /// with `SO_MEMINFO` whenever the counters are read (Linux; 0 elsewhere).
     pub kernel_dropped: u64,
     /// Errors the kernel reported for earlier datagrams of an unconnected port (ICMP
-    /// unreachable, read from its error queue), each passed to `error_received`.
+    /// unreachable, read from its error queue), each passed to `error_received` unless
+    /// counted in `errors_unreported` too.
     pub unreachable: u64,
+    /// Errors counted above (`unreachable`, `send_errors`, `refused`) that no hook was told
+    /// of: more than 1024 waiting at once, still waiting when `stop_protocol` had run (no
+    /// hook is called after it), or an ICMP error whose details the kernel had dropped
+    /// (its error queue was full).
+    pub errors_unreported: u64,
+    /// Hooks (and port timers) that panicked: each cost only its own event, unless
+    /// [`ListenOptions::close_on_panic`](crate::ListenOptions::close_on_panic) is set.
+    pub panics: u64,
+    /// Datagrams from another address than the connected peer, read after `connect`
+    /// (they reached the socket before it), dropped.
+    pub not_from_peer: u64,
+    /// Datagrams read in the batch during which the port's stop (or the reactor's) was
+    /// asked for, after that point, and so not delivered.
+    pub dropped_at_stop: u64,
 }
 
 impl fmt::Display for PortStats {
@@ -70,8 +85,9 @@ impl fmt::Display for PortStats {
         write!(
             f,
             "received {} datagrams ({} bytes), sent {} ({} bytes); dropped: {} truncated, \
-             {} by the kernel, {} at the send queue; {} send errors, {} receive errors, \
-             {} refused, {} unreachable, {} queued",
+             {} by the kernel, {} at the send queue, {} from another peer, {} at stop; {} send errors, \
+             {} receive errors, {} refused, {} unreachable, {} errors unreported, \
+             {} panics, {} queued",
             self.datagrams_received,
             self.bytes_received,
             self.datagrams_sent,
@@ -79,10 +95,14 @@ impl fmt::Display for PortStats {
             self.truncated,
             self.kernel_dropped,
             self.send_dropped,
+            self.not_from_peer,
+            self.dropped_at_stop,
             self.send_errors,
             self.recv_errors,
             self.refused,
             self.unreachable,
+            self.errors_unreported,
+            self.panics,
             self.send_queued,
         )
     }
@@ -110,11 +130,13 @@ pub(crate) trait Port: Any {
     fn core_mut(&mut self) -> &mut PortCore;
     /// Runs `start_protocol`.
     fn start(&mut self, r: &mut Reactor);
-    /// Handles readiness (or a left-over budget when both are false and `resume` is set).
-    /// Returns whether data may be left to read.
-    fn on_ready(&mut self, r: &mut Reactor, readable: bool, writable: bool) -> bool;
-    /// Runs a port-scoped timer's closure.
-    fn fire_timer(&mut self, r: &mut Reactor, action: &mut Box<dyn Any>);
+    /// Handles readiness: reads if `readable`, sends the queue if `writable`, and reads
+    /// the kernel's error queue if `error` (the kernel flagged an error). Returns whether
+    /// data may be left to read.
+    fn on_ready(&mut self, r: &mut Reactor, readable: bool, writable: bool, error: bool) -> bool;
+    /// Runs a port-scoped timer's closure; false if it panicked (the timer is then
+    /// cancelled).
+    fn fire_timer(&mut self, r: &mut Reactor, action: &mut Box<dyn Any>) -> bool;
     /// Runs `stop_protocol`, flushes what it can, and logs the close.
     fn shut_down(&mut self, r: &mut Reactor);
     fn as_any_mut(&mut self) -> &mut dyn Any;
@@ -131,6 +153,9 @@ pub(crate) struct PortCore {
     /// The longest datagram UDP carries in `local`'s family.
     max_send: usize,
     pub(crate) peer: Option<SocketAddr>,
+    /// The address the kernel gave the socket when it connected (a wildcard bind gets a
+    /// concrete address then).
+    pub(crate) connected_local: Option<SocketAddr>,
     pub(crate) prefix: String,
     pub(crate) protocol_type: (TypeId, &'static str),
     /// Stop asked for: no more reads; torn down on a later turn.
@@ -145,6 +170,13 @@ pub(crate) struct PortCore {
     error_queue: bool,
     /// The error queue has entries to read (a call met the error they raised).
     error_queue_pending: bool,
+    /// A call met an ICMP error (the kernel's latest, kept for the next call) since the
+    /// error queue was last read: if the read finds no ICMP entry, the kernel dropped it.
+    stale_met: bool,
+    /// A panic in a hook a peer can trigger closes the port (else it costs that event).
+    close_on_panic: bool,
+    /// The hook `report_pending` is calling, named if it panics.
+    reporting: Option<&'static str>,
     /// The message of a panic caught in a hook.
     pub(crate) panic: Option<String>,
     pub(crate) stats: PortStats,
@@ -205,6 +237,7 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 local_is_v4: local.is_ipv4(),
                 max_send: max_datagram(&local),
                 peer: None,
+                connected_local: None,
                 prefix,
                 protocol_type: (TypeId::of::<P>(), short_type_name::<P>()),
                 closing: false,
@@ -212,6 +245,9 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 errors: VecDeque::new(),
                 error_queue: false,
                 error_queue_pending: false,
+                stale_met: false,
+                close_on_panic: opts.close_on_panic,
+                reporting: None,
                 panic: None,
                 stats: PortStats::default(),
                 max_packet_size: opts.max_packet_size,
@@ -223,10 +259,8 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 queue_limit: opts.send_queue_limit,
-                write_high: opts.write_high.min(opts.send_queue_limit),
-                write_low: opts
-                    .write_low
-                    .min(opts.write_high.min(opts.send_queue_limit)),
+                write_high: write_high(opts, &local),
+                write_low: opts.write_low.min(write_high(opts, &local)),
                 write_paused: false,
                 told_paused: false,
                 writable_registered: false,
@@ -256,30 +290,29 @@ impl<P: DatagramProtocol> UdpPort<P> {
     }
 
     /// Runs `f` with the protocol and a transport from outside the hooks
-    /// ([`Reactor::with_port`]), with the hooks' panic and refusal handling.
+    /// ([`Reactor::with_port`]); a panic in `f` closes the port.
     pub(crate) fn call<R>(
         &mut self,
         r: &mut Reactor,
         f: impl FnOnce(&mut P, &mut UdpTransport<'_>) -> R,
     ) -> Option<R> {
-        self.guarded(r, "with_port closure", |p, t, _| f(p, t))
+        let out = self.closing_on_panic(r, "with_port closure", f);
+        self.report(r);
+        out
     }
 
-    /// Runs `f` with the protocol and a transport, catching a panic: the panic is logged
-    /// with the port's address and closes the port. A refusal met by a write inside `f`
-    /// is reported to `connection_refused` afterwards.
-    fn guarded<R>(
+    /// Runs `f` with the protocol and a transport, catching a panic, which is logged with
+    /// the port's address and closes the port (`start_protocol`, `stop_protocol`,
+    /// `with_port`). Nothing is reported to the protocol afterwards: see [`report`](Self::report).
+    fn closing_on_panic<R>(
         &mut self,
         r: &mut Reactor,
         hook: &'static str,
-        f: impl FnOnce(&mut P, &mut UdpTransport<'_>, &mut Option<Box<RecvBatch>>) -> R,
+        f: impl FnOnce(&mut P, &mut UdpTransport<'_>) -> R,
     ) -> Option<R> {
-        let (protocol, core, ring) = (&mut self.protocol, &mut self.core, &mut self.ring);
+        let (protocol, core) = (&mut self.protocol, &mut self.core);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let mut t = UdpTransport::new(core, r);
-            let out = f(protocol, &mut t, ring);
-            report_pending(protocol, &mut t);
-            out
+            f(protocol, &mut UdpTransport::new(core, r))
         }));
         match outcome {
             Ok(out) => Some(out),
@@ -289,7 +322,32 @@ impl<P: DatagramProtocol> UdpPort<P> {
             }
         }
     }
+
+    /// Tells the protocol what happened while its last hook ran (see [`report_pending`]).
+    /// A panic in one of those hooks costs that one report (or closes the port, with
+    /// `close_on_panic`); the rest are still told.
+    fn report(&mut self, r: &mut Reactor) {
+        for _ in 0..MAX_RESUMES {
+            let (protocol, core) = (&mut self.protocol, &mut self.core);
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                report_pending(protocol, &mut UdpTransport::new(core, r));
+            }));
+            match outcome {
+                Ok(()) => return,
+                Err(panic) => {
+                    let hook = self.core.reporting.take().unwrap_or("hook");
+                    if !self.core.hook_panicked(hook, &panic_message(&*panic), None) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
+
+/// How many times one dispatch goes on after panicking hooks, beyond the port's read
+/// budget, before it leaves the rest for the next turn: it only bounds a turn's length.
+const MAX_RESUMES: usize = 4 * ERRORS_KEPT;
 
 /// Calls `connection_refused` for refusals that writes met while a hook ran, and
 /// `error_received` for the errors met since (reading the kernel's error queue first if a
@@ -297,35 +355,81 @@ impl<P: DatagramProtocol> UdpPort<P> {
 fn report_pending<P: DatagramProtocol>(protocol: &mut P, t: &mut UdpTransport<'_>) {
     while t.core.refused_pending > 0 {
         t.core.refused_pending -= 1;
+        t.core.reporting = Some("connection_refused");
         protocol.connection_refused(t);
     }
     if t.core.error_queue_pending {
         t.core.read_error_queue();
     }
-    // Flow control: tell the protocol of a change since it was last told (a pause and
-    // resume within one hook cancel out).
-    if t.core.write_paused != t.core.told_paused {
-        t.core.told_paused = t.core.write_paused;
-        if t.core.write_paused {
-            protocol.pause_producing(t);
-        } else {
-            protocol.resume_producing(t);
-        }
-    }
+    tell_flow(protocol, t);
     for _ in 0..ERRORS_KEPT {
         let Some((error, addr)) = t.core.errors.pop_front() else {
             break;
         };
+        t.core.reporting = Some("error_received");
         protocol.error_received(t, &error, addr);
+    }
+    t.core.reporting = None;
+}
+
+/// Flow control: tells the protocol of a change since it was last told (a pause and a
+/// resume in between cancel out).
+#[inline]
+fn tell_flow<P: DatagramProtocol>(protocol: &mut P, t: &mut UdpTransport<'_>) {
+    if t.core.write_paused != t.core.told_paused {
+        t.core.told_paused = t.core.write_paused;
+        if t.core.write_paused {
+            t.core.reporting = Some("pause_producing");
+            protocol.pause_producing(t);
+        } else {
+            t.core.reporting = Some("resume_producing");
+            protocol.resume_producing(t);
+        }
+        t.core.reporting = None;
     }
 }
 
-/// The most errors kept for `error_received` at once; more are counted, and logged at
-/// debug, but not passed on.
-const ERRORS_KEPT: usize = 256;
+/// The most errors kept for `error_received` at once; more are counted in
+/// `errors_unreported`, and logged at debug.
+const ERRORS_KEPT: usize = 1024;
 
-/// The most entries read from the kernel's error queue at once.
+/// The most entries read from the kernel's error queue at once (its memory, the socket's
+/// receive buffer, holds about 256 with the default size).
 const ERROR_QUEUE_READS: usize = 1024;
+
+/// What one entry of the send queue is charged besides its payload, against the flow
+/// control marks and the queue's bound: what it costs in memory, at least (48 bytes in
+/// the queue's ring, as much again while the ring is half empty after growing, and up to
+/// 32 bytes the allocator adds to the payload's block).
+pub(crate) const QUEUE_ENTRY_OVERHEAD: usize = 128;
+
+/// The high-water mark of a port: the one asked for, lowered if need be to leave room
+/// below the queue's bound for one more datagram of the largest size, so that a producer
+/// that stops once paused never meets the bound.
+fn write_high(opts: &ListenOptions, local: &SocketAddr) -> usize {
+    let room = opts
+        .send_queue_limit
+        .saturating_sub(max_datagram(local) + QUEUE_ENTRY_OVERHEAD);
+    opts.write_high.min(room)
+}
+
+/// Where a dispatch of received datagrams stands; kept outside the panic guard, so that
+/// after a panicking hook the dispatch goes on with the next datagram.
+#[derive(Default)]
+struct ReadState {
+    /// Datagrams (and errors) read so far this dispatch, against the budget.
+    count: usize,
+    /// Payload bytes read so far this dispatch, against the byte budget.
+    bytes: usize,
+    /// The batch being delivered: how many were asked for and read, and how many of them
+    /// were handed on (or are being).
+    want: usize,
+    got: usize,
+    next: usize,
+    in_batch: bool,
+    /// The reactor's stop count when the batch was read.
+    stops: u64,
+}
 
 impl<P: DatagramProtocol> Port for UdpPort<P> {
     fn core(&self) -> &PortCore {
@@ -337,42 +441,99 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
     }
 
     fn start(&mut self, r: &mut Reactor) {
-        self.guarded(r, "start_protocol", |p, t, _| p.start_protocol(t));
+        self.closing_on_panic(r, "start_protocol", |p, t| p.start_protocol(t));
+        if self.core.panic.is_none() {
+            self.report(r);
+        }
     }
 
-    fn on_ready(&mut self, r: &mut Reactor, readable: bool, writable: bool) -> bool {
-        if !writable && (!readable || self.core.closing) {
+    fn on_ready(&mut self, r: &mut Reactor, readable: bool, writable: bool, error: bool) -> bool {
+        if error && self.core.error_queue {
+            // The kernel queued an error (its flag may already be consumed by a send).
+            self.core.error_queue_pending = true;
+        }
+        if !writable && !self.core.error_queue_pending && (!readable || self.core.closing) {
             return false;
         }
-        if readable && !self.core.closing {
+        let reading = readable && !self.core.closing;
+        if reading {
             // The reactor's batches, lent for this dispatch and given back even if a hook
             // panics (what was gathered before the panic is still sent).
             let (ring, out) = r.lend_batches(self.core.batch_size, self.core.max_packet_size);
             self.ring = Some(ring);
             self.core.out = Some(out);
         }
-        let more = self
-            .guarded(
-                r,
-                "datagram_received or connection_refused",
-                |p, t, ring| {
-                    if writable {
-                        t.core.flush_queue();
+        let mut state = ReadState::default();
+        let mut more = None;
+        let mut flush = writable;
+        // Each panic costs one event (a datagram, a report), so this many resumes cover
+        // every event one dispatch can have, unless hooks raise new events as they panic.
+        let resumes = self.core.read_budget.saturating_add(MAX_RESUMES);
+        for _ in 0..resumes {
+            let (protocol, core, ring) = (&mut self.protocol, &mut self.core, &mut self.ring);
+            let st = &mut state;
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let mut t = UdpTransport::new(core, r);
+                if std::mem::take(&mut flush) {
+                    t.core.flush_queue();
+                }
+                let more = match ring {
+                    Some(ring) if reading => read_batch(protocol, &mut t, ring, st),
+                    _ => false,
+                };
+                report_pending(protocol, &mut t);
+                more
+            }));
+            match outcome {
+                Ok(m) => {
+                    more = Some(m);
+                    break;
+                }
+                Err(panic) => {
+                    let (hook, from) = match self.core.reporting.take() {
+                        Some(hook) => (hook, None),
+                        None => {
+                            let d = self
+                                .ring
+                                .as_ref()
+                                .filter(|_| state.in_batch && state.next > 0)
+                                .and_then(|ring| ring.datagrams_from(state.next - 1).next());
+                            match d {
+                                Some(d) if d.truncated => ("datagram_truncated", d.from),
+                                Some(d) => ("datagram_received", d.from),
+                                None => ("datagram_received", None),
+                            }
+                        }
+                    };
+                    if !self.core.hook_panicked(hook, &panic_message(&*panic), from) {
+                        more = Some(false);
+                        break;
                     }
-                    match ring {
-                        Some(ring) if !t.core.closing => read_batch(p, t, ring),
-                        _ => false,
-                    }
-                },
-            )
-            .unwrap_or(false);
+                }
+            }
+        }
+        let more = more.unwrap_or_else(|| {
+            // Hooks that panic while raising new events (writes that fail, say): the rest
+            // waits for the next turn, but what is left of this batch is lost, and counted.
+            let lost = if state.in_batch {
+                state.got - state.next
+            } else {
+                0
+            };
+            self.core.stats.recv_errors += lost as u64;
+            warn!(
+                "{} on {}: {resumes} panicking hooks in one dispatch; {lost} datagrams dropped",
+                self.core.prefix, self.core.local
+            );
+            true
+        });
         if let (Some(ring), Some(out)) = (self.ring.take(), self.core.take_out()) {
             r.return_batches(ring, out);
         }
         more
     }
 
-    fn fire_timer(&mut self, r: &mut Reactor, action: &mut Box<dyn Any>) {
+    fn fire_timer(&mut self, r: &mut Reactor, action: &mut Box<dyn Any>) -> bool {
         let Some(f) = action.downcast_mut::<PortTimerFn<P>>() else {
             // Checked when the timer was scheduled (and port keys are unique across
             // reactors), so this is a bug in twine: say so rather than panic in the loop.
@@ -380,15 +541,31 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
                 "{} on {}: port timer of another protocol type skipped",
                 self.core.prefix, self.core.local
             );
-            return;
+            return false;
         };
-        self.guarded(r, "timer", |p, t, _| f(p, t));
+        let (protocol, core) = (&mut self.protocol, &mut self.core);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            f(protocol, &mut UdpTransport::new(core, r))
+        }));
+        let fine = match outcome {
+            Ok(()) => true,
+            Err(panic) => {
+                self.core
+                    .hook_panicked("port timer", &panic_message(&*panic), None);
+                false
+            }
+        };
+        self.report(r);
+        fine
     }
 
     fn shut_down(&mut self, r: &mut Reactor) {
         self.core.closing = true;
         info!("({} Port {} Closed)", "UDP", self.core.local);
-        self.guarded(r, "stop_protocol", |p, t, _| p.stop_protocol(t));
+        // What the protocol was not told before its last hook is counted, not reported:
+        // stop_protocol is the last hook.
+        self.core.discard_pending();
+        self.closing_on_panic(r, "stop_protocol", |p, t| p.stop_protocol(t));
         self.core.flush_queue();
         let left = self.core.queue.len() as u64;
         if left > 0 {
@@ -398,6 +575,7 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
                 self.core.prefix, self.core.local
             );
         }
+        self.core.discard_pending();
         if let Some(now) = sys::drops_or_log(self.core.socket.as_raw_fd()) {
             self.core.note_drops(now);
         }
@@ -414,28 +592,35 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
 
 /// Reads datagrams, a batch per system call, until the socket is drained or the budget
 /// is spent, dispatching each batch and then sending the writes it gathered; returns
-/// whether the budget ran out first (data may be left).
+/// whether the budget ran out first (data may be left). Called again after a panicking
+/// hook, it goes on where `st` says.
 fn read_batch<P: DatagramProtocol>(
     p: &mut P,
     t: &mut UdpTransport<'_>,
     ring: &mut RecvBatch,
+    st: &mut ReadState,
 ) -> bool {
+    if st.in_batch && !finish_batch(p, t, ring, st) {
+        return false;
+    }
     let (budget, budget_bytes) = (t.core.read_budget, t.core.read_budget_bytes);
-    let (mut count, mut bytes) = (0, 0);
-    while count < budget && bytes < budget_bytes {
+    while st.count < budget && st.bytes < budget_bytes {
         if must_stop(t) {
             return false;
         }
-        let stops = t.reactor.stops_asked();
-        let want = (budget - count).min(t.core.batch_size);
+        st.stops = t.reactor.stops_asked();
+        // Bounded by bytes too: no more datagrams of the largest size than the byte
+        // budget has room for (at least one).
+        let by_bytes = (budget_bytes - st.bytes).div_ceil(t.core.max_packet_size.max(1));
+        let want = (budget - st.count).min(t.core.batch_size).min(by_bytes);
         let got = match ring.recv(&t.core.socket, want, t.core.max_packet_size) {
             Ok(got) => got,
             Err(e) => {
-                count += 1;
+                st.count += 1;
                 match sys::classify(&e) {
                     ErrorClass::WouldBlock => return false,
-                    // An ICMP error for an earlier datagram: the error queue says which
-                    // destination it was about.
+                    // An ICMP error for an earlier datagram: the error queue (read at
+                    // once) says which destination it was about.
                     _ if t.core.stale_error(&e) => report_pending(p, t),
                     ErrorClass::Refused => read_refused(p, t),
                     _ => {
@@ -446,29 +631,65 @@ fn read_batch<P: DatagramProtocol>(
                 continue;
             }
         };
-        for d in ring.datagrams() {
-            count += 1;
-            bytes += d.data.len();
-            deliver(p, t, d);
-            // `stop_listening`, `Reactor::stop` and closing a port by handle all change
-            // the count: one comparison per datagram while nothing of the kind happens.
-            if t.reactor.stops_asked() != stops && must_stop(t) {
-                // Read but not delivered: the port is closing, as if they came later.
-                break;
-            }
-        }
-        if let Some(count) = ring.drop_count() {
-            t.core.note_drops(count);
-        }
-        t.core.flush_out();
-        report_pending(p, t);
-        if got < want {
-            // Fewer than asked for: the socket was drained, and the next datagram to
-            // arrive raises a new readiness event.
+        st.want = want;
+        st.got = got;
+        st.next = 0;
+        st.in_batch = true;
+        if !finish_batch(p, t, ring, st) {
             return false;
         }
     }
     true
+}
+
+/// Delivers the rest of the batch read last, sends the writes it gathered and reports
+/// what they met; returns whether to read on (the batch was full and no stop came).
+#[inline]
+fn finish_batch<P: DatagramProtocol>(
+    p: &mut P,
+    t: &mut UdpTransport<'_>,
+    ring: &mut RecvBatch,
+    st: &mut ReadState,
+) -> bool {
+    let mut stopped = false;
+    let mut next = st.next;
+    // Counted against the budgets once the batch is done; going on after a panic, the
+    // datagrams handed on before it count too.
+    let mut bytes: usize = ring
+        .datagrams_from(0)
+        .take(next)
+        .map(|d| d.data.len())
+        .sum();
+    for d in ring.datagrams_from(next) {
+        next += 1;
+        // Where to go on from if this datagram's hook panics.
+        st.next = next;
+        bytes += d.data.len();
+        deliver(p, t, d);
+        // Flow control at once, after the hook whose write crossed a mark.
+        tell_flow(p, t);
+        // `stop_listening`, `Reactor::stop` and closing a port by handle all change
+        // the count: one comparison per datagram while nothing of the kind happens.
+        if t.reactor.stops_asked() != st.stops && must_stop(t) {
+            // Read but not delivered (the port is closing), and counted.
+            stopped = true;
+            break;
+        }
+    }
+    if stopped {
+        t.core.stats.dropped_at_stop += (st.got - st.next) as u64;
+    }
+    st.count += st.next;
+    st.bytes += bytes;
+    st.in_batch = false;
+    if let Some(count) = ring.drop_count() {
+        t.core.note_drops(count);
+    }
+    t.core.flush_out();
+    report_pending(p, t);
+    // Fewer than asked for: the socket was drained, and the next datagram to arrive
+    // raises a new readiness event.
+    !stopped && st.got >= st.want
 }
 
 /// Whether the port may deliver no more: it is closing, or the reactor is stopping.
@@ -498,6 +719,13 @@ fn deliver_from<P: DatagramProtocol>(
     len: usize,
     from: SocketAddr,
 ) {
+    if let Some(peer) = t.core.peer
+        && (peer.ip() != from.ip() || peer.port() != from.port())
+    {
+        // Queued before `connect`: not the peer's, so not delivered.
+        t.core.stats.not_from_peer += 1;
+        return;
+    }
     if truncated {
         t.core.on_truncated(from, len);
         if t.core.deliver_truncated {
@@ -516,7 +744,9 @@ fn read_refused<P: DatagramProtocol>(p: &mut P, t: &mut UdpTransport<'_>) {
     if let Some(peer) = t.core.peer {
         t.core.stats.refused += 1;
         debug!("{} on {}: refused by {peer}", t.core.prefix, t.core.local);
+        t.core.reporting = Some("connection_refused");
         p.connection_refused(t);
+        t.core.reporting = None;
     }
 }
 
@@ -560,7 +790,12 @@ impl PortCore {
             return false;
         };
         out.push(data, addr);
-        if out.len() >= self.batch_size {
+        // Sent at once when the batch is full, or when what it holds would count past the
+        // high-water mark once queued: then the kernel says at once whether it takes them,
+        // and what it does not take is queued and pauses the producer in time.
+        if out.len() >= self.batch_size
+            || out.total_bytes() + out.len() * QUEUE_ENTRY_OVERHEAD > self.write_high
+        {
             self.flush_out();
         }
         true
@@ -591,11 +826,7 @@ impl PortCore {
         if !self.queue.is_empty() {
             return self.enqueue(data, addr);
         }
-        if let Some(out) = self.out.as_mut() {
-            out.push(data, addr);
-            if out.len() >= self.batch_size {
-                self.flush_out();
-            }
+        if self.gather(data, addr) {
             return Ok(());
         }
         match self.send_now(data, addr) {
@@ -606,9 +837,11 @@ impl PortCore {
     }
 
     fn send_now(&mut self, data: &[u8], addr: SocketAddr) -> std::io::Result<()> {
-        let mut retried = false;
+        let mut retries = 0;
         loop {
-            let sent = if self.peer.is_some() {
+            // A datagram written before `connect` to another address still goes there
+            // (Linux takes a destination on a connected UDP socket), never to the peer.
+            let sent = if self.peer == Some(addr) {
                 self.socket.send(data)
             } else {
                 self.socket.send_to(data, addr)
@@ -621,8 +854,9 @@ impl PortCore {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 // An earlier datagram's ICMP error, not this one's: the call that met it
-                // cleared it, so once more.
-                Err(e) if !retried && self.stale_error(&e) => retried = true,
+                // cleared it, so once more (another can only be raised by a datagram sent
+                // meanwhile, so a few tries are plenty).
+                Err(e) if retries < STALE_RETRIES && self.stale_error(&e) => retries += 1,
                 Err(e) => return Err(e),
             }
         }
@@ -649,21 +883,31 @@ impl PortCore {
         }
     }
 
+    /// Queues a datagram the kernel's full buffer did not take, unless the queue is at
+    /// its bound: each entry is charged its payload and [`QUEUE_ENTRY_OVERHEAD`].
     fn enqueue(&mut self, data: &[u8], addr: SocketAddr) -> Result<()> {
-        if self.queued_bytes + data.len() > self.queue_limit {
+        let charge = data.len() + QUEUE_ENTRY_OVERHEAD;
+        if self.queued_bytes + charge > self.queue_limit {
             self.stats.send_dropped += 1;
             return Err(Error::SendQueueFull {
                 len: data.len(),
                 queued: self.queued_bytes,
             });
         }
+        self.queue_entry(data, addr);
+        Ok(())
+    }
+
+    /// Queues a datagram already accepted (gathered by `write`, then not taken by the
+    /// kernel). Gathered writes are sent before they could count past the high-water mark
+    /// and only while the queue is empty, so this stays below the bound.
+    fn queue_entry(&mut self, data: &[u8], addr: SocketAddr) {
         self.stats.send_queued += 1;
-        self.queued_bytes += data.len();
+        self.queued_bytes += data.len() + QUEUE_ENTRY_OVERHEAD;
         self.queue.push_back((data.into(), addr));
         if self.queued_bytes > self.write_high {
             self.write_paused = true;
         }
-        Ok(())
     }
 
     /// Sends queued datagrams until the kernel's buffer is full again.
@@ -675,11 +919,15 @@ impl PortCore {
                     break;
                 }
                 Err(e) => {
-                    self.queued_bytes -= data.len();
+                    self.queued_bytes -= data.len() + QUEUE_ENTRY_OVERHEAD;
                     self.later_send_failed(e, data.len(), addr);
                 }
-                Ok(()) => self.queued_bytes -= data.len(),
+                Ok(()) => self.queued_bytes -= data.len() + QUEUE_ENTRY_OVERHEAD,
             }
+        }
+        if self.queue.is_empty() && self.queue.capacity() > QUEUE_KEPT_CAPACITY {
+            // A burst's ring is not kept for ever.
+            self.queue.shrink_to(QUEUE_KEPT_CAPACITY);
         }
         if self.write_paused && self.queued_bytes <= self.write_low {
             self.write_paused = false;
@@ -708,9 +956,13 @@ impl PortCore {
     /// Whether `e`, met by a call on an unconnected port whose error queue is on, is an
     /// ICMP error raised for an earlier datagram (the kernel keeps the latest one for the
     /// next call, whatever it is): then the error queue has the details, to be read.
+    ///
+    /// The queue is read at once, so that it never fills up (its entries are charged to
+    /// the socket's receive buffer, and past it the kernel drops new errors and datagrams).
     pub(crate) fn stale_error(&mut self, e: &std::io::Error) -> bool {
         if self.error_queue && self.peer.is_none() && sys::is_icmp_error(e) {
-            self.error_queue_pending = true;
+            self.stale_met = true;
+            self.read_error_queue();
             true
         } else {
             false
@@ -721,6 +973,11 @@ impl PortCore {
     /// `error_received` with the destination it names.
     pub(crate) fn read_error_queue(&mut self) {
         self.error_queue_pending = false;
+        if !self.error_queue {
+            return;
+        }
+        let met = std::mem::take(&mut self.stale_met);
+        let mut icmp = 0;
         let fd = self.socket.as_raw_fd();
         for _ in 0..ERROR_QUEUE_READS {
             match sys::read_queued_error(fd) {
@@ -735,9 +992,11 @@ impl PortCore {
                     );
                 }
                 Ok(Some(q)) => {
+                    icmp += 1;
                     self.stats.unreachable += 1;
                     let source = std::io::Error::from_raw_os_error(q.errno);
                     let Some(addr) = q.dest else {
+                        self.stats.errors_unreported += 1;
                         debug!(
                             "{} on {}: error with no destination: {source}",
                             self.prefix, self.local
@@ -755,7 +1014,20 @@ impl PortCore {
                     };
                     self.keep_error(error, addr);
                 }
-                Ok(None) => return,
+                Ok(None) => {
+                    if met && icmp == 0 {
+                        // A call met an ICMP error whose entry is not in the queue: the
+                        // kernel could not queue it (the queue was full). Its destination
+                        // is unknown, but it is counted.
+                        self.stats.unreachable += 1;
+                        self.stats.errors_unreported += 1;
+                        debug!(
+                            "{} on {}: an ICMP error was dropped by the kernel",
+                            self.prefix, self.local
+                        );
+                    }
+                    return;
+                }
                 Err(e) => {
                     debug!(
                         "{} on {}: reading the error queue: {e}",
@@ -769,16 +1041,51 @@ impl PortCore {
         self.error_queue_pending = true;
     }
 
-    /// Keeps an error for `error_received`, unless too many are waiting already.
+    /// Keeps an error for `error_received`, unless too many are waiting already (then it
+    /// is counted as unreported).
     fn keep_error(&mut self, error: Error, addr: SocketAddr) {
         if self.errors.len() < ERRORS_KEPT {
             self.errors.push_back((error, addr));
         } else {
+            self.stats.errors_unreported += 1;
             debug!(
                 "{} on {}: {error} not passed to error_received ({ERRORS_KEPT} waiting)",
                 self.prefix, self.local
             );
         }
+    }
+
+    /// Counts, without telling the protocol, everything it has not been told yet: the
+    /// errors waiting (the kernel's queue read first) and the refusals. Used around
+    /// `stop_protocol`, after which no hook is called.
+    pub(crate) fn discard_pending(&mut self) {
+        self.read_error_queue();
+        if self.peer.is_some()
+            && let Ok(Some(e)) = self.socket.take_error()
+            && sys::classify(&e) == ErrorClass::Refused
+        {
+            // A refusal the kernel holds for the next call, which will not come.
+            self.stats.refused += 1;
+            self.refused_pending += 1;
+        }
+        let waiting = self.errors.len() + self.refused_pending as usize;
+        if waiting > 0 {
+            debug!(
+                "{} on {}: {waiting} errors not reported (the port is closing)",
+                self.prefix, self.local
+            );
+        }
+        self.stats.errors_unreported += waiting as u64;
+        self.errors.clear();
+        self.refused_pending = 0;
+        self.told_paused = self.write_paused;
+    }
+
+    /// Serves an adopted socket that is connected already as a connected port.
+    pub(crate) fn adopt_peer(&mut self, peer: SocketAddr) {
+        self.peer = Some(peer);
+        self.connected_local = self.socket.local_addr().ok();
+        self.set_error_queue(false);
     }
 
     /// Turns the kernel's error queue on (unconnected ports) or off (on connect: a
@@ -809,7 +1116,9 @@ impl PortCore {
         };
         let connected = self.peer.is_some();
         let mut next = 0;
-        let mut retried = false;
+        // Stale errors met since the last datagram the kernel took: each was raised by an
+        // earlier datagram and consumed by the call that met it, so the call is retried.
+        let mut retries = 0;
         while next < out.len() {
             let sent = if self.segmentation {
                 out.send_segmented(&self.socket, next, connected)
@@ -817,7 +1126,7 @@ impl PortCore {
                 out.send(&self.socket, next, connected)
             };
             match sent {
-                Err(e) if !retried && self.stale_error(&e) => retried = true,
+                Err(e) if retries < STALE_RETRIES && self.stale_error(&e) => retries += 1,
                 Err(e)
                     if self.segmentation
                         && out.first_run() > 1
@@ -840,12 +1149,18 @@ impl PortCore {
                     self.stats.datagrams_sent += sent as u64;
                     self.stats.bytes_sent += out.bytes(next, next + sent) as u64;
                     next += sent;
+                    retries = 0;
+                    if out.was_short() && self.error_queue {
+                        // The next message failed and sendmmsg kept its error to itself:
+                        // on loopback, an ICMP error raised by a message of this very call
+                        // (its entry is in the error queue; the datagram is sent again).
+                        self.error_queue_pending = true;
+                    }
                 }
                 Err(e) if sys::classify(&e) == ErrorClass::WouldBlock => {
                     for i in next..out.len() {
                         let (data, addr) = out.get(i);
-                        // Past the queue's bound it is counted as dropped; no caller to tell.
-                        let _ = self.enqueue(data, addr);
+                        self.queue_entry(data, addr);
                     }
                     break;
                 }
@@ -858,6 +1173,9 @@ impl PortCore {
         }
         out.clear();
         self.out = Some(out);
+        if self.error_queue_pending {
+            self.read_error_queue();
+        }
     }
 
     /// Takes back the lent send batch, empty.
@@ -866,9 +1184,14 @@ impl PortCore {
         self.out.take()
     }
 
-    /// Bytes waiting in the send queue.
+    /// What waits to be handed to the kernel, as charged against the flow-control marks
+    /// and the queue's bound: the send queue's entries and the writes gathered for the
+    /// batch being dispatched, each its payload and [`QUEUE_ENTRY_OVERHEAD`].
     pub(crate) fn queued_bytes(&self) -> usize {
-        self.queued_bytes
+        let gathered = self.out.as_ref().map_or(0, |out| {
+            out.total_bytes() + out.len() * QUEUE_ENTRY_OVERHEAD
+        });
+        self.queued_bytes + gathered
     }
 
     /// Whether the send queue is between its high- and low-water marks, coming down.
@@ -921,8 +1244,10 @@ impl PortCore {
     /// Takes in the socket's drop count as the kernel reported it.
     pub(crate) fn note_drops(&mut self, count: u32) {
         let seen = self.drops_seen.unwrap_or(0);
-        self.stats.kernel_dropped += u64::from(count.wrapping_sub(seen));
-        self.drops_seen = Some(count);
+        if let Some(new) = new_drops(seen, count) {
+            self.stats.kernel_dropped += u64::from(new);
+            self.drops_seen = Some(count);
+        }
     }
 
     /// The counters, with the kernel's drop count as it stands now.
@@ -930,10 +1255,40 @@ impl PortCore {
         let mut stats = self.stats;
         if let Some(seen) = self.drops_seen
             && let Some(now) = sys::drops_or_log(self.socket.as_raw_fd())
+            && let Some(new) = new_drops(seen, now)
         {
-            stats.kernel_dropped += u64::from(now.wrapping_sub(seen));
+            stats.kernel_dropped += u64::from(new);
         }
         stats
+    }
+
+    /// A panic in a hook a remote peer can trigger, or in a port timer: logged with the
+    /// port and the sender, counted; it closes the port only with `close_on_panic`.
+    /// Returns whether the port goes on.
+    fn hook_panicked(&mut self, hook: &str, message: &str, from: Option<SocketAddr>) -> bool {
+        self.stats.panics += 1;
+        let then = if self.close_on_panic {
+            "closing the port"
+        } else if from.is_some() {
+            "datagram dropped"
+        } else {
+            "event dropped"
+        };
+        match from {
+            Some(from) => error!(
+                "{} on {}: {hook} panicked on a datagram from {from}: {message}; {then}",
+                self.prefix, self.local
+            ),
+            None => error!(
+                "{} on {}: {hook} panicked: {message}; {then}",
+                self.prefix, self.local
+            ),
+        }
+        if self.close_on_panic {
+            self.closing = true;
+            return false;
+        }
+        true
     }
 
     fn on_panic(&mut self, hook: &str, message: &str) {
@@ -944,6 +1299,21 @@ impl PortCore {
         self.closing = true;
         self.panic = Some(message.to_owned());
     }
+}
+
+/// How often a send meeting an earlier datagram's ICMP error is retried without the
+/// kernel taking anything in between.
+const STALE_RETRIES: u32 = 8;
+
+/// The send queue's ring is shrunk back to this many entries once it empties.
+const QUEUE_KEPT_CAPACITY: usize = 1024;
+
+/// How many drops the kernel's count `now` adds to `seen`, or `None` if it adds none: the
+/// count only grows (modulo 2^32), but a datagram queued before the port opened carries
+/// the count of its time, which may be below the baseline read at opening.
+fn new_drops(seen: u32, now: u32) -> Option<u32> {
+    let new = now.wrapping_sub(seen);
+    (new != 0 && new <= u32::MAX / 2).then_some(new)
 }
 
 /// A copy of an I/O error (they are not `Clone`): the same OS error, or the same kind and

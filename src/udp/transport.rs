@@ -143,11 +143,18 @@ impl<'a> UdpTransport<'a> {
                 local: self.core.local,
             });
         }
+        // Writes gathered so far go to the addresses they were written to, before the
+        // socket's default destination changes; queued ones keep theirs (see `send_now`).
+        self.core.flush_out();
+        // Errors already queued for earlier datagrams are kept for error_received:
+        // turning the error queue off (below) empties it.
+        self.core.read_error_queue();
         self.core
             .socket
             .connect(addr)
             .map_err(|source| Error::Connect { addr, source })?;
         self.core.peer = Some(addr);
+        self.core.connected_local = self.core.socket.local_addr().ok();
         self.core.set_error_queue(false);
         Ok(())
     }
@@ -157,15 +164,19 @@ impl<'a> UdpTransport<'a> {
         self.core.peer
     }
 
-    /// The address the port is bound to, with the real port number when 0 was asked for.
+    /// The socket's address as the kernel has it (`getsockname`, as std's `local_addr`):
+    /// the bound address with the real port number when 0 was asked for, and once
+    /// [`connect`](Self::connect)ed, the address the kernel chose for the peer's route
+    /// where the port was bound to a wildcard. (`ListeningPort::local_addr` stays the
+    /// bound address.)
     pub fn local_addr(&self) -> SocketAddr {
-        self.core.local
+        self.core.connected_local.unwrap_or(self.core.local)
     }
 
     /// Twisted's name for [`local_addr`](Self::local_addr).
     #[doc(alias = "getHost")]
     pub fn get_host(&self) -> SocketAddr {
-        self.core.local
+        self.local_addr()
     }
 
     /// The receive buffer size: longer datagrams are dropped and counted.
@@ -198,8 +209,19 @@ impl<'a> UdpTransport<'a> {
         self.core.current_stats()
     }
 
-    /// Bytes waiting in the send queue for the kernel's buffer to drain (asyncio's
-    /// `get_write_buffer_size`).
+    /// Bytes waiting to be handed to the kernel (asyncio's `get_write_buffer_size`), as
+    /// they are charged against the flow-control marks and
+    /// [`ListenOptions::send_queue_limit`](crate::ListenOptions::send_queue_limit): the
+    /// send queue (filled while the kernel's buffer is full) and the writes gathered for
+    /// the batch being dispatched, each datagram its payload plus 128 bytes for the entry
+    /// itself (what it costs in memory, at least), so that empty datagrams are bounded too.
+    ///
+    /// A producer that heeds the pause never meets the bound: one that writes only while
+    /// [`is_write_paused`](Self::is_write_paused) is false (checked before each write), or
+    /// that stops at [`pause_producing`](crate::DatagramProtocol::pause_producing) and
+    /// writes less than the room between the marks and the bound in one hook. The pause
+    /// is told right after the hook whose write crossed the mark returns (after that one
+    /// datagram, inside a batch of received datagrams).
     #[doc(alias = "get_write_buffer_size")]
     pub fn write_buffer_size(&self) -> usize {
         self.core.queued_bytes()
@@ -263,7 +285,9 @@ impl<'a> UdpTransport<'a> {
 
     /// Schedules `f` to run every `interval` (first after one interval), with this port's
     /// protocol and transport: a port-scoped `LoopingCall`. Missed runs are skipped, not
-    /// bunched. It stops when cancelled or when the port closes.
+    /// bunched. It stops when cancelled, when the port closes, or when `f` panics (the
+    /// panic is logged and counted in [`PortStats::panics`], and the port goes on). An
+    /// interval of zero runs it once per turn (a busy loop, as in Twisted).
     ///
     /// # Errors
     ///
