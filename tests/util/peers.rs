@@ -1,9 +1,12 @@
 //! Peers written by others: Python 3 with its own `socket` module, and Twisted in a
 //! virtual environment that `.ci/run` installs under `target/twisted-venv`.
 //!
-//! A test whose peer is missing prints a `skipped:` line saying why and how to get it, and
-//! passes; where `TWINE_REQUIRE_PEERS=1` is set (`.ci/run` sets it once it has installed
-//! them), a missing peer fails the test instead.
+//! The tests that need Twisted are `#[ignore]`d (a plain `cargo test` lists them as
+//! ignored, with the reason): run on request, a missing Twisted fails them. Python 3 is on
+//! nearly every machine, so the tests that need only it run by default; where it is
+//! missing such a test prints a `skipped:` line saying why and passes, unless
+//! `TWINE_REQUIRE_PEERS=1` is set (`.ci/run` sets it where Python 3 is installed), where it
+//! fails.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -49,32 +52,48 @@ fn found_or_skip(peer: Result<PathBuf, String>, test: &str) -> Option<PathBuf> {
     }
 }
 
-/// Python 3 (`$TWINE_PYTHON`, else `python3` on the PATH), or `None` after printing why
-/// the test is skipped.
-pub fn python3(test: &str) -> Option<PathBuf> {
+/// Python 3 (`$TWINE_PYTHON`, else `python3` on the PATH), or why there is none.
+fn find_python3() -> Result<PathBuf, String> {
     let python = std::env::var("TWINE_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let found = python_runs(
+    python_runs(
         &python,
         "import socket, sys; assert sys.version_info >= (3, 8)",
     )
     .map(|()| PathBuf::from(&python))
-    .map_err(|e| format!("no usable Python 3: {e}"));
-    found_or_skip(found, test)
+    .map_err(|e| format!("no usable Python 3: {e}"))
+}
+
+/// Python 3, or `None` after printing why the test is skipped (for the tests that run by
+/// default).
+pub fn python3(test: &str) -> Option<PathBuf> {
+    found_or_skip(find_python3(), test)
+}
+
+/// Python 3, for an ignored test run on request: a missing one fails it.
+#[track_caller]
+pub fn python3_required(test: &str) -> PathBuf {
+    match find_python3() {
+        Ok(python) => python,
+        Err(why) => panic!("{test} needs Python 3: {why}"),
+    }
 }
 
 /// The Python of the Twisted virtual environment (`$TWINE_TWISTED_PYTHON`, else
-/// `target/twisted-venv/bin/python`), or `None` after printing why the test is skipped.
-pub fn twisted(test: &str) -> Option<PathBuf> {
+/// `target/twisted-venv/bin/python`). The tests that need it are ignored unless asked
+/// for, so a missing one fails the test, saying how to install it.
+#[track_caller]
+pub fn twisted(test: &str) -> PathBuf {
     let python = std::env::var("TWINE_TWISTED_PYTHON").unwrap_or_else(|_| {
         format!(
             "{}/target/twisted-venv/bin/python",
             env!("CARGO_MANIFEST_DIR")
         )
     });
-    let found = python_runs(&python, "import twisted.internet.reactor")
-        .map(|()| PathBuf::from(&python))
-        .map_err(|e| {
-            format!("no Twisted ({e}); `bash .ci/twisted-venv` installs it under target/")
-        });
-    found_or_skip(found, test)
+    match python_runs(&python, "import twisted.internet.reactor") {
+        Ok(()) => PathBuf::from(python),
+        Err(e) => panic!(
+            "{test} needs Twisted: {e}; `bash .ci/twisted-venv` installs it under target/ \
+             (or point TWINE_TWISTED_PYTHON at a Python that has it)"
+        ),
+    }
 }
