@@ -1109,18 +1109,31 @@ impl Reactor {
 
     fn close_all(&mut self) {
         self.stop_requested = false;
-        let keys: Vec<PortKey> = self
-            .ports
-            .iter()
-            .map(|(index, slot)| PortKey {
-                index,
-                generation: slot.generation,
-            })
-            .collect();
-        for key in keys {
-            self.request_close(key);
+        // Ports opened by the stop_protocols of this teardown close too, in rounds: a
+        // protocol that opens a port in every stop_protocol is cut off after a few.
+        for _ in 0..CLOSE_ROUNDS {
+            if self.ports.is_empty() {
+                break;
+            }
+            let keys: Vec<PortKey> = self
+                .ports
+                .iter()
+                .map(|(index, slot)| PortKey {
+                    index,
+                    generation: slot.generation,
+                })
+                .collect();
+            for key in keys {
+                self.request_close(key);
+            }
+            self.process_closes();
         }
-        self.process_closes();
+        if !self.ports.is_empty() {
+            error!(
+                "{} ports still open after {CLOSE_ROUNDS} rounds of closing (each stop_protocol opened another)",
+                self.ports.len()
+            );
+        }
         // A stop asked for by a stop_protocol of this teardown is this stop, not the next.
         self.stop_requested = false;
         info!("reactor stopped");
@@ -1143,6 +1156,9 @@ impl Reactor {
         }
     }
 }
+
+/// How many rounds a reactor's stop closes ports opened while it closes the others.
+const CLOSE_ROUNDS: usize = 16;
 
 /// Port generations, unique in the process.
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(0);

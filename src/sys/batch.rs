@@ -15,13 +15,15 @@ use std::os::fd::AsRawFd;
 use super::unix::{sockaddr_to_std, std_to_sockaddr};
 use imp::Mmsg;
 
-/// A reusable set of receive buffers (`capacity` slots of `slot` bytes each), filled by one
-/// `recvmmsg` call. Empty by default: [`reserve`](Self::reserve) gives it room.
+/// A reusable set of receive buffers, filled by one `recvmmsg` call: one buffer cut into
+/// slots of the size each call asks for, so that it holds `capacity` datagrams of `slot`
+/// bytes for the largest such product asked for, not for the largest capacity times the
+/// largest slot. Empty by default: [`reserve`](Self::reserve) gives it room.
 #[derive(Default)]
 pub struct RecvBatch {
     bufs: Vec<u8>,
-    slot: usize,
-    /// The `iov_len` every header carries now.
+    /// The slot size the iovecs are laid out for now (each iovec's `iov_len`, and the
+    /// stride between them); 0 when they must be laid out again.
     max: usize,
     /// Headers the last call handed the kernel, whose `msg_namelen` it overwrote.
     used: usize,
@@ -55,7 +57,7 @@ impl std::fmt::Debug for RecvBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecvBatch")
             .field("capacity", &self.capacity())
-            .field("slot", &self.slot)
+            .field("bytes", &self.bufs.len())
             .finish()
     }
 }
@@ -72,33 +74,32 @@ fn zeroed<T: Copy>() -> T {
 }
 
 impl RecvBatch {
-    /// How many datagrams one call can read.
+    /// How many datagrams one call can read at most (fewer of a slot size larger than
+    /// what [`reserve`](Self::reserve) was given with that many).
     pub fn capacity(&self) -> usize {
         self.hdrs.len()
     }
 
-    /// Grows the batch to at least `capacity` slots of at least `slot` bytes (never
-    /// shrinks). Allocates only when it grows.
+    /// Grows the batch to read at least `capacity` datagrams of up to `slot` bytes in one
+    /// call (never shrinks). Allocates only when it grows.
     pub fn reserve(&mut self, capacity: usize, slot: usize) {
-        if capacity <= self.capacity() && slot <= self.slot {
+        let bytes = capacity.saturating_mul(slot);
+        if bytes > self.bufs.len() {
+            self.bufs = vec![0; bytes];
+            // The iovecs pointed into the old buffer.
+            self.max = 0;
+        }
+        if capacity <= self.capacity() {
             return;
         }
-        let capacity = capacity.max(self.capacity());
-        self.slot = slot.max(self.slot);
-        self.bufs = vec![0; capacity * self.slot];
         self.names = vec![zeroed(); capacity];
         self.iovs = vec![zeroed(); capacity];
         self.hdrs = vec![zeroed(); capacity];
         self.controls = vec![RecvControl([0; 32]); capacity];
-        // Every header points at its own name and iovec, and every iovec at its own slot,
-        // for as long as these vectors live; `recv` only resets what the kernel changed.
-        let base = self.bufs.as_mut_ptr();
+        // Every header points at its own name, iovec and control room for as long as these
+        // vectors live; `recv` lays the iovecs out over the buffer and only resets what
+        // the kernel changed.
         for i in 0..capacity {
-            self.iovs[i] = libc::iovec {
-                // SAFETY: i < capacity, so slot i lies inside `bufs` (capacity * slot bytes).
-                iov_base: unsafe { base.add(i * self.slot) }.cast(),
-                iov_len: self.slot,
-            };
             let hdr = &mut self.hdrs[i].msg_hdr;
             hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
             hdr.msg_namelen = NAME_LEN;
@@ -107,19 +108,28 @@ impl RecvBatch {
             hdr.msg_control = (&mut self.controls[i] as *mut RecvControl).cast();
             hdr.msg_controllen = mem::size_of::<RecvControl>() as _;
         }
-        self.max = self.slot;
+        self.max = 0;
         self.used = 0;
     }
 
-    /// Reads up to `count` datagrams (at most the capacity) of up to `max` bytes each (at
-    /// most the slot size) without blocking; returns how many were read. `EINTR` is
-    /// retried; `EAGAIN` and every other error are returned as they are.
+    /// Reads up to `count` datagrams (at most the capacity, and at most as many slots of
+    /// `max` bytes as the buffer holds) of up to `max` bytes each without blocking;
+    /// returns how many were read. `EINTR` is retried; `EAGAIN` and every other error are
+    /// returned as they are.
     pub fn recv(&mut self, fd: &impl AsRawFd, count: usize, max: usize) -> io::Result<usize> {
-        let count = count.min(self.capacity());
-        let max = max.min(self.slot);
+        let max = max.max(1);
+        let room = self.bufs.len() / max;
+        let count = count.min(self.capacity()).min(room);
         if max != self.max {
-            for iov in &mut self.iovs {
-                iov.iov_len = max;
+            // Lay the iovecs out as consecutive slots of `max` bytes.
+            let base = self.bufs.as_mut_ptr();
+            for (i, iov) in self.iovs.iter_mut().enumerate().take(room) {
+                *iov = libc::iovec {
+                    // SAFETY: i < room = bufs.len() / max, so slot i (i * max .. (i + 1) *
+                    // max) lies inside `bufs`.
+                    iov_base: unsafe { base.add(i * max) }.cast(),
+                    iov_len: max,
+                };
             }
             self.max = max;
         }
@@ -136,7 +146,7 @@ impl RecvBatch {
     /// Datagram `i` of the last [`recv`](Self::recv) (`i` below what it returned).
     #[inline]
     pub fn get(&self, i: usize) -> Datagram<'_> {
-        let start = i * self.slot;
+        let start = i * self.max;
         datagram(
             &self.hdrs[i],
             &self.names[i],
@@ -155,13 +165,13 @@ impl RecvBatch {
     /// last).
     #[inline]
     pub fn datagrams_from(&self, from: usize) -> impl Iterator<Item = Datagram<'_>> {
-        let (used, max, slot) = (self.used, self.max, self.slot.max(1));
+        let (used, slot) = (self.used, self.max.max(1));
         let from = from.min(used);
         self.hdrs[from..used]
             .iter()
             .zip(&self.names[from..used])
             .zip(self.bufs[(from * slot).min(self.bufs.len())..].chunks_exact(slot))
-            .map(move |((m, name), slot)| datagram(m, name, &slot[..max]))
+            .map(|((m, name), slot)| datagram(m, name, slot))
     }
 
     /// The socket's receive-queue drop count as the kernel attached it to the last

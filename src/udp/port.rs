@@ -170,9 +170,6 @@ pub(crate) struct PortCore {
     error_queue: bool,
     /// The error queue has entries to read (a call met the error they raised).
     error_queue_pending: bool,
-    /// A call met an ICMP error (the kernel's latest, kept for the next call) since the
-    /// error queue was last read: if the read finds no ICMP entry, the kernel dropped it.
-    stale_met: bool,
     /// A panic in a hook a peer can trigger closes the port (else it costs that event).
     close_on_panic: bool,
     /// The hook `report_pending` is calling, named if it panics.
@@ -191,6 +188,8 @@ pub(crate) struct PortCore {
     /// Writes gathered while a batch of received datagrams is dispatched (the reactor's
     /// send batch, lent for that time); sent with one `sendmmsg`.
     out: Option<Box<SendBatch>>,
+    /// The send batch while the report hooks run (they send at once).
+    parked_out: Option<Box<SendBatch>>,
     queue: VecDeque<(Box<[u8]>, SocketAddr)>,
     queued_bytes: usize,
     queue_limit: usize,
@@ -245,7 +244,6 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 errors: VecDeque::new(),
                 error_queue: false,
                 error_queue_pending: false,
-                stale_met: false,
                 close_on_panic: opts.close_on_panic,
                 reporting: None,
                 panic: None,
@@ -256,6 +254,7 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 batch_size: opts.batch_size,
                 segmentation: opts.segmentation,
                 out: None,
+                parked_out: None,
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 queue_limit: opts.send_queue_limit,
@@ -353,6 +352,14 @@ const MAX_RESUMES: usize = 4 * ERRORS_KEPT;
 /// `error_received` for the errors met since (reading the kernel's error queue first if a
 /// call found it had entries). Bounded, since those hooks may write and meet more.
 fn report_pending<P: DatagramProtocol>(protocol: &mut P, t: &mut UdpTransport<'_>) {
+    if !t.core.has_pending() {
+        return;
+    }
+    // What was gathered goes now (its errors are reported below), and writes made by the
+    // hooks below are sent at once, their errors returned to them: a batch gathered here
+    // would be sent after the last report of the dispatch, and its errors wait for the
+    // next event.
+    t.core.park_out();
     while t.core.refused_pending > 0 {
         t.core.refused_pending -= 1;
         t.core.reporting = Some("connection_refused");
@@ -368,8 +375,11 @@ fn report_pending<P: DatagramProtocol>(protocol: &mut P, t: &mut UdpTransport<'_
         };
         t.core.reporting = Some("error_received");
         protocol.error_received(t, &error, addr);
+        // Its writes may have crossed a mark.
+        tell_flow(protocol, t);
     }
     t.core.reporting = None;
+    t.core.unpark_out();
 }
 
 /// Flow control: tells the protocol of a change since it was last told (a pause and a
@@ -490,6 +500,7 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
                     break;
                 }
                 Err(panic) => {
+                    self.core.unpark_out();
                     let (hook, from) = match self.core.reporting.take() {
                         Some(hook) => (hook, None),
                         None => {
@@ -506,6 +517,11 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
                         }
                     };
                     if !self.core.hook_panicked(hook, &panic_message(&*panic), from) {
+                        // The port closes: what is left of the batch is read, not
+                        // delivered, and counted.
+                        if state.in_batch {
+                            self.core.stats.dropped_at_stop += (state.got - state.next) as u64;
+                        }
                         more = Some(false);
                         break;
                     }
@@ -651,8 +667,9 @@ fn finish_batch<P: DatagramProtocol>(
     ring: &mut RecvBatch,
     st: &mut ReadState,
 ) -> bool {
-    let mut stopped = false;
     let mut next = st.next;
+    // Going on after a hook that asked for a stop and then panicked: none of the rest.
+    let mut stopped = next > 0 && t.reactor.stops_asked() != st.stops && must_stop(t);
     // Counted against the budgets once the batch is done; going on after a panic, the
     // datagrams handed on before it count too.
     let mut bytes: usize = ring
@@ -660,7 +677,8 @@ fn finish_batch<P: DatagramProtocol>(
         .take(next)
         .map(|d| d.data.len())
         .sum();
-    for d in ring.datagrams_from(next) {
+    let rest = if stopped { st.got } else { next };
+    for d in ring.datagrams_from(rest) {
         next += 1;
         // Where to go on from if this datagram's hook panics.
         st.next = next;
@@ -720,7 +738,7 @@ fn deliver_from<P: DatagramProtocol>(
     from: SocketAddr,
 ) {
     if let Some(peer) = t.core.peer
-        && (peer.ip() != from.ip() || peer.port() != from.port())
+        && !is_peer(&peer, &from)
     {
         // Queued before `connect`: not the peer's, so not delivered.
         t.core.stats.not_from_peer += 1;
@@ -817,7 +835,7 @@ impl PortCore {
                 max: self.max_send,
             });
         }
-        if let Some(peer) = self.peer.filter(|p| *p != addr) {
+        if let Some(peer) = self.peer.filter(|p| !is_peer(p, &addr)) {
             return Err(Error::WrongPeer {
                 peer,
                 requested: addr,
@@ -841,7 +859,7 @@ impl PortCore {
         loop {
             // A datagram written before `connect` to another address still goes there
             // (Linux takes a destination on a connected UDP socket), never to the peer.
-            let sent = if self.peer == Some(addr) {
+            let sent = if self.peer.is_some_and(|p| is_peer(&p, &addr)) {
                 self.socket.send(data)
             } else {
                 self.socket.send_to(data, addr)
@@ -959,24 +977,37 @@ impl PortCore {
     ///
     /// The queue is read at once, so that it never fills up (its entries are charged to
     /// the socket's receive buffer, and past it the kernel drops new errors and datagrams).
+    ///
+    /// Only a refusal is surely stale (a UDP send never fails with one of its own); other
+    /// ICMP-class errors (host or network unreachable, too long) are stale when the error
+    /// queue holds an ICMP entry, and else are the call's own (a route missing here).
     pub(crate) fn stale_error(&mut self, e: &std::io::Error) -> bool {
-        if self.error_queue && self.peer.is_none() && sys::is_icmp_error(e) {
-            self.stale_met = true;
-            self.read_error_queue();
-            true
-        } else {
-            false
+        if !(self.error_queue && self.peer.is_none() && sys::is_icmp_error(e)) {
+            return false;
         }
+        let icmp = self.read_error_queue();
+        let refused = sys::classify(e) == ErrorClass::Refused;
+        if icmp == 0 && refused {
+            // A refusal whose entry is not in the queue: the kernel could not queue it
+            // (the queue was full). Its destination is unknown, but it is counted.
+            self.stats.unreachable += 1;
+            self.stats.errors_unreported += 1;
+            debug!(
+                "{} on {}: an ICMP error was dropped by the kernel",
+                self.prefix, self.local
+            );
+        }
+        icmp > 0 || refused
     }
 
     /// Reads the kernel's error queue: each entry is counted and kept for
-    /// `error_received` with the destination it names.
-    pub(crate) fn read_error_queue(&mut self) {
+    /// `error_received` with the destination it names. Returns how many ICMP errors it
+    /// read.
+    pub(crate) fn read_error_queue(&mut self) -> usize {
         self.error_queue_pending = false;
         if !self.error_queue {
-            return;
+            return 0;
         }
-        let met = std::mem::take(&mut self.stale_met);
         let mut icmp = 0;
         let fd = self.socket.as_raw_fd();
         for _ in 0..ERROR_QUEUE_READS {
@@ -1014,31 +1045,19 @@ impl PortCore {
                     };
                     self.keep_error(error, addr);
                 }
-                Ok(None) => {
-                    if met && icmp == 0 {
-                        // A call met an ICMP error whose entry is not in the queue: the
-                        // kernel could not queue it (the queue was full). Its destination
-                        // is unknown, but it is counted.
-                        self.stats.unreachable += 1;
-                        self.stats.errors_unreported += 1;
-                        debug!(
-                            "{} on {}: an ICMP error was dropped by the kernel",
-                            self.prefix, self.local
-                        );
-                    }
-                    return;
-                }
+                Ok(None) => return icmp,
                 Err(e) => {
                     debug!(
                         "{} on {}: reading the error queue: {e}",
                         self.prefix, self.local
                     );
-                    return;
+                    return icmp;
                 }
             }
         }
         // More than one read's worth: the rest on the next call.
         self.error_queue_pending = true;
+        icmp
     }
 
     /// Keeps an error for `error_received`, unless too many are waiting already (then it
@@ -1180,8 +1199,37 @@ impl PortCore {
 
     /// Takes back the lent send batch, empty.
     fn take_out(&mut self) -> Option<Box<SendBatch>> {
+        self.unpark_out();
         self.flush_out();
         self.out.take()
+    }
+
+    /// Whether something waits to be told to the protocol.
+    #[inline]
+    fn has_pending(&self) -> bool {
+        self.refused_pending > 0
+            || self.error_queue_pending
+            || self.write_paused != self.told_paused
+            || !self.errors.is_empty()
+    }
+
+    /// Sends what is gathered and stops gathering (writes go out at once) until
+    /// [`unpark_out`](Self::unpark_out).
+    fn park_out(&mut self) {
+        if self.out.as_ref().is_some_and(|out| !out.is_empty()) {
+            self.flush_out();
+        }
+        if self.out.is_some() {
+            self.parked_out = self.out.take();
+        }
+    }
+
+    /// Gathers writes again, if [`park_out`](Self::park_out) stopped it (also after a
+    /// panic in between).
+    fn unpark_out(&mut self) {
+        if let Some(out) = self.parked_out.take() {
+            self.out = Some(out);
+        }
     }
 
     /// What waits to be handed to the kernel, as charged against the flow-control marks
@@ -1298,6 +1346,21 @@ impl PortCore {
         );
         self.closing = true;
         self.panic = Some(message.to_owned());
+    }
+}
+
+/// Whether `addr` names the connected peer `peer` (as the kernel gave it at connect): the
+/// same IP and port; a scope id counts only where both give one, a flow label never.
+#[inline]
+pub(crate) fn is_peer(peer: &SocketAddr, addr: &SocketAddr) -> bool {
+    match (peer, addr) {
+        (SocketAddr::V4(p), SocketAddr::V4(a)) => p == a,
+        (SocketAddr::V6(p), SocketAddr::V6(a)) => {
+            p.ip() == a.ip()
+                && p.port() == a.port()
+                && (p.scope_id() == 0 || a.scope_id() == 0 || p.scope_id() == a.scope_id())
+        }
+        _ => false,
     }
 }
 

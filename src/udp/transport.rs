@@ -107,7 +107,16 @@ impl<'a> UdpTransport<'a> {
 
     /// Connects the port to `addr`: writes then need no address, only `addr`'s datagrams
     /// are delivered, and a refusal (ICMP port unreachable) calls `connection_refused`.
-    /// A port connects once; there is no disconnect (as in Twisted).
+    /// A port connects once; there is no disconnect (as in Twisted). The peer is the
+    /// address the kernel connected to (`0.0.0.0:p` becomes `127.0.0.1:p`, say), as
+    /// [`peer_addr`](Self::peer_addr) then says.
+    ///
+    /// Writes made before, to other addresses, still go there (gathered ones are sent
+    /// first). On a connected port the kernel's error queue is off, as Twisted's ports
+    /// have it: a refusal is told through `connection_refused`, and another ICMP error
+    /// about an earlier datagram (host or network unreachable) comes back as the next
+    /// send's own [`Error::Send`], since the kernel gives no way to tell the two apart
+    /// there.
     ///
     /// # Errors
     ///
@@ -153,7 +162,8 @@ impl<'a> UdpTransport<'a> {
             .socket
             .connect(addr)
             .map_err(|source| Error::Connect { addr, source })?;
-        self.core.peer = Some(addr);
+        // The kernel's own view of the peer: what `from` will say of its datagrams.
+        self.core.peer = Some(self.core.socket.peer_addr().unwrap_or(addr));
         self.core.connected_local = self.core.socket.local_addr().ok();
         self.core.set_error_queue(false);
         Ok(())
