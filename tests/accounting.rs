@@ -119,13 +119,25 @@ fn deliver_truncated_hands_the_first_bytes_and_the_whole_length() {
     );
 }
 
+/// Drops counted where no socket sees them: the per-CPU backlog of packets received
+/// (`/proc/net/softnet_stat`, second column, in hex, summed over the CPUs). Loopback
+/// delivers through it; a datagram dropped there never reaches the port's queue, so no
+/// socket counter includes it. System-wide.
+fn softnet_dropped() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|c| u64::from_str_radix(c, 16).ok())
+        .sum()
+}
+
 /// A burst larger than a small receive buffer, sent before the port reads anything: what
 /// the kernel could not queue is counted as dropped, so that received + dropped is
 /// exactly what was sent, and the stop line in the log says so.
 #[test]
 fn kernel_drops_are_counted_so_that_every_datagram_is_accounted_for() {
     init_logging();
-    const SENT: usize = 2000;
+    const SENT: u64 = 2000;
     let mut reactor = Reactor::new().expect("reactor");
     let seen = Rc::new(RefCell::new(Seen::default()));
     let port = reactor
@@ -138,36 +150,50 @@ fn kernel_drops_are_counted_so_that_every_datagram_is_accounted_for() {
         .expect("listen");
     let addr = port.local_addr();
     let c = client();
+    let softnet_before = softnet_dropped();
     for i in 0..SENT {
         c.send_to(&(i as u32).to_be_bytes().repeat(64), addr)
             .expect("send");
     }
-    // Drain: until a quiet period after the last arrival (loopback delivers inside
-    // send_to, so everything not dropped is queued already).
+    // Drain until every datagram is accounted for: loopback queues a datagram (or drops
+    // it, counted by the socket) inside `send_to`, or, rarely, from the kernel's per-CPU
+    // backlog a moment later, where it may also be dropped uncounted by any socket. So the
+    // drain turns until the counts add up, or the deadline passes and the assertions below
+    // say what is missing.
     let deadline = Instant::now() + DEADLINE;
-    let mut last = (0, Instant::now());
-    while Instant::now() < deadline {
-        reactor
-            .run_until(Duration::from_millis(20), |_| false)
-            .expect("run");
-        let n = seen.borrow().whole.len();
-        if n != last.0 {
-            last = (n, Instant::now());
-        } else if last.1.elapsed() > Duration::from_millis(100) {
+    loop {
+        let stats = reactor.port_stats(&port).expect("port is open");
+        let accounted = stats.datagrams_received + stats.kernel_dropped + stats.truncated;
+        if accounted >= SENT || Instant::now() >= deadline {
             break;
         }
+        reactor
+            .iterate(Duration::from_millis(20))
+            .expect("reactor turn");
     }
     let stats = stats_of(&mut reactor, &port);
     let received = seen.borrow().whole.len() as u64;
     assert_eq!(stats.datagrams_received, received);
+    assert_eq!(
+        stats.truncated, 0,
+        "no datagram is over the maximum: {stats:?}"
+    );
     assert!(
         stats.kernel_dropped > 0,
         "a 64 KiB buffer cannot hold {SENT} datagrams of 256 bytes: {stats:?}"
     );
-    assert_eq!(
-        received + stats.kernel_dropped,
-        SENT as u64,
-        "every datagram is received or counted as dropped: {stats:?}"
+    // Only the per-CPU backlog can drop a loopback datagram where no socket counts it; its
+    // counter is system-wide, so it bounds (not equals) what this burst lost there. It is
+    // normally zero: loopback delivery runs in the sender's own `send_to`.
+    let accounted = received + stats.kernel_dropped;
+    let unseen = SENT.saturating_sub(accounted);
+    let softnet = softnet_dropped().wrapping_sub(softnet_before);
+    assert!(
+        accounted <= SENT && unseen <= softnet,
+        "every datagram is received or counted as dropped: received {received} + kernel \
+         dropped {} = {accounted} of {SENT} (backlog drops meanwhile, system-wide: \
+         {softnet}): {stats:?}",
+        stats.kernel_dropped
     );
     reactor.stop_listening(&port);
     let line = format!(

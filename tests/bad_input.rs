@@ -273,10 +273,31 @@ const BAD_HOSTS: &[&str] = &[
     "fe80::1%no-such-if0",
 ];
 
+/// The reason an address text (`IP:PORT`) that does not parse as a socket address literal
+/// is refused with: the literal parser's, which is all that runs on the text.
+const NOT_A_SOCKET_ADDR_LITERAL: &str = "expected IP:PORT or [IPv6]:PORT with an IP literal";
+/// The reason the host of a `(host, port)` pair that does not parse as an IP literal (with
+/// its scope, if any) is refused with: the literal parser's.
+const NOT_AN_IP_LITERAL: &str = "only IP addresses are accepted, not hostnames";
+
+/// `result` is `InvalidAddress` for exactly `input`, refused by the literal parser with
+/// `reason`: the text was never handed to a name resolver.
+#[track_caller]
+fn not_a_literal<T: std::fmt::Debug>(result: twine::Result<T>, input: &str, reason: &str) {
+    if let Err(Error::InvalidAddress { reason: got, .. }) = &result {
+        assert_eq!(
+            *got, reason,
+            "{input:?}: refused, but not as text that is not an IP literal"
+        );
+    }
+    invalid_address(result, input);
+}
+
 /// Every bad address text, as `&str`, `String` and `&String`, to `write` and `connect` on
 /// both families: `InvalidAddress` naming the text, nothing sent, the port unconnected.
-/// A hostname is refused as fast as garbage: no name is looked up (`localhost` would
-/// resolve).
+/// No name is looked up: each text is refused by the literal parser (the error's reason
+/// says so), and `localhost:9`, which a lookup would resolve to a loopback address, is
+/// refused like garbage. The time the checks took is printed, not bounded.
 #[test]
 fn address_text_that_is_not_an_ip_literal_is_invalid_address() {
     let _fds = fds_shared();
@@ -287,27 +308,31 @@ fn address_text_that_is_not_an_ip_literal_is_invalid_address() {
     for port in [&v4, &v6] {
         with(&mut reactor, port, |t| {
             for &text in BAD_SOCKET_ADDR_TEXT {
-                invalid_address(t.write(b"x", text), text);
+                let reason = NOT_A_SOCKET_ADDR_LITERAL;
+                not_a_literal(t.write(b"x", text), text, reason);
                 let owned = text.to_owned();
-                invalid_address(t.write(b"x", &owned), text);
-                invalid_address(t.write(b"x", owned), text);
-                invalid_address(t.connect(text), text);
+                not_a_literal(t.write(b"x", &owned), text, reason);
+                not_a_literal(t.write(b"x", owned), text, reason);
+                not_a_literal(t.connect(text), text, reason);
                 assert_eq!(t.peer_addr(), None, "{text:?} left the port unconnected");
             }
             assert_eq!(t.stats().datagrams_sent, 0);
         });
     }
-    let took = began.elapsed();
-    assert!(
-        took < Duration::from_secs(1),
-        "no name lookups: took {took:?}"
+    println!(
+        "{} address texts refused in {:?}",
+        4 * 2 * BAD_SOCKET_ADDR_TEXT.len(),
+        began.elapsed()
     );
     witness(&mut reactor, &[v4.local_addr(), v6.local_addr()]);
 }
 
 /// `(host, port)` pairs whose host is a hostname, garbage, or names a scope of no
 /// interface, to `write` and `connect` on both families, outside and inside a hook:
-/// `InvalidAddress` naming the host.
+/// `InvalidAddress` naming the host. No name is looked up: each host is refused by the
+/// literal parser (the error's reason says so), and `localhost` and `ip6-localhost`, which
+/// a lookup would resolve to loopback addresses, are refused like garbage. The time the
+/// checks took is printed, not bounded.
 #[test]
 fn host_port_pairs_without_an_ip_literal_are_invalid_address() {
     let _fds = fds_shared();
@@ -318,26 +343,30 @@ fn host_port_pairs_without_an_ip_literal_are_invalid_address() {
     for port in [&v4, &v6] {
         with(&mut reactor, port, |t| {
             for &host in BAD_HOSTS {
-                invalid_address(t.write(b"x", (host, 9)), host);
-                invalid_address(t.connect((host, 9)), host);
+                not_a_literal(t.write(b"x", (host, 9)), host, NOT_AN_IP_LITERAL);
+                not_a_literal(t.connect((host, 9)), host, NOT_AN_IP_LITERAL);
                 assert_eq!(t.peer_addr(), None);
             }
         });
     }
-    let took = began.elapsed();
-    assert!(
-        took < Duration::from_secs(1),
-        "no name lookups: took {took:?}"
+    println!(
+        "{} hosts refused in {:?}",
+        2 * 2 * BAD_HOSTS.len(),
+        began.elapsed()
     );
     let (results, hooked) = in_hook(&mut reactor, "127.0.0.1", |t, _| {
         let mut out: Vec<_> = BAD_HOSTS.iter().map(|&h| t.write(b"x", (h, 9))).collect();
         out.extend(BAD_SOCKET_ADDR_TEXT.iter().map(|&a| t.write(b"x", a)));
         out
     });
-    let inputs = BAD_HOSTS.iter().chain(BAD_SOCKET_ADDR_TEXT);
+    let inputs = BAD_HOSTS.iter().map(|&h| (h, NOT_AN_IP_LITERAL)).chain(
+        BAD_SOCKET_ADDR_TEXT
+            .iter()
+            .map(|&a| (a, NOT_A_SOCKET_ADDR_LITERAL)),
+    );
     assert_eq!(results.len(), BAD_HOSTS.len() + BAD_SOCKET_ADDR_TEXT.len());
-    for (result, &input) in results.into_iter().zip(inputs) {
-        invalid_address(result, input);
+    for (result, (input, reason)) in results.into_iter().zip(inputs) {
+        not_a_literal(result, input, reason);
     }
     witness(
         &mut reactor,

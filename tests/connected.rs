@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use twine::{DatagramProtocol, Error, ListenOptions, ListeningPort, Reactor, UdpTransport};
 use util::{
-    Event, Events, OnStart, Recorder, client, client_on, count, datagrams, drive, drive_for,
-    drive_recv, init_logging, listen_loopback, with,
+    DEADLINE, Event, Events, OnStart, Recorder, client, client_on, count, datagrams, drive,
+    drive_for, drive_recv, init_logging, listen_loopback, with,
 };
 
 fn on_start<F: FnMut(&mut UdpTransport<'_>) + 'static>(start: F) -> (OnStart<F>, Events) {
@@ -46,9 +46,9 @@ fn connect<P: DatagramProtocol>(reactor: &mut Reactor, port: &ListeningPort<P>, 
 /// Sends on a connected port until a send returns [`Error::ConnectionRefused`] (the
 /// refusal of an earlier one), sleeping a little between tries: the reactor is not turned
 /// meanwhile, so only the write path can see the refusal. Returns the sends that went out
-/// before it, and the error's peer. Panics after a second of successful sends.
+/// before it, and the error's peer. Panics if none is refused within [`DEADLINE`].
 fn send_until_refused(t: &mut UdpTransport<'_>) -> (usize, SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(1);
+    let deadline = Instant::now() + DEADLINE;
     let mut sent = 0;
     loop {
         match t.send(b"probe") {
@@ -58,7 +58,7 @@ fn send_until_refused(t: &mut UdpTransport<'_>) -> (usize, SocketAddr) {
         }
         assert!(
             Instant::now() < deadline,
-            "no send was refused in a second ({sent} went out)"
+            "no send was refused within {DEADLINE:?} ({sent} went out)"
         );
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -1,14 +1,13 @@
-//! Port lifecycle (issue item 7), fairness (item 9) and fault isolation (item 11):
-//! start_protocol / stop_protocol ordering, stopping from callbacks, reactor stop, stale
-//! handles, a flooded port beside a ping-pong port and a timer, read budgets, and panics.
+//! Port lifecycle, fairness and fault isolation: start_protocol / stop_protocol ordering,
+//! stopping from callbacks, reactor stop, stale handles, a flooded port beside a ping-pong
+//! port and a timer, read budgets, and panics.
 
 mod util;
 
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -617,96 +616,234 @@ fn stale_port_handle_does_not_reach_the_port_reusing_its_slot() {
 
 // ----- fairness ----------------------------------------------------------------------------
 
-/// Burns CPU for `d`, as a protocol doing real work per datagram would.
-fn busy(d: Duration) {
-    let until = Instant::now() + d;
-    while Instant::now() < until {
-        std::hint::spin_loop();
-    }
+/// A port adopted from a socket the test keeps: the kept socket is a view of the port's own
+/// (the same open socket), which the test only peeks at, to see whether the port has data
+/// queued.
+fn adopted_with_view<P: DatagramProtocol>(
+    reactor: &mut Reactor,
+    opts: ListenOptions,
+    protocol: P,
+) -> (ListeningPort<P>, UdpSocket) {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a socket to adopt");
+    let port = reactor
+        .adopt_with(socket.as_raw_fd(), opts, protocol)
+        .expect("adopt");
+    socket.set_nonblocking(true).expect("non-blocking view");
+    (port, socket)
 }
 
-/// While port A is flooded, port B's ping-pong and a 5 ms timer are served before the flood ends.
+/// Whether a datagram is queued on `view`'s socket (peeked at, not taken).
+fn has_data(view: &UdpSocket) -> bool {
+    view.peek_from(&mut [0u8; 1]).is_ok()
+}
+
+/// Port A's queue is topped up past its read budget before every turn, so that it ends
+/// turn after turn with data left over, while port B plays ping-pong (one ping at a time)
+/// and a 5 ms `call_every` runs. The test drives the reactor one `iterate` per turn and
+/// checks, in turns, what holds whatever the scheduler does:
+///
+/// - A delivers at most its read budget in a turn, and, having ended turn `t` with data
+///   queued, is served again by turn `t + 2`.
+/// - A ping seen in B's queue before turn `j` began is delivered in turn `j` or `j + 1`.
+/// - The timer runs in every turn that begins once its next run is surely due.
+///
+/// Why `t + 2` and `j + 1`: the kernel raises a socket's readiness right after queueing a
+/// datagram, so a poll may just miss a datagram the test has already seen queued; the
+/// next turn polls after that one has run to its end, and the readiness is raised by
+/// then. (A port that read its whole budget is served again in the next turn without
+/// waiting for readiness.) Why "surely due": `call_every` schedules the next run at the
+/// first tick after the reactor's clock reading when the run fired, which comes before the
+/// closure's own reading, so the next run is due at most one interval after that.
+///
+/// It goes on until `ROUNDS` pings have been delivered, and the timer has run `TICKS`
+/// times, in turns that A ended with data left over (within [`DEADLINE`]): the neighbours
+/// were served while A was flooded. Every echo reaches the client, and A's count agrees
+/// with its stats.
 #[test]
 fn flooded_port_does_not_starve_another_port_or_a_timer() {
-    const FLOOD_CAP: u64 = 2_000_000;
-    const ROUNDS: usize = 20;
-    const TICKS: u32 = 10;
+    const BUDGET: u64 = 16;
+    const ROUNDS: u64 = 20;
+    const TICKS: u64 = 10;
+    const TICK: Duration = Duration::from_millis(5);
+    /// Failures of one kind kept for the message (their count is exact).
+    const KEPT: usize = 10;
     let mut reactor = reactor();
+    // The number of the turn in progress (bumped before each `iterate`), for the hooks.
+    let turn = Rc::new(Cell::new(0u64));
     let a_count = Rc::new(Cell::new(0u64));
-    let a = {
+    let (a, a_view) = {
         let a_count = a_count.clone();
-        listen_loopback(
+        adopted_with_view(
             &mut reactor,
-            from_fn(move |_, _, _| {
-                a_count.set(a_count.get() + 1);
-                busy(Duration::from_micros(30));
+            ListenOptions::new(0)
+                .read_budget(BUDGET as usize, 1 << 20)
+                .recv_buffer_size(1 << 20),
+            from_fn(move |_, _, _| a_count.set(a_count.get() + 1)),
+        )
+    };
+    // B records and echoes each ping.
+    let b_delivered: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
+    let (b, b_view) = {
+        let delivered = b_delivered.clone();
+        adopted_with_view(
+            &mut reactor,
+            ListenOptions::new(0),
+            from_fn(move |t, data, from| {
+                delivered.borrow_mut().push(data.to_vec());
+                t.write(data, from).expect("echo the ping");
             }),
         )
     };
-    let (b_proto, _) = Recorder::echoing();
-    let b = listen_loopback(&mut reactor, b_proto);
-    let ticks = Rc::new(Cell::new(0u32));
+    // The timer's runs: how many, the turn of the last, and when the next is surely due.
+    let runs = Rc::new(Cell::new(0u64));
+    let fired_in = Rc::new(Cell::new(0u64));
+    let due_by = Rc::new(Cell::new(Instant::now()));
     {
-        let ticks = ticks.clone();
-        reactor.call_every(ms(5), move |_| ticks.set(ticks.get() + 1));
+        let (runs, fired_in, due_by, turn) =
+            (runs.clone(), fired_in.clone(), due_by.clone(), turn.clone());
+        reactor.call_every(TICK, move |_| {
+            runs.set(runs.get() + 1);
+            fired_in.set(turn.get());
+            due_by.set(Instant::now() + TICK);
+        });
     }
+    due_by.set(Instant::now() + TICK);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let finished = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let flooder = {
-        let (stop, finished, sent) = (stop.clone(), finished.clone(), sent.clone());
-        let target = a.local_addr();
-        thread::spawn(move || {
-            let s = UdpSocket::bind("127.0.0.1:0").expect("bind flooder");
-            let mut n = 0;
-            while n < FLOOD_CAP && !stop.load(Ordering::Relaxed) {
-                let _ = s.send_to(&n.to_le_bytes(), target);
-                n += 1;
-                if n % 1024 == 0 {
-                    sent.store(n, Ordering::Relaxed);
-                }
-            }
-            finished.store(true, Ordering::SeqCst);
-        })
+    let flooder = client();
+    let pinger = client();
+    pinger.set_nonblocking(true).expect("non-blocking");
+    // The echoes, read as they come (the pinger's receive buffer holds only so many).
+    let mut echoes: Vec<Vec<u8>> = Vec::new();
+    let read_echoes = |echoes: &mut Vec<Vec<u8>>| {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = pinger.recv_from(&mut buf) {
+            assert_eq!(from, b.local_addr(), "an echo from B");
+            echoes.push(buf[..n].to_vec());
+        }
     };
-
-    // The flood is on once A has had more than one read budget's worth.
-    drive(&mut reactor, "port A to be flooded", |_| {
-        a_count.get() > 2 * twine::DEFAULT_READ_BUDGET as u64
-    });
-    let a_before = a_count.get();
-    let ticks_before = ticks.get();
-    let c = client();
-    c.set_nonblocking(true).expect("nonblocking");
-    let mut round = 0;
-    let mut buf = [0u8; 64];
-    c.send_to(b"ping 0", b.local_addr()).expect("send");
-    drive(
-        &mut reactor,
-        "B's ping-pong and the timer during the flood",
-        |_| {
-            if let Ok((n, _)) = c.recv_from(&mut buf) {
-                assert_eq!(&buf[..n], format!("ping {round}").as_bytes());
-                round += 1;
-                if round < ROUNDS {
-                    c.send_to(format!("ping {round}").as_bytes(), b.local_addr())
-                        .expect("send");
-                }
+    let mut failures: Vec<String> = Vec::new();
+    let mut failed = 0u64;
+    let mut fail = |note: String| {
+        failed += 1;
+        if failures.len() < KEPT {
+            failures.push(note);
+        }
+    };
+    let (mut flooded, mut most_in_a_turn) = (0u64, 0u64);
+    // The turn at whose end A was last seen with data queued and not served since.
+    let mut a_waiting_since: Option<u64> = None;
+    // The ping in flight, and the turn before which it was seen in B's queue.
+    let mut ping: Option<(u64, u64)> = None;
+    let (mut pings_sent, mut delivered_loaded, mut runs_loaded) = (0u64, 0u64, 0u64);
+    let deadline = Instant::now() + DEADLINE;
+    while delivered_loaded < ROUNDS || runs_loaded < TICKS {
+        assert!(
+            Instant::now() < deadline,
+            "after {DEADLINE:?} and {} turns: {delivered_loaded} of {ROUNDS} pings and \
+             {runs_loaded} of {TICKS} timer runs in turns that A ended with data left over",
+            turn.get()
+        );
+        for _ in 0..2 * BUDGET {
+            flooder
+                .send_to(&flooded.to_le_bytes(), a.local_addr())
+                .expect("flood A");
+            flooded += 1;
+        }
+        if ping.is_none() {
+            pinger
+                .send_to(format!("ping {pings_sent}").as_bytes(), b.local_addr())
+                .expect("send a ping");
+            while !has_data(&b_view) {
+                assert!(
+                    Instant::now() < deadline,
+                    "ping {pings_sent} never reached B"
+                );
+                thread::sleep(Duration::from_micros(100));
             }
-            round == ROUNDS && ticks.get() - ticks_before >= TICKS
-        },
+            ping = Some((pings_sent, turn.get() + 1));
+            pings_sent += 1;
+        }
+        let now_turn = turn.get() + 1;
+        turn.set(now_turn);
+        let began = Instant::now();
+        let timer_due = began >= due_by.get();
+        let (a_before, b_before, runs_before) =
+            (a_count.get(), b_delivered.borrow().len(), runs.get());
+        reactor.iterate(Duration::ZERO).expect("reactor turn");
+        let a_left_over = has_data(&a_view);
+
+        let a_now = a_count.get() - a_before;
+        most_in_a_turn = most_in_a_turn.max(a_now);
+        if a_now > 0 {
+            a_waiting_since = None;
+        } else if let Some(since) = a_waiting_since
+            && now_turn > since + 2
+        {
+            fail(format!(
+                "A had data queued at the end of turn {since} and was not served by turn {now_turn}"
+            ));
+            a_waiting_since = None;
+        }
+        if a_left_over && a_waiting_since.is_none() {
+            a_waiting_since = Some(now_turn);
+        }
+
+        if let Some((seq, seen_before)) = ping {
+            if b_delivered.borrow().len() > b_before {
+                ping = None;
+                if a_left_over {
+                    delivered_loaded += 1;
+                }
+            } else if now_turn > seen_before {
+                fail(format!(
+                    "ping {seq}, queued before turn {seen_before} began, not delivered by \
+                     turn {now_turn}"
+                ));
+                ping = None;
+            }
+        }
+
+        read_echoes(&mut echoes);
+
+        let ran = runs.get() > runs_before;
+        if ran && a_left_over {
+            runs_loaded += 1;
+        }
+        if timer_due && !ran {
+            fail(format!(
+                "turn {now_turn} began {:?} after the timer was surely due and did not run it \
+                 (last run in turn {})",
+                began - due_by.get(),
+                fired_in.get()
+            ));
+        }
+    }
+    println!(
+        "{} turns; A: {} datagrams delivered of {flooded} sent; B: {pings_sent} pings; \
+         the timer: {} runs",
+        turn.get(),
+        a_count.get(),
+        runs.get()
     );
-    let flood_was_on = !finished.load(Ordering::SeqCst);
-    let a_during = a_count.get() - a_before;
-    stop.store(true, Ordering::SeqCst);
-    flooder.join().expect("flooder");
     assert!(
-        flood_was_on,
-        "the flood ({} datagrams) ended before B and the timer were served",
-        sent.load(Ordering::Relaxed)
+        failed == 0,
+        "{failed} turns went wrong, the first {}: {failures:#?}",
+        failures.len()
     );
-    assert!(a_during > 0, "port A itself was starved");
+    assert!(
+        most_in_a_turn <= BUDGET,
+        "A delivered {most_in_a_turn} datagrams in one turn, its budget is {BUDGET}"
+    );
+    // Every ping delivered, in order, and every echo reaches the pinger.
+    let expected: Vec<Vec<u8>> = (0..pings_sent)
+        .map(|i| format!("ping {i}").into_bytes())
+        .collect();
+    assert_eq!(*b_delivered.borrow(), expected, "B's pings, in order");
+    drive(&mut reactor, "every echo at the pinger", |_| {
+        read_echoes(&mut echoes);
+        echoes.len() as u64 >= pings_sent
+    });
+    assert_eq!(echoes, expected, "the echoes, in order");
     assert_eq!(
         reactor.port_stats(&a).expect("A open").datagrams_received,
         a_count.get()

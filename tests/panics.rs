@@ -457,6 +457,7 @@ fn a_panic_in_connection_refused_costs_only_that_report() {
 /// `pause_producing` and `resume_producing` that panic cost that call only: the port stays
 /// up, the queue drains in order, and the next burst pauses it again.
 #[test]
+#[ignore = "needs root for a network namespace with a tbf qdisc: run by .ci/run where .ci/netns-probe passes, or as root: cargo test --test panics -- --ignored"]
 fn panics_in_pause_and_resume_producing_cost_only_that_call() {
     Netns::run_rate_limited("pp", "inner_flow_hook_panics", CHILD_FLAG);
 }

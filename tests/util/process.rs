@@ -59,28 +59,22 @@ impl Netns {
     /// Creates a namespace whose `lo` is limited to 1 MB/s by a token-bucket qdisc
     /// (packets waiting in it stay charged to the sender's buffer, so loopback pushes
     /// back) and runs the ignored test `inner` in it, as [`run_inner`](Self::run_inner).
-    /// Where that cannot be made it prints `skipped:` and returns, unless
-    /// `TWINE_REQUIRE_NETNS=1` (CI), where it fails.
+    /// Fails, saying why, where that namespace cannot be made: the tests that call this
+    /// are `#[ignore]`d, and run only where asked for.
     #[track_caller]
     pub fn run_rate_limited(tag: &str, inner: &str, flag: &str) {
-        let ns = Netns::create(tag).and_then(|ns| {
-            ns.tc(&[
-                "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "8mbit", "burst", "4kb",
-                "latency", "500ms",
-            ])?;
-            Ok(ns)
-        });
-        match ns {
-            Ok(ns) => ns.run_inner(inner, flag),
-            Err(reason) => {
-                let why = format!("{inner} needs a network namespace with a tbf qdisc: {reason}");
-                assert!(
-                    std::env::var_os("TWINE_REQUIRE_NETNS").is_none_or(|v| v != "1"),
-                    "{why}"
-                );
-                eprintln!("skipped: {why}");
-            }
-        }
+        let ns = Netns::create(tag)
+            .and_then(|ns| {
+                ns.tc(&[
+                    "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "8mbit", "burst", "4kb",
+                    "latency", "500ms",
+                ])?;
+                Ok(ns)
+            })
+            .unwrap_or_else(|reason| {
+                panic!("{inner} needs a network namespace with a tbf qdisc: {reason}")
+            });
+        ns.run_inner(inner, flag);
     }
 
     /// Runs the ignored test `inner` of the current test binary inside the namespace, with

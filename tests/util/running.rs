@@ -171,9 +171,15 @@ impl Running {
     #[track_caller]
     pub fn finish(mut self) -> Ended {
         let status = self.child.wait_within(PROGRAM_DEADLINE);
-        // Both streams close when the process exits; take what is left.
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
-            self.seen.push(line);
+        // Both streams close when the process exits (the channel then disconnects, once the
+        // forwarding threads have passed on every line); take what is left. A process the
+        // program started may hold them open: then what came within the deadline.
+        let end = Instant::now() + super::DEADLINE;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => break,
+            }
         }
         Ended {
             success: status.success(),
