@@ -16,27 +16,24 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use twine::{DatagramProtocol, Error, ListenOptions, PortStats, Reactor, UdpTransport};
-use util::process::Netns;
+use twine::{
+    DatagramProtocol, Error, ListenOptions, ListeningPort, PortStats, Reactor, UdpTransport,
+};
+use util::process::{Netns, child_run};
 use util::{DEADLINE, drive, drive_recv, init_logging};
 
 /// Set in the environment of the `inner_` tests run inside a namespace.
 const CHILD_FLAG: &str = "TWINE_ATTACKS_CHILD";
 
-/// Whether this is a child run of an `inner_` test (else it says so and does nothing).
-fn child_run() -> bool {
-    if std::env::var_os(CHILD_FLAG).is_none() {
-        eprintln!("not a child run ({CHILD_FLAG} unset): nothing to do");
-        return false;
-    }
-    true
-}
-
 fn reactor() -> Reactor {
     init_logging();
-    let mut r = Reactor::new().expect("reactor");
-    r.set_handle_signals(false);
-    r
+    util::reactor()
+}
+
+/// A reactor for a child run of an `inner_` test; `None` (the test then does nothing) in
+/// any other run, which says so.
+fn child_reactor() -> Option<Reactor> {
+    child_run(CHILD_FLAG).then(reactor)
 }
 
 /// Sends `n` numbered datagrams from `client` to `to` while the reactor does not turn:
@@ -97,9 +94,31 @@ impl DatagramProtocol for StopThenPanic {
     }
 }
 
+/// [`preload`]s `n` datagrams to the port on `to` and turns the reactor until its
+/// stop_protocol has recorded the counters in `seen`; prints what was delivered and returns
+/// it, with the counters at stop.
+fn preload_until_stopped(
+    r: &mut Reactor,
+    to: SocketAddr,
+    seen: &Rc<RefCell<Seen>>,
+    n: u32,
+) -> (Vec<u32>, PortStats) {
+    let client = UdpSocket::bind("127.0.0.1:0").expect("bind client");
+    preload(&client, to, n);
+    drive(r, "stop_protocol", |_| {
+        seen.borrow().stats_at_stop.is_some()
+    });
+    let s = seen.borrow();
+    let stats = s.stats_at_stop.expect("checked by drive");
+    println!("delivered {:?}; at stop: {stats}", s.got);
+    (s.got.clone(), stats)
+}
+
 /// Preloads 8 datagrams on a port whose hook stops (as `via_reactor` says) and panics on
-/// the first; returns what it saw once it stopped.
-fn stop_then_panic(via_reactor: bool) -> (Vec<u32>, PortStats) {
+/// the first; asserts that all 8 were read, only the first delivered, the other 7 counted
+/// in `dropped_at_stop`, and one panic counted.
+#[track_caller]
+fn stop_then_panic(via_reactor: bool) {
     const N: u32 = 8;
     let mut r = reactor();
     let seen = Rc::new(RefCell::new(Seen::default()));
@@ -112,16 +131,16 @@ fn stop_then_panic(via_reactor: bool) -> (Vec<u32>, PortStats) {
             },
         )
         .expect("listen");
-    let client = UdpSocket::bind("127.0.0.1:0").expect("bind client");
-    preload(&client, port.local_addr(), N);
-    drive(&mut r, "stop_protocol", |_| {
-        seen.borrow().stats_at_stop.is_some()
-    });
-    let s = seen.borrow();
-    let stats = s.stats_at_stop.expect("checked by drive");
-    println!("delivered {:?}; at stop: {stats}", s.got);
+    let (got, stats) = preload_until_stopped(&mut r, port.local_addr(), &seen, N);
     assert_eq!(accounted(&stats), u64::from(N), "all 8 read: {stats}");
-    (s.got.clone(), stats)
+    let stop = if via_reactor {
+        "Reactor::stop"
+    } else {
+        "stop_listening"
+    };
+    assert_eq!(got, vec![0], "delivered after {stop} and a panic: {stats}");
+    assert_eq!(stats.dropped_at_stop, 7, "{stats}");
+    assert_eq!(stats.panics, 1, "{stats}");
 }
 
 /// "No datagram is delivered after the stop is asked for" holds for a hook that calls
@@ -130,27 +149,13 @@ fn stop_then_panic(via_reactor: bool) -> (Vec<u32>, PortStats) {
 /// read but not delivered.
 #[test]
 fn a_hook_that_stops_listening_then_panics_gets_none_of_the_rest_of_its_batch() {
-    let (got, stats) = stop_then_panic(false);
-    assert_eq!(
-        got,
-        vec![0],
-        "delivered after stop_listening and a panic: {stats}"
-    );
-    assert_eq!(stats.dropped_at_stop, 7, "{stats}");
-    assert_eq!(stats.panics, 1, "{stats}");
+    stop_then_panic(false);
 }
 
 /// The same for a hook that calls `Reactor::stop` and then panics.
 #[test]
 fn a_hook_that_stops_the_reactor_then_panics_gets_none_of_the_rest_of_its_batch() {
-    let (got, stats) = stop_then_panic(true);
-    assert_eq!(
-        got,
-        vec![0],
-        "delivered after Reactor::stop and a panic: {stats}"
-    );
-    assert_eq!(stats.dropped_at_stop, 7, "{stats}");
-    assert_eq!(stats.panics, 1, "{stats}");
+    stop_then_panic(true);
 }
 
 /// Panics on datagram 0; records every datagram and the counters at stop_protocol.
@@ -188,15 +193,8 @@ fn a_port_closed_by_a_panic_counts_the_rest_of_its_batch_as_dropped_at_stop() {
             PanicOnFirst { seen: seen.clone() },
         )
         .expect("listen");
-    let client = UdpSocket::bind("127.0.0.1:0").expect("bind client");
-    preload(&client, port.local_addr(), N);
-    drive(&mut r, "stop_protocol", |_| {
-        seen.borrow().stats_at_stop.is_some()
-    });
-    let s = seen.borrow();
-    let stats = s.stats_at_stop.expect("checked by drive");
-    println!("delivered {:?}; at stop: {stats}", s.got);
-    assert_eq!(s.got, vec![0], "{stats}");
+    let (got, stats) = preload_until_stopped(&mut r, port.local_addr(), &seen, N);
+    assert_eq!(got, vec![0], "{stats}");
     assert_eq!(
         accounted(&stats),
         u64::from(N),
@@ -396,11 +394,34 @@ impl DatagramProtocol for Probe {
     }
 }
 
+/// Listens with `options` for a [`Probe`]; returns the port and what it sees.
+fn listen_probe(
+    r: &mut Reactor,
+    options: ListenOptions,
+) -> (ListeningPort<Probe>, Rc<RefCell<ProbeLog>>) {
+    let (probe, log) = Probe::new();
+    let port = r.listen_udp_with(options, probe).expect("listen");
+    (port, log)
+}
+
+/// Asserts that `what` (a write or a send, which returned `result`) failed with its own
+/// `Error::Send`, naming `to`, for OS error `errno`.
+#[track_caller]
+fn assert_send_error(what: &str, result: &Result<(), Error>, to: SocketAddr, errno: i32) {
+    match result {
+        Err(Error::Send { addr, source }) => {
+            assert_eq!(*addr, to);
+            assert_eq!(source.raw_os_error(), Some(errno), "{source}");
+        }
+        other => panic!("{what} returned {other:?}, not Error::Send"),
+    }
+}
+
 /// Stops `port` and returns its counters as stop_protocol saw them (what was still to be
 /// reported then is counted in `errors_unreported` by that time).
 fn stop_and_count(
     r: &mut Reactor,
-    port: &twine::ListeningPort<Probe>,
+    port: &ListeningPort<Probe>,
     log: &Rc<RefCell<ProbeLog>>,
 ) -> PortStats {
     assert!(r.stop_listening(port));
@@ -489,10 +510,7 @@ fn a_write_made_in_error_received_is_sent_at_once_and_returns_its_own_failure() 
 #[test]
 fn a_dual_stack_ports_error_received_names_the_v4_mapped_destination_as_written() {
     let mut r = reactor();
-    let (probe, log) = Probe::new();
-    let port = r
-        .listen_udp_with(ListenOptions::new(0).interface("::"), probe)
-        .expect("listen");
+    let (port, log) = listen_probe(&mut r, ListenOptions::new(0).interface("::"));
     let closed = util::client().local_addr().expect("an address");
     let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{}", closed.port())
         .parse()
@@ -547,7 +565,7 @@ fn an_adopted_socket_connected_to_port_zero_is_served_unconnected() {
 // ----- a port opened while the reactor stops ---------------------------------------------
 
 /// The port a stop_protocol opened, and its events.
-type Opened = Rc<RefCell<Option<(twine::ListeningPort<util::Recorder>, util::Events)>>>;
+type Opened = Rc<RefCell<Option<(ListeningPort<util::Recorder>, util::Events)>>>;
 
 /// Opens another port (a [`util::Recorder`]) from stop_protocol.
 struct OpensInStop {
@@ -747,23 +765,6 @@ fn in_bare_netns(tag: &str, inner: &str) {
     ns.run_inner(inner, CHILD_FLAG);
 }
 
-/// Makes a namespace whose `lo` is limited to 1 MB/s by a token-bucket qdisc (so that a
-/// small send buffer fills and writes queue) and runs the ignored test `inner` in it;
-/// fails where the namespace cannot be made.
-#[track_caller]
-fn in_rate_limited_netns(tag: &str, inner: &str) {
-    let ns = Netns::create(tag)
-        .and_then(|ns| {
-            ns.tc(&[
-                "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "8mbit", "burst", "4kb",
-                "latency", "500ms",
-            ])?;
-            Ok(ns)
-        })
-        .unwrap_or_else(|why| panic!("{inner} needs a network namespace with a tbf qdisc: {why}"));
-    ns.run_inner(inner, CHILD_FLAG);
-}
-
 /// Makes two namespaces, `a` (twine) and `router`, joined by a veth pair (10.77.0.1 and
 /// .2); the router forwards, and answers for 10.88.0.0/16 with ICMP "administratively
 /// prohibited" (a host unreachable, `EHOSTUNREACH`). Runs the ignored test `inner` in `a`;
@@ -874,7 +875,7 @@ impl DatagramProtocol for ErrWriter {
 #[test]
 #[ignore = "needs root and network namespaces (ip netns); run by .ci/run, or: cargo test --test attacks -- --ignored"]
 fn pause_producing_follows_the_error_received_whose_writes_crossed_the_high_mark() {
-    in_rate_limited_netns("flow", "inner_pause_follows_error_received");
+    Netns::run_rate_limited("flow", "inner_pause_follows_error_received", CHILD_FLAG);
 }
 
 /// Not a test of its own: the part of
@@ -883,10 +884,9 @@ fn pause_producing_follows_the_error_received_whose_writes_crossed_the_high_mark
 #[test]
 #[ignore = "runs inside a network namespace, started by pause_producing_follows_the_error_received_whose_writes_crossed_the_high_mark"]
 fn inner_pause_follows_error_received() {
-    if !child_run() {
+    let Some(mut r) = child_reactor() else {
         return;
-    }
-    let mut r = reactor();
+    };
     let sink = UdpSocket::bind("127.0.0.1:0").expect("bind sink");
     let closed = util::client().local_addr().expect("an address");
     let log = Rc::new(RefCell::new(FlowLog::default()));
@@ -951,27 +951,17 @@ fn a_write_with_no_route_fails_at_once_and_counts_no_icmp_error() {
 #[test]
 #[ignore = "runs inside a network namespace, started by a_write_with_no_route_fails_at_once_and_counts_no_icmp_error"]
 fn inner_write_with_no_route() {
-    if !child_run() {
+    let Some(mut r) = child_reactor() else {
         return;
-    }
-    let mut r = reactor();
-    let (probe, log) = Probe::new();
-    let port = r
-        .listen_udp_with(ListenOptions::new(0), probe)
-        .expect("listen");
+    };
+    let (port, log) = listen_probe(&mut r, ListenOptions::new(0));
     let nowhere: SocketAddr = "10.123.45.67:9".parse().expect("an address");
     let direct = r
         .with_port(&port, |_, t| t.write(b"x", nowhere))
         .expect("open");
     let after = r.port_stats(&port).expect("open");
     println!("the write: {direct:?}; {after}");
-    match &direct {
-        Err(Error::Send { addr, source }) => {
-            assert_eq!(*addr, nowhere);
-            assert_eq!(source.raw_os_error(), Some(libc::ENETUNREACH), "{source}");
-        }
-        other => panic!("the write returned {other:?}, not Error::Send"),
-    }
+    assert_send_error("the write", &direct, nowhere, libc::ENETUNREACH);
     let stats = stop_and_count(&mut r, &port, &log);
     println!(
         "at stop: {stats}; error_received: {:?}",
@@ -1004,15 +994,11 @@ fn a_connected_ports_host_unreachable_comes_back_as_the_next_sends_error() {
 #[test]
 #[ignore = "runs inside a network namespace, started by a_connected_ports_host_unreachable_comes_back_as_the_next_sends_error"]
 fn inner_connected_host_unreachable() {
-    if !child_run() {
+    let Some(mut r) = child_reactor() else {
         return;
-    }
+    };
     let peer: SocketAddr = "10.88.0.1:9".parse().expect("an address");
-    let mut r = reactor();
-    let (probe, log) = Probe::new();
-    let port = r
-        .listen_udp_with(ListenOptions::new(0), probe)
-        .expect("listen");
+    let (port, log) = listen_probe(&mut r, ListenOptions::new(0));
     let (local, first) = r
         .with_port(&port, |_, t| {
             t.connect(peer).expect("connect");
@@ -1025,13 +1011,7 @@ fn inner_connected_host_unreachable() {
     let second = r.with_port(&port, |_, t| t.send(b"2")).expect("open");
     let after = r.port_stats(&port).expect("open");
     println!("the second send: {second:?}; {after}");
-    match &second {
-        Err(Error::Send { addr, source }) => {
-            assert_eq!(*addr, peer);
-            assert_eq!(source.raw_os_error(), Some(libc::EHOSTUNREACH), "{source}");
-        }
-        other => panic!("the second send returned {other:?}, not Error::Send"),
-    }
+    assert_send_error("the second send", &second, peer, libc::EHOSTUNREACH);
     assert_eq!((after.send_errors, after.datagrams_sent), (1, 1), "{after}");
 
     // The peer's host comes up here: its address on this namespace's lo.

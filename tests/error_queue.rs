@@ -26,7 +26,7 @@ use std::time::Duration;
 use twine::{
     DatagramProtocol, Error, ListenOptions, ListeningPort, PortStats, Reactor, UdpTransport,
 };
-use util::{DEADLINE, drive_for, init_logging, logs_about};
+use util::{DEADLINE, collect_then_linger, drive_for, init_logging, logs_about};
 
 /// One hook call, as a [`Probe`] saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -552,7 +552,7 @@ fn sends_retried_after_a_refusal_blame_only_departed_clients() {
         clients[i] = None;
     }
     let mut replies: Vec<Vec<Vec<u8>>> = vec![Vec::new(); CLIENTS];
-    let mut collect = |_: &mut Reactor| {
+    collect_then_linger(&mut reactor, Duration::from_millis(100), |_| {
         for (i, c) in clients.iter().enumerate() {
             if let Some(c) = c {
                 drain(c, &mut replies[i]);
@@ -560,14 +560,7 @@ fn sends_retried_after_a_refusal_blame_only_departed_clients() {
         }
         let answered = replies.iter().filter(|r| !r.is_empty()).count();
         answered >= CLIENTS - GONE.len() && error_count(&hooks) >= GONE.len()
-    };
-    reactor.run_until(DEADLINE, &mut collect).expect("turns");
-    reactor
-        .run_until(Duration::from_millis(100), |r| {
-            collect(r);
-            false
-        })
-        .expect("turns");
+    });
     let stats = stats(&reactor, &port);
     let (unreachable, other) = errors(&hooks);
     let unanswered: Vec<usize> = (0..CLIENTS)

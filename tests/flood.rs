@@ -1564,14 +1564,10 @@ fn pinning() -> [Option<usize>; 3] {
     }
 }
 
-#[test]
-fn a_flooded_port_starves_neither_its_neighbour_nor_the_timers_and_loses_nothing_silently() {
-    let outcome = run_flood(Config {
-        flood: FLOOD,
-        report_every: None,
-        pin: pinning(),
-        ping_every: PING_EVERY,
-    });
+/// Runs the flood `config` describes, prints its summary, figures and details, and checks
+/// its accounting, memory and turns.
+fn flood_and_check(config: Config) {
+    let outcome = run_flood(config);
     println!(
         "{}\n{}\n{}",
         outcome.summary(),
@@ -1580,6 +1576,16 @@ fn a_flooded_port_starves_neither_its_neighbour_nor_the_timers_and_loses_nothing
     );
     check_accounting_and_memory(&outcome);
     check_turns(&outcome);
+}
+
+#[test]
+fn a_flooded_port_starves_neither_its_neighbour_nor_the_timers_and_loses_nothing_silently() {
+    flood_and_check(Config {
+        flood: FLOOD,
+        report_every: None,
+        pin: pinning(),
+        ping_every: PING_EVERY,
+    });
 }
 
 /// The flood for `TWINE_SOAK_SECS` seconds (3600 by default), with a summary line every
@@ -1592,20 +1598,12 @@ fn flood_soak() {
         .ok()
         .map(|s| s.parse().expect("TWINE_SOAK_SECS: a number of seconds"))
         .unwrap_or(3600);
-    let outcome = run_flood(Config {
+    flood_and_check(Config {
         flood: Duration::from_secs(secs).max(WARM_UP * 2),
         report_every: Some(Duration::from_secs(60)),
         pin: pinning(),
         ping_every: PING_EVERY,
     });
-    println!(
-        "{}\n{}\n{}",
-        outcome.summary(),
-        outcome.figures(),
-        outcome.details()
-    );
-    check_accounting_and_memory(&outcome);
-    check_turns(&outcome);
 }
 
 /// `Reactor::port_stats` and `UdpTransport::stats` read the same counters: `PortStats`

@@ -16,7 +16,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use twine::{DatagramProtocol, ListenOptions, Reactor, UdpTransport, from_fn};
-use util::process::Netns;
+use util::process::{Netns, child_run};
+use util::sequence::{numbered, sequence_sink};
 use util::{drive, init_logging};
 
 const CHILD_FLAG: &str = "TWINE_FLOW_CONTROL_TEST_CHILD";
@@ -59,9 +60,7 @@ impl Producer {
             if s.paused || s.next == TOTAL {
                 return;
             }
-            let mut payload = vec![0u8; SIZE];
-            payload[..4].copy_from_slice(&s.next.to_be_bytes());
-            match t.write(&payload, self.to) {
+            match t.write(&numbered(s.next, SIZE), self.to) {
                 Ok(()) => s.next += 1,
                 Err(e) => {
                     s.refused += 1;
@@ -107,25 +106,11 @@ fn a_producer_is_paused_past_the_high_mark_and_resumed_at_the_low_mark() {
 #[test]
 #[ignore = "runs inside a network namespace, started by a_producer_is_paused_past_the_high_mark_and_resumed_at_the_low_mark"]
 fn inner_paused_and_resumed() {
-    if std::env::var_os(CHILD_FLAG).is_none() {
-        eprintln!("not a child run ({CHILD_FLAG} unset): nothing to do");
+    if !child_run(CHILD_FLAG) {
         return;
     }
-    init_logging();
     let mut reactor = Reactor::new().expect("reactor");
-    let received = Rc::new(RefCell::new(Vec::new()));
-    let sink = received.clone();
-    let receiver = reactor
-        .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .recv_buffer_size(4 << 20),
-            from_fn(move |_, data, _| {
-                let seq = u32::from_be_bytes(data[..4].try_into().expect("4-byte sequence"));
-                sink.borrow_mut().push(seq);
-            }),
-        )
-        .expect("receiver");
+    let (receiver, received) = sequence_sink(&mut reactor);
     let state = Rc::new(RefCell::new(State::default()));
     let sender = reactor
         .listen_udp_with(

@@ -15,24 +15,9 @@ use twine::{
     DatagramProtocol, Error, ListenOptions, ListeningPort, Reactor, UdpTransport, from_fn,
 };
 use util::{
-    DEADLINE, Event, Recorder, client, drive, drive_for, drive_recv, init_logging, listen_loopback,
-    logs_containing,
+    DEADLINE, Event, Recorder, assert_echoes, client, dead_addr, drive, drive_for, init_logging,
+    listen_loopback, logs_containing, loopback, ms, reactor,
 };
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn reactor() -> Reactor {
-    let mut r = Reactor::new().expect("new reactor");
-    // These tests share one process; leave SIGINT/SIGTERM alone.
-    r.set_handle_signals(false);
-    r
-}
-
-fn loopback() -> ListenOptions {
-    ListenOptions::new(0).interface("127.0.0.1")
-}
 
 /// A port on 127.0.0.3 (loopback too), for tests that show a socket closed by binding its
 /// address again: a port number freed on 127.0.0.1 may meanwhile go to another test's
@@ -184,12 +169,6 @@ fn drive_turns(
     });
 }
 
-/// An address nothing listens on (a socket bound, then closed).
-fn dead_addr() -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.local_addr().expect("addr")
-}
-
 /// Checks made inside hooks, asserted by the test afterwards: an assert failing inside a hook
 /// would only be caught by the reactor (and close the port).
 #[derive(Clone, Default)]
@@ -207,15 +186,6 @@ impl Checks {
         let failed: Vec<_> = made.iter().filter(|(_, ok)| !ok).collect();
         assert!(failed.is_empty(), "failed inside hooks: {failed:?}");
     }
-}
-
-#[track_caller]
-fn assert_echoes<P>(reactor: &mut Reactor, port: &ListeningPort<P>, what: &[u8]) {
-    let c = client();
-    c.send_to(what, port.local_addr()).expect("send");
-    let (data, from) = drive_recv(reactor, &c);
-    assert_eq!(data, what);
-    assert_eq!(from, port.local_addr());
 }
 
 // ----- start and stop ----------------------------------------------------------------------

@@ -14,9 +14,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::rc::Rc;
 use std::time::Duration;
 
-use twine::{DatagramProtocol, ListenOptions, ListeningPort, Reactor, UdpTransport, from_fn};
-use util::process::Netns;
-use util::{DEADLINE, drive_for, init_logging, listen_loopback};
+use twine::{DatagramProtocol, ListeningPort, PortStats, Reactor, UdpTransport, from_fn};
+use util::process::{Netns, child_run};
+use util::sequence::{numbered, sequence_sink};
+use util::{DEADLINE, collect_then_linger, drive_for, init_logging, listen_loopback, loopback};
 
 const CHILD_FLAG: &str = "TWINE_MISDELIVERY_TEST_CHILD";
 
@@ -74,6 +75,29 @@ fn drain(s: &UdpSocket, into: &mut Vec<(String, SocketAddr)>) {
     }
 }
 
+/// Turns the reactor for 50 ms more (for anything else on its way), prints what the port
+/// delivered and its counters, and asserts that nothing from `third` was delivered; returns
+/// the counters.
+#[track_caller]
+fn settle_and_check_none_from(
+    reactor: &mut Reactor,
+    port: &ListeningPort<impl DatagramProtocol>,
+    delivered: &Arrivals,
+    third: &UdpSocket,
+) -> PortStats {
+    drive_for(reactor, Duration::from_millis(50));
+    let stats = reactor.port_stats(port).expect("open");
+    println!("delivered: {:?}", delivered.borrow());
+    println!("stats: {stats}");
+    let from_third = delivered
+        .borrow()
+        .iter()
+        .filter(|(_, from)| *from == addr(third))
+        .count();
+    assert_eq!(from_third, 0, "datagrams from the third address delivered");
+    stats
+}
+
 fn switcher(
     reactor: &mut Reactor,
     a: SocketAddr,
@@ -106,20 +130,12 @@ fn writes_gathered_before_connect_reach_their_own_destinations() {
     sender.send_to(b"hello", server).expect("send");
 
     let (mut at_a, mut at_b, mut at_sender) = (Vec::new(), Vec::new(), Vec::new());
-    let mut collect = |_: &mut Reactor| {
+    collect_then_linger(&mut reactor, Duration::from_millis(100), |_| {
         drain(&a, &mut at_a);
         drain(&b, &mut at_b);
         drain(&sender, &mut at_sender);
         !at_a.is_empty() && !at_b.is_empty() && !at_sender.is_empty()
-    };
-    reactor.run_until(DEADLINE, &mut collect).expect("turns");
-    // Anything else on its way would arrive meanwhile.
-    reactor
-        .run_until(Duration::from_millis(100), |r| {
-            collect(r);
-            false
-        })
-        .expect("turns");
+    });
     println!("calls: {:?}", calls.borrow());
     println!("A got {at_a:?}\nsender got {at_sender:?}\nB got {at_b:?}");
 
@@ -175,16 +191,7 @@ fn datagrams_from_others_read_after_connect_in_the_same_batch_are_dropped() {
             delivered.borrow().iter().any(|(d, _)| d == "b late")
         })
         .expect("turns");
-    drive_for(&mut reactor, Duration::from_millis(50));
-    let stats = reactor.port_stats(&port).expect("open");
-    println!("delivered: {:?}", delivered.borrow());
-    println!("stats: {stats}");
-    let from_third = delivered
-        .borrow()
-        .iter()
-        .filter(|(_, from)| *from == addr(&third))
-        .count();
-    assert_eq!(from_third, 0, "datagrams from the third address delivered");
+    let stats = settle_and_check_none_from(&mut reactor, &port, &delivered, &third);
     assert!(ok, "B's later datagram never arrived");
     let want = [
         ("hello".to_owned(), addr(&sender)),
@@ -221,16 +228,7 @@ fn datagrams_from_others_waiting_when_the_port_connects_are_dropped() {
     let ok = reactor
         .run_until(DEADLINE, |_| delivered.borrow().len() >= 5)
         .expect("turns");
-    drive_for(&mut reactor, Duration::from_millis(50));
-    let stats = reactor.port_stats(&port).expect("open");
-    println!("delivered: {:?}", delivered.borrow());
-    println!("stats: {stats}");
-    let from_third = delivered
-        .borrow()
-        .iter()
-        .filter(|(_, from)| *from == addr(&third))
-        .count();
-    assert_eq!(from_third, 0, "datagrams from the third address delivered");
+    let stats = settle_and_check_none_from(&mut reactor, &port, &delivered, &third);
     assert!(ok, "the peer's datagrams never arrived");
     let want: Vec<_> = (0..5).map(|i| (format!("b{i}"), addr(&b))).collect();
     assert_eq!(*delivered.borrow(), want);
@@ -277,65 +275,35 @@ const SIZE: usize = 1000;
 /// The sequence number of the datagram sent to B after the connect.
 const FOR_B: u32 = 1_000_000;
 
-fn payload(seq: u32) -> Vec<u8> {
-    let mut p = vec![0u8; SIZE];
-    p[..4].copy_from_slice(&seq.to_be_bytes());
-    p
-}
-
 /// Writes 200 datagrams to `a`, connects to `b` and sends one datagram there; returns
 /// the calls that failed.
 fn write_then_connect(t: &mut UdpTransport<'_>, a: SocketAddr, b: SocketAddr) -> Vec<String> {
     let mut failed = Vec::new();
     for seq in 0..WRITES {
-        if let Err(e) = t.write(&payload(seq), a) {
+        if let Err(e) = t.write(&numbered(seq, SIZE), a) {
             failed.push(format!("write {seq} to A: {e}"));
         }
     }
     if let Err(e) = t.connect(b) {
         failed.push(format!("connect: {e}"));
     }
-    if let Err(e) = t.send(&payload(FOR_B)) {
+    if let Err(e) = t.send(&numbered(FOR_B, SIZE)) {
         failed.push(format!("send to B: {e}"));
     }
     failed
 }
 
-/// A port recording the sequence numbers it receives, with room for all of them.
-fn receiver(
-    reactor: &mut Reactor,
-) -> (ListeningPort<impl DatagramProtocol>, Rc<RefCell<Vec<u32>>>) {
-    let seqs = Rc::new(RefCell::new(Vec::new()));
-    let sink = seqs.clone();
-    let port = reactor
-        .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .recv_buffer_size(4 << 20),
-            from_fn(move |_, data, _| {
-                let seq = u32::from_be_bytes(data[..4].try_into().expect("4-byte sequence"));
-                sink.borrow_mut().push(seq);
-            }),
-        )
-        .expect("receiver");
-    (port, seqs)
-}
-
 fn queued_writes_then_connect(in_hook: bool) {
-    if std::env::var_os(CHILD_FLAG).is_none() {
-        eprintln!("not a child run ({CHILD_FLAG} unset): nothing to do");
+    if !child_run(CHILD_FLAG) {
         return;
     }
-    init_logging();
     let mut reactor = Reactor::new().expect("reactor");
-    let (port_a, at_a) = receiver(&mut reactor);
-    let (port_b, at_b) = receiver(&mut reactor);
+    let (port_a, at_a) = sequence_sink(&mut reactor);
+    let (port_b, at_b) = sequence_sink(&mut reactor);
     let (a, b) = (port_a.local_addr(), port_b.local_addr());
     let failed = Rc::new(RefCell::new(None));
     let seen = failed.clone();
-    let opts = ListenOptions::new(0)
-        .interface("127.0.0.1")
-        .send_buffer_size(4096);
+    let opts = loopback().send_buffer_size(4096);
     let sender = reactor
         .listen_udp_with(
             opts,

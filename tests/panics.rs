@@ -11,36 +11,17 @@ mod util;
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, UdpSocket};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use twine::{
-    DatagramProtocol, Error, ListenOptions, ListeningPort, Reactor, UdpTransport, from_fn,
+use twine::{DatagramProtocol, Error, ListenOptions, ListeningPort, Reactor, UdpTransport};
+use util::process::{Netns, child_run};
+use util::sequence::{numbered, sequence_sink};
+use util::{
+    DEADLINE, assert_echoes, client, dead_addr, drive, drive_recv, init_logging, logs_about,
+    loopback, mentions, ms, reactor,
 };
-use util::process::Netns;
-use util::{DEADLINE, client, drive, drive_recv, init_logging, logs_about, mentions};
 
 const CHILD_FLAG: &str = "TWINE_PANICS_TEST_CHILD";
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn reactor() -> Reactor {
-    let mut r = Reactor::new().expect("new reactor");
-    // The tests of this binary share one process: leave SIGINT/SIGTERM alone.
-    r.set_handle_signals(false);
-    r
-}
-
-fn loopback() -> ListenOptions {
-    ListenOptions::new(0).interface("127.0.0.1")
-}
-
-/// An address nothing listens on (a socket bound, then closed).
-fn dead_addr() -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.local_addr().expect("addr")
-}
 
 /// Which hooks of a [`Fragile`] panic.
 #[derive(Debug, Clone, Copy, Default)]
@@ -55,6 +36,33 @@ struct Faults {
     stop: bool,
     /// `start_protocol`.
     start: bool,
+}
+
+impl Faults {
+    /// Only `datagram_received` and `datagram_truncated` (for a payload starting with
+    /// `boom`).
+    fn datagrams() -> Faults {
+        Faults {
+            datagrams: true,
+            ..Faults::default()
+        }
+    }
+
+    /// Only `error_received` and `connection_refused`.
+    fn reports() -> Faults {
+        Faults {
+            reports: true,
+            ..Faults::default()
+        }
+    }
+
+    /// Only `pause_producing` and `resume_producing`.
+    fn flow() -> Faults {
+        Faults {
+            flow: true,
+            ..Faults::default()
+        }
+    }
 }
 
 /// What a [`Fragile`] was handed, in order; each call is recorded before the hook panics.
@@ -170,22 +178,31 @@ impl DatagramProtocol for Fragile {
     }
 }
 
+/// Listens with `options` for a [`Fragile`] (`tag`, `faults`); returns the port and what
+/// it sees.
+fn listen_fragile(
+    reactor: &mut Reactor,
+    options: ListenOptions,
+    tag: &'static str,
+    faults: Faults,
+) -> (ListeningPort<Fragile>, Shared) {
+    let (proto, seen) = Fragile::new(tag, faults);
+    let port = reactor.listen_udp_with(options, proto).expect("listen");
+    (port, seen)
+}
+
+/// Asserts that the port is still listening (else shows what it saw).
+#[track_caller]
+fn assert_open(reactor: &Reactor, port: &ListeningPort<Fragile>, seen: &Shared) {
+    assert!(reactor.is_listening(port), "closed: {:?}", seen.borrow());
+}
+
 /// The ERROR lines about the port on `port` that carry `message`.
 fn errors_about(port: SocketAddr, message: &str) -> Vec<String> {
     logs_about(port)
         .into_iter()
         .filter(|l| l.starts_with("ERROR") && l.contains(message))
         .collect()
-}
-
-/// Sends `what` to the port and waits for its echo.
-#[track_caller]
-fn assert_echoes<P>(reactor: &mut Reactor, port: &ListeningPort<P>, what: &[u8]) {
-    let c = client();
-    c.send_to(what, port.local_addr()).expect("send");
-    let (data, from) = drive_recv(reactor, &c);
-    assert_eq!(data, what);
-    assert_eq!(from, port.local_addr());
 }
 
 /// Turns the reactor until `done` holds or `port` closes, whichever comes first (so that
@@ -211,12 +228,7 @@ fn two_panicking_datagrams_log_two_errors_and_the_port_stays_up() {
     init_logging();
     let mut reactor = reactor();
     let tag = "twice-datagram";
-    let faults = Faults {
-        datagrams: true,
-        ..Faults::default()
-    };
-    let (proto, seen) = Fragile::new(tag, faults);
-    let port = reactor.listen_udp_with(loopback(), proto).expect("listen");
+    let (port, seen) = listen_fragile(&mut reactor, loopback(), tag, Faults::datagrams());
     let addr = port.local_addr();
     let c = client();
     let me = c.local_addr().expect("client addr");
@@ -263,12 +275,7 @@ fn a_panic_mid_batch_costs_only_that_datagram_and_the_rest_of_the_batch_is_deliv
     init_logging();
     let mut reactor = reactor();
     let tag = "mid-batch";
-    let faults = Faults {
-        datagrams: true,
-        ..Faults::default()
-    };
-    let (proto, seen) = Fragile::new(tag, faults);
-    let port = reactor.listen_udp_with(loopback(), proto).expect("listen");
+    let (port, seen) = listen_fragile(&mut reactor, loopback(), tag, Faults::datagrams());
     let c = client();
     let payloads: Vec<String> = (0..10)
         .map(|i| {
@@ -329,14 +336,8 @@ fn a_panic_in_datagram_truncated_costs_only_that_datagram() {
     init_logging();
     let mut reactor = reactor();
     let tag = "truncated";
-    let faults = Faults {
-        datagrams: true,
-        ..Faults::default()
-    };
-    let (proto, seen) = Fragile::new(tag, faults);
-    let port = reactor
-        .listen_udp_with(loopback().max_packet_size(8).deliver_truncated(true), proto)
-        .expect("listen");
+    let options = loopback().max_packet_size(8).deliver_truncated(true);
+    let (port, seen) = listen_fragile(&mut reactor, options, tag, Faults::datagrams());
     let c = client();
     c.send_to(
         &[b'b', b'o', b'o', b'm', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
@@ -351,7 +352,7 @@ fn a_panic_in_datagram_truncated_costs_only_that_datagram() {
     });
     let stats = reactor.port_stats(&port);
     println!("seen {:?}; stats {stats:?}", seen.borrow());
-    assert!(reactor.is_listening(&port), "closed: {:?}", seen.borrow());
+    assert_open(&reactor, &port, &seen);
     assert_eq!(
         seen.borrow().truncated,
         [("boom\0\0\0\0".to_owned(), 14), ("long but".to_owned(), 17)]
@@ -376,12 +377,7 @@ fn a_panic_in_error_received_costs_only_that_report() {
     init_logging();
     let mut reactor = reactor();
     let tag = "error-received";
-    let faults = Faults {
-        reports: true,
-        ..Faults::default()
-    };
-    let (proto, seen) = Fragile::new(tag, faults);
-    let port = reactor.listen_udp_with(loopback(), proto).expect("listen");
+    let (port, seen) = listen_fragile(&mut reactor, loopback(), tag, Faults::reports());
     let dead = dead_addr();
     for n in 1..=2 {
         assert!(
@@ -400,7 +396,7 @@ fn a_panic_in_error_received_costs_only_that_report() {
     }
     let stats = reactor.port_stats(&port);
     println!("seen {:?}; stats {stats:?}", seen.borrow());
-    assert!(reactor.is_listening(&port), "closed: {:?}", seen.borrow());
+    assert_open(&reactor, &port, &seen);
     assert_eq!(seen.borrow().errors, [dead, dead]);
     let stats = stats.expect("open");
     assert_eq!((stats.panics, stats.unreachable), (2, 2), "{stats:?}");
@@ -416,12 +412,7 @@ fn a_panic_in_connection_refused_costs_only_that_report() {
     init_logging();
     let mut reactor = reactor();
     let tag = "connection-refused";
-    let faults = Faults {
-        reports: true,
-        ..Faults::default()
-    };
-    let (proto, seen) = Fragile::new(tag, faults);
-    let port = reactor.listen_udp_with(loopback(), proto).expect("listen");
+    let (port, seen) = listen_fragile(&mut reactor, loopback(), tag, Faults::reports());
     let dead = dead_addr();
     reactor
         .with_port(&port, |_, t| t.connect(dead))
@@ -444,7 +435,7 @@ fn a_panic_in_connection_refused_costs_only_that_report() {
         "seen {:?}; stats {stats:?}; lines {lines:#?}",
         seen.borrow()
     );
-    assert!(reactor.is_listening(&port), "closed: {:?}", seen.borrow());
+    assert_open(&reactor, &port, &seen);
     assert_eq!(seen.borrow().refused, 2);
     let stats = stats.expect("open");
     assert_eq!((stats.panics, stats.refused), (2, 2), "{stats:?}");
@@ -466,31 +457,15 @@ fn panics_in_pause_and_resume_producing_cost_only_that_call() {
 #[test]
 #[ignore = "runs inside a network namespace, started by panics_in_pause_and_resume_producing_cost_only_that_call"]
 fn inner_flow_hook_panics() {
-    if std::env::var_os(CHILD_FLAG).is_none() {
-        eprintln!("not a child run ({CHILD_FLAG} unset): nothing to do");
+    if !child_run(CHILD_FLAG) {
         return;
     }
-    init_logging();
     const SIZE: usize = 1000;
     const BURST: u32 = 60;
     let mut reactor = reactor();
-    let received = Rc::new(RefCell::new(Vec::new()));
-    let sink = received.clone();
-    let receiver = reactor
-        .listen_udp_with(
-            loopback().recv_buffer_size(4 << 20),
-            from_fn(move |_, data, _| {
-                let seq = u32::from_be_bytes(data[..4].try_into().expect("4-byte sequence"));
-                sink.borrow_mut().push(seq);
-            }),
-        )
-        .expect("receiver");
+    let (receiver, received) = sequence_sink(&mut reactor);
     let tag = "flow-hooks";
-    let faults = Faults {
-        flow: true,
-        ..Faults::default()
-    };
-    let (proto, seen) = Fragile::new(tag, faults);
+    let (proto, seen) = Fragile::new(tag, Faults::flow());
     let sender = reactor
         .listen_udp_with(
             loopback()
@@ -505,11 +480,7 @@ fn inner_flow_hook_panics() {
     for round in 1..=2 {
         let burst = reactor.with_port(&sender, |_, t| {
             (0..BURST)
-                .map(|i| {
-                    let mut payload = vec![0u8; SIZE];
-                    payload[..4].copy_from_slice(&(next + i).to_be_bytes());
-                    t.write(&payload, to)
-                })
+                .map(|i| t.write(&numbered(next + i, SIZE), to))
                 .filter(Result::is_ok)
                 .count()
         });
@@ -558,8 +529,7 @@ fn a_panicking_port_timer_costs_only_that_call_and_a_repeating_one_is_cancelled(
     init_logging();
     let mut reactor = reactor();
     let tag = "port-timer";
-    let (proto, seen) = Fragile::new(tag, Faults::default());
-    let port = reactor.listen_udp_with(loopback(), proto).expect("listen");
+    let (port, seen) = listen_fragile(&mut reactor, loopback(), tag, Faults::default());
     let once_fired = Rc::new(Cell::new(0u32));
     let every_fired = Rc::new(Cell::new(0u32));
     let on_fired = Rc::new(Cell::new(0u32));
@@ -615,7 +585,7 @@ fn a_panicking_port_timer_costs_only_that_call_and_a_repeating_one_is_cancelled(
         on_fired.get(),
         healthy.get()
     );
-    assert!(reactor.is_listening(&port), "closed: {:?}", seen.borrow());
+    assert_open(&reactor, &port, &seen);
     assert_eq!(
         (once_fired.get(), every_fired.get(), on_fired.get()),
         (1, 1, 1),
@@ -641,10 +611,7 @@ fn a_panicking_port_timer_costs_only_that_call_and_a_repeating_one_is_cancelled(
 fn close_on_panic_closes_only_the_port_that_asked_for_it() {
     init_logging();
     let mut reactor = reactor();
-    let faults = Faults {
-        datagrams: true,
-        ..Faults::default()
-    };
+    let faults = Faults::datagrams();
     let (strict, strict_seen) = Fragile::new("strict", faults);
     let strict = reactor
         .listen_udp_with(loopback().close_on_panic(true), strict)
@@ -695,14 +662,11 @@ fn start_and_stop_protocol_panics_still_close_the_port() {
     init_logging();
     let mut reactor = reactor();
     let faults = Faults {
-        datagrams: true,
         stop: true,
-        ..Faults::default()
+        ..Faults::datagrams()
     };
-    let (proto, seen) = Fragile::new("stop-hook", faults);
-    let port = reactor
-        .listen_udp_with(ListenOptions::new(0).interface("127.0.0.3"), proto)
-        .expect("listen");
+    let options = ListenOptions::new(0).interface("127.0.0.3");
+    let (port, seen) = listen_fragile(&mut reactor, options, "stop-hook", faults);
     let addr = port.local_addr();
     let c = client();
     c.send_to(b"boom", addr).expect("send");

@@ -21,37 +21,15 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
-use twine::{
-    DatagramProtocol, Error, ListenOptions, ListeningPort, Reactor, UdpTransport, from_fn,
-};
-use util::process::Netns;
-use util::{DEADLINE, client, drive, init_logging};
+use twine::{DatagramProtocol, Error, ListeningPort, Reactor, UdpTransport, from_fn};
+use util::process::{Netns, child_run};
+use util::sequence::{Sequence, numbered, sequence_sink};
+use util::{DEADLINE, client, dead_addr, drive, init_logging, loopback, ms, reactor};
 
 const CHILD_FLAG: &str = "TWINE_PROMISES_TEST_CHILD";
 
 /// What the send queue charges each entry besides its payload.
 const ENTRY_CHARGE: usize = 128;
-
-fn reactor() -> Reactor {
-    let mut r = Reactor::new().expect("new reactor");
-    // The tests of this binary share one process: leave SIGINT/SIGTERM alone.
-    r.set_handle_signals(false);
-    r
-}
-
-fn loopback() -> ListenOptions {
-    ListenOptions::new(0).interface("127.0.0.1")
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// An address nothing listens on (a socket bound, then closed).
-fn dead_addr() -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.local_addr().expect("addr")
-}
 
 /// This process's resident memory, in bytes (`VmRSS` of /proc/self/status: statm's resident
 /// pages, in kB, without assuming a page size).
@@ -69,46 +47,19 @@ fn rss() -> u64 {
     kib * 1024
 }
 
-/// A receiver on 127.0.0.1 with a large buffer, recording the 4-byte sequence number each
-/// datagram starts with (or 0 for a shorter one).
-fn sequence_sink(
-    reactor: &mut Reactor,
-) -> (
+/// In the child run inside the namespace (see [`child_run`]): a reactor and a
+/// [`sequence_sink`] on it. Any other run gets `None`, and the inner test does nothing.
+fn child_with_sink() -> Option<(
+    Reactor,
     ListeningPort<impl DatagramProtocol + use<>>,
-    Rc<RefCell<Vec<u32>>>,
-) {
-    let received = Rc::new(RefCell::new(Vec::new()));
-    let sink = received.clone();
-    let port = reactor
-        .listen_udp_with(
-            loopback().recv_buffer_size(4 << 20),
-            from_fn(move |_, data, _| {
-                let seq = data
-                    .get(..4)
-                    .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
-                sink.borrow_mut().push(seq);
-            }),
-        )
-        .expect("receiver");
-    (port, received)
-}
-
-/// A datagram of `size` bytes starting with `seq`.
-fn numbered(seq: u32, size: usize) -> Vec<u8> {
-    let mut payload = vec![0u8; size];
-    payload[..4].copy_from_slice(&seq.to_be_bytes());
-    payload
-}
-
-/// Whether this is the child run inside the namespace (then with logging set up); an
-/// inner test run any other way does nothing.
-fn is_child() -> bool {
-    if std::env::var_os(CHILD_FLAG).is_none() {
-        eprintln!("not a child run ({CHILD_FLAG} unset): nothing to do");
-        return false;
+    Sequence,
+)> {
+    if !child_run(CHILD_FLAG) {
+        return None;
     }
-    init_logging();
-    true
+    let mut reactor = reactor();
+    let (sink, received) = sequence_sink(&mut reactor);
+    Some((reactor, sink, received))
 }
 
 // ----- the send queue charges each entry -------------------------------------------------
@@ -146,14 +97,12 @@ fn empty_datagrams_are_charged_per_entry_and_bounded() {
 #[test]
 #[ignore = "runs inside a network namespace, started by empty_datagrams_are_charged_per_entry_and_bounded"]
 fn inner_empty_datagrams_bounded() {
-    if !is_child() {
+    let Some((mut reactor, sink, received)) = child_with_sink() else {
         return;
-    }
+    };
     const LIMIT: usize = 256 * 1024;
     /// Where the loop gives up if nothing refuses it.
     const MAX_WRITES: u64 = 1_000_000;
-    let mut reactor = reactor();
-    let (sink, received) = sequence_sink(&mut reactor);
     let to = sink.local_addr();
     let flow = FlowCounter::default();
     let (pauses, resumes) = (flow.pauses.clone(), flow.resumes.clone());
@@ -317,13 +266,11 @@ fn a_timer_producer_that_heeds_is_write_paused_is_never_refused() {
 #[test]
 #[ignore = "runs inside a network namespace, started by a_timer_producer_that_heeds_is_write_paused_is_never_refused"]
 fn inner_timer_producer_never_refused() {
-    if !is_child() {
+    let Some((mut reactor, sink, received)) = child_with_sink() else {
         return;
-    }
+    };
     const LIMIT: usize = 256 * 1024;
     const TOTAL: u32 = 1500;
-    let mut reactor = reactor();
-    let (sink, received) = sequence_sink(&mut reactor);
     let to = sink.local_addr();
     let state = Rc::new(RefCell::new(Production::default()));
     let sender = reactor
@@ -460,14 +407,12 @@ fn a_replier_that_stops_at_pause_producing_inside_a_batch_is_never_refused() {
 #[test]
 #[ignore = "runs inside a network namespace, started by a_replier_that_stops_at_pause_producing_inside_a_batch_is_never_refused"]
 fn inner_batch_replier_never_refused() {
-    if !is_child() {
+    let Some((mut reactor, sink, received)) = child_with_sink() else {
         return;
-    }
+    };
     const REQUESTS: u32 = 32;
     const PER_REQUEST: u32 = 16;
     const SIZE: usize = 1000;
-    let mut reactor = reactor();
-    let (sink, received) = sequence_sink(&mut reactor);
     let state = Rc::new(RefCell::new(Replies::default()));
     let server = reactor
         .listen_udp_with(
@@ -847,6 +792,42 @@ impl DatagramProtocol for ReportCounter {
     }
 }
 
+/// Adopts `sock` for a [`ReportCounter`]; returns the port and what it records.
+fn adopt_reporting(
+    reactor: &mut Reactor,
+    sock: &UdpSocket,
+) -> (ListeningPort<ReportCounter>, Rc<RefCell<Reports>>) {
+    let reports = Rc::new(RefCell::new(Reports::default()));
+    let port = reactor
+        .adopt_socket(sock, ReportCounter(reports.clone()))
+        .expect("adopt");
+    (port, reports)
+}
+
+/// Turns the reactor until a refusal is reported (at most [`DEADLINE`]); asserts that it
+/// went to `connection_refused` once (never to `error_received`) and was counted once.
+#[track_caller]
+fn assert_one_refusal(
+    reactor: &mut Reactor,
+    port: &ListeningPort<ReportCounter>,
+    reports: &Rc<RefCell<Reports>>,
+) {
+    let in_time = reactor
+        .run_until(DEADLINE, |_| reports.borrow().refused > 0)
+        .expect("turns");
+    let stats = reactor.port_stats(port).expect("open");
+    println!(
+        "refused within {DEADLINE:?}: {in_time}; {:?}; {stats:?}",
+        reports.borrow()
+    );
+    assert_eq!(
+        (reports.borrow().refused, reports.borrow().errors),
+        (1, 0),
+        "one connection_refused, no error_received"
+    );
+    assert_eq!(stats.refused, 1, "{stats:?}");
+}
+
 /// A std socket connected to a peer, adopted, is served as a connected port: its transport
 /// names the peer, `send` reaches it, the peer's datagrams are delivered, and once the peer
 /// is gone a refusal goes to `connection_refused` (not `error_received`) and is counted.
@@ -859,10 +840,7 @@ fn an_adopted_connected_socket_is_served_as_connected() {
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     sock.connect(peer_addr).expect("connect");
     let mut reactor = reactor();
-    let reports = Rc::new(RefCell::new(Reports::default()));
-    let port = reactor
-        .adopt_socket(&sock, ReportCounter(reports.clone()))
-        .expect("adopt");
+    let (port, reports) = adopt_reporting(&mut reactor, &sock);
     let seen_peer = reactor.with_port(&port, |_, t| t.peer_addr());
     println!("peer_addr {seen_peer:?} (connected to {peer_addr})");
     assert!(
@@ -884,20 +862,7 @@ fn an_adopted_connected_socket_is_served_as_connected() {
     drop(peer);
     let sent = reactor.with_port(&port, |_, t| t.send(b"to nobody"));
     assert!(matches!(sent, Ok(Ok(()))), "{sent:?}");
-    let in_time = reactor
-        .run_until(DEADLINE, |_| reports.borrow().refused > 0)
-        .expect("turns");
-    let stats = reactor.port_stats(&port).expect("open");
-    println!(
-        "refused within {DEADLINE:?}: {in_time}; {:?}; {stats:?}",
-        reports.borrow()
-    );
-    assert_eq!(
-        (reports.borrow().refused, reports.borrow().errors),
-        (1, 0),
-        "one connection_refused, no error_received"
-    );
-    assert_eq!(stats.refused, 1, "{stats:?}");
+    assert_one_refusal(&mut reactor, &port, &reports);
 }
 
 /// A refusal already pending on a connected socket when it is adopted (it sent to a closed
@@ -911,24 +876,8 @@ fn a_refusal_pending_at_adoption_reaches_connection_refused() {
     sock.send(b"to nobody").expect("send");
     wait_for_socket_error(&sock);
     let mut reactor = reactor();
-    let reports = Rc::new(RefCell::new(Reports::default()));
-    let port = reactor
-        .adopt_socket(&sock, ReportCounter(reports.clone()))
-        .expect("adopt");
-    let in_time = reactor
-        .run_until(DEADLINE, |_| reports.borrow().refused > 0)
-        .expect("turns");
-    let stats = reactor.port_stats(&port).expect("open");
-    println!(
-        "refused within {DEADLINE:?}: {in_time}; {:?}; {stats:?}",
-        reports.borrow()
-    );
-    assert_eq!(
-        (reports.borrow().refused, reports.borrow().errors),
-        (1, 0),
-        "one connection_refused, no error_received"
-    );
-    assert_eq!(stats.refused, 1, "{stats:?}");
+    let (port, reports) = adopt_reporting(&mut reactor, &sock);
+    assert_one_refusal(&mut reactor, &port, &reports);
     assert!(reactor.is_listening(&port));
 }
 

@@ -10,12 +10,10 @@
 
 mod util;
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
 use twine::{Error, ListenOptions, Reactor, from_fn};
-use util::process::Netns;
-use util::{drive, init_logging};
+use util::process::{Netns, child_run};
+use util::sequence::{numbered, sequence_sink};
+use util::{dead_addr, drive};
 
 const CHILD_FLAG: &str = "TWINE_SEND_QUEUE_TEST_CHILD";
 
@@ -32,28 +30,14 @@ fn full_kernel_buffer_queues_then_refuses_then_drains_in_order() {
 #[test]
 #[ignore = "runs inside a network namespace, started by full_kernel_buffer_queues_then_refuses_then_drains_in_order"]
 fn inner_full_kernel_buffer() {
-    if std::env::var_os(CHILD_FLAG).is_none() {
-        eprintln!("not a child run ({CHILD_FLAG} unset): nothing to do");
+    if !child_run(CHILD_FLAG) {
         return;
     }
-    init_logging();
     const WRITES: u32 = 300;
     const SIZE: usize = 1000;
     const LIMIT: usize = 50 * SIZE;
     let mut reactor = Reactor::new().expect("reactor");
-    let received = Rc::new(RefCell::new(Vec::new()));
-    let sink = received.clone();
-    let receiver = reactor
-        .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .recv_buffer_size(4 << 20),
-            from_fn(move |_, data, _| {
-                let seq = u32::from_be_bytes(data[..4].try_into().expect("4-byte sequence"));
-                sink.borrow_mut().push(seq);
-            }),
-        )
-        .expect("receiver");
+    let (receiver, received) = sequence_sink(&mut reactor);
     let sender = reactor
         .listen_udp_with(
             ListenOptions::new(0)
@@ -70,9 +54,7 @@ fn inner_full_kernel_buffer() {
             let mut accepted = Vec::new();
             let mut refused = 0;
             for seq in 0..WRITES {
-                let mut payload = vec![0u8; SIZE];
-                payload[..4].copy_from_slice(&seq.to_be_bytes());
-                match t.write(&payload, to) {
+                match t.write(&numbered(seq, SIZE), to) {
                     Ok(()) => accepted.push(seq),
                     Err(Error::SendQueueFull { len, queued }) => {
                         assert_eq!(len, SIZE);
@@ -139,14 +121,10 @@ fn refusals_while_draining_the_queue_reach_the_protocol() {
 #[test]
 #[ignore = "runs inside a network namespace, started by refusals_while_draining_the_queue_reach_the_protocol"]
 fn inner_refusals_while_draining() {
-    if std::env::var_os(CHILD_FLAG).is_none() {
-        eprintln!("not a child run ({CHILD_FLAG} unset): nothing to do");
+    if !child_run(CHILD_FLAG) {
         return;
     }
-    init_logging();
-    let dead = std::net::UdpSocket::bind("127.0.0.1:0").expect("probe");
-    let dead_addr = dead.local_addr().expect("probe addr");
-    drop(dead);
+    let dead_addr = dead_addr();
     let mut reactor = Reactor::new().expect("reactor");
     let (proto, events) = util::Recorder::new();
     let port = reactor

@@ -5,6 +5,7 @@
 pub mod peers;
 pub mod process;
 pub mod running;
+pub mod sequence;
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, UdpSocket};
@@ -16,6 +17,30 @@ use twine::{DatagramProtocol, ListenOptions, ListeningPort, Reactor, UdpTranspor
 
 /// The longest any single wait in a test may take.
 pub const DEADLINE: Duration = Duration::from_secs(5);
+
+/// `n` milliseconds.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A new reactor that leaves SIGINT/SIGTERM alone (the tests of a binary share one
+/// process).
+pub fn reactor() -> Reactor {
+    let mut r = Reactor::new().expect("new reactor");
+    r.set_handle_signals(false);
+    r
+}
+
+/// Options for a port on 127.0.0.1, port 0.
+pub fn loopback() -> ListenOptions {
+    ListenOptions::new(0).interface("127.0.0.1")
+}
+
+/// An address nothing listens on (a socket on 127.0.0.1 bound, then closed).
+pub fn dead_addr() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr")
+}
 
 static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -199,7 +224,7 @@ pub fn listen_loopback<P: DatagramProtocol>(
     protocol: P,
 ) -> ListeningPort<P> {
     reactor
-        .listen_udp_with(ListenOptions::new(0).interface("127.0.0.1"), protocol)
+        .listen_udp_with(loopback(), protocol)
         .expect("listen on 127.0.0.1:0")
 }
 
@@ -237,6 +262,34 @@ pub fn drive_recv(reactor: &mut Reactor, client: &UdpSocket) -> (Vec<u8>, Socket
     });
     client.set_nonblocking(false).expect("blocking");
     got.expect("checked by drive")
+}
+
+/// Turns the reactor until `collect` holds, or for at most [`DEADLINE`] (without failing:
+/// the assertions after it say what is missing), then for `linger` more, still calling
+/// `collect`, so that anything else on its way arrives meanwhile.
+pub fn collect_then_linger(
+    reactor: &mut Reactor,
+    linger: Duration,
+    mut collect: impl FnMut(&mut Reactor) -> bool,
+) {
+    reactor.run_until(DEADLINE, &mut collect).expect("turns");
+    reactor
+        .run_until(linger, |r| {
+            collect(r);
+            false
+        })
+        .expect("turns");
+}
+
+/// Sends `what` to the port from a new client and waits for its echo, which must come
+/// from the port's address.
+#[track_caller]
+pub fn assert_echoes<P>(reactor: &mut Reactor, port: &ListeningPort<P>, what: &[u8]) {
+    let c = client();
+    c.send_to(what, port.local_addr()).expect("send");
+    let (data, from) = drive_recv(reactor, &c);
+    assert_eq!(data, what);
+    assert_eq!(from, port.local_addr());
 }
 
 /// Turns the reactor for `period`, whatever happens (to show that something does *not*

@@ -6,7 +6,19 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::DEADLINE;
+use super::{DEADLINE, init_logging};
+
+/// Whether this is the child run of an ignored `inner_` test, started by
+/// [`Netns::run_inner`] with `flag` set (then with logging set up); any other run says so
+/// and the test does nothing.
+pub fn child_run(flag: &str) -> bool {
+    if std::env::var_os(flag).is_none() {
+        eprintln!("not a child run ({flag} unset): nothing to do");
+        return false;
+    }
+    init_logging();
+    true
+}
 
 /// A network namespace, deleted when dropped.
 pub struct Netns {
