@@ -166,12 +166,23 @@ fn datagram_count(hooks: &Hooks) -> usize {
         .count()
 }
 
-/// Sends `data` to `server` from a new socket on 127.0.0.1 and closes that socket: the
-/// reply to it meets a closed port. Returns the socket's address.
-fn depart(server: SocketAddr, data: &[u8]) -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.send_to(data, server).expect("send");
-    s.local_addr().expect("addr")
+/// Clients that each send one request and then go away together, when the group is
+/// dropped: the replies to them meet closed ports. Their sockets stay bound until then,
+/// so no two share a port. (A port freed and bound again by the next client would get two
+/// replies; two of one length in a row go out as one segmented message, and a closed
+/// port answers that with one ICMP error, not two.)
+#[derive(Default)]
+struct Departing(Vec<UdpSocket>);
+
+impl Departing {
+    /// Sends `data` to `server` from a new socket on 127.0.0.1; returns its address.
+    fn send(&mut self, server: SocketAddr, data: &[u8]) -> SocketAddr {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.send_to(data, server).expect("send");
+        let addr = s.local_addr().expect("addr");
+        self.0.push(s);
+        addr
+    }
 }
 
 /// A non-blocking client on 127.0.0.1 that stays.
@@ -228,9 +239,11 @@ fn replies_to_departed_clients_in_one_batch_are_each_reported() {
     let (p, hooks) = Probe::echo();
     let port = reactor.adopt_socket(&keep, p).expect("adopt");
     let server = port.local_addr();
+    let mut departing = Departing::default();
     let gone: Vec<SocketAddr> = (0..10)
-        .map(|i| depart(server, format!("request {i}").as_bytes()))
+        .map(|i| departing.send(server, format!("request {i}").as_bytes()))
         .collect();
+    drop(departing);
     let stays = live_client();
     stays.send_to(b"last request", server).expect("send");
     let mut replies = Vec::new();
@@ -297,13 +310,15 @@ fn live_clients_get_every_reply_among_departed_ones() {
     let mut replies = Vec::new();
     let mut settled = true;
     for round in 0..PAIRS / PER_ROUND {
+        let mut departing = Departing::default();
         for (j, client) in live.iter().enumerate() {
             let seq = round * PER_ROUND + j;
-            depart(server, format!("gone {seq}").as_bytes());
+            departing.send(server, format!("gone {seq}").as_bytes());
             client
                 .send_to(format!("live {seq}").as_bytes(), server)
                 .expect("send");
         }
+        drop(departing);
         let sent = ((round + 1) * PER_ROUND * 2) as u64;
         settled = reactor
             .run_until(DEADLINE, |r| {
@@ -382,9 +397,11 @@ fn a_burst_after_many_departed_clients_is_fully_delivered() {
     let client = live_client();
     let mut replies = Vec::new();
     for round in 0..ROUNDS {
+        let mut departing = Departing::default();
         for j in 0..GONE_PER_ROUND {
-            depart(server, format!("gone {round}.{j}").as_bytes());
+            departing.send(server, format!("gone {round}.{j}").as_bytes());
         }
+        drop(departing);
         client
             .send_to(format!("stays {round}").as_bytes(), server)
             .expect("send");
@@ -681,7 +698,9 @@ fn no_error_received_after_stop_protocol(how: Stop) {
     let (hooks, bye_to, results) = (p.hooks.clone(), p.bye_to.clone(), p.bye_results.clone());
     let port = util::listen_loopback(&mut reactor, p);
     let server = port.local_addr();
-    let gone: Vec<SocketAddr> = (0..3).map(|_| depart(server, b"hello")).collect();
+    let mut departing = Departing::default();
+    let gone: Vec<SocketAddr> = (0..3).map(|_| departing.send(server, b"hello")).collect();
+    drop(departing);
     util::drive(&mut reactor, "three requests", |_| {
         datagram_count(&hooks) == 3
     });

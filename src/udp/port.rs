@@ -61,7 +61,9 @@ pub struct PortStats {
     pub kernel_dropped: u64,
     /// Errors the kernel reported for earlier datagrams of an unconnected port (ICMP
     /// unreachable, read from its error queue), each passed to `error_received` unless
-    /// counted in `errors_unreported` too.
+    /// counted in `errors_unreported` too. It counts errors, not datagrams: a run of
+    /// replies sent segmented (see `ListenOptions::segmentation`) that meets a closed port
+    /// on this host is answered with one ICMP error for the run.
     pub unreachable: u64,
     /// Errors counted above (`unreachable`, `send_errors`, `refused`) that no hook was told
     /// of: more than 1024 waiting at once, still waiting when `stop_protocol` had run (no
