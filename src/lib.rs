@@ -82,13 +82,13 @@
 //!   were scheduled; a call scheduled for "now" from a timer runs on the next turn.
 //! - **Writes never block the reactor and never panic.** A full kernel buffer queues the
 //!   datagram (bounded; see [`UdpTransport`]); every failure is a typed [`Error`] or, for
-//!   a write gathered into a batch, a counter in [`PortStats`]. Each port's datagrams
-//!   leave in the order they were written.
+//!   a [gathered write](UdpTransport#gathered-writes), a counter in [`PortStats`]. Each
+//!   port's datagrams leave in the order they were written.
 //! - **Batched, allocation-free I/O.** Datagrams are read up to
 //!   [`ListenOptions::batch_size`] per system call into buffers the reactor reuses, and
-//!   the writes made while a batch is dispatched are sent together once it has been (runs
-//!   to one peer of one length segmented by the kernel: [`ListenOptions::segmentation`]);
-//!   in the steady state of an echo server no heap allocation happens per datagram.
+//!   the writes made while a batch is dispatched are
+//!   [gathered](UdpTransport#gathered-writes) and sent together; in the steady state of an
+//!   echo server no heap allocation happens per datagram.
 //! - **Nothing is lost silently.** A datagram longer than the port's max packet size is
 //!   dropped (never delivered cut short, unless
 //!   [`ListenOptions::deliver_truncated`] asks for it), logged and counted in

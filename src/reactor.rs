@@ -590,20 +590,20 @@ impl Reactor {
         batch: usize,
         max: usize,
     ) -> (Box<RecvBatch>, Box<SendBatch>) {
-        let (mut ring, mut out) = self.batches.take().unwrap_or_else(|| {
+        let (mut recv_batch, mut out) = self.batches.take().unwrap_or_else(|| {
             (
                 Box::new(RecvBatch::default()),
                 Box::new(SendBatch::with_capacity(DEFAULT_BATCH_SIZE, 64 * 1024)),
             )
         });
-        ring.reserve(batch, max);
+        recv_batch.reserve(batch, max);
         out.reserve(batch);
-        (ring, out)
+        (recv_batch, out)
     }
 
     /// Takes the lent batches back.
-    pub(crate) fn return_batches(&mut self, ring: Box<RecvBatch>, out: Box<SendBatch>) {
-        self.batches = Some((ring, out));
+    pub(crate) fn return_batches(&mut self, recv_batch: Box<RecvBatch>, out: Box<SendBatch>) {
+        self.batches = Some((recv_batch, out));
     }
 
     /// Takes the port out of its slot, runs `f` with it and the whole reactor, puts it back.
@@ -735,7 +735,7 @@ impl Reactor {
         delay: Duration,
         f: impl FnOnce(&mut P, &mut UdpTransport<'_>) + 'static,
     ) -> Result<DelayedCall> {
-        self.call_every_inner(port, delay, None, once(f))
+        self.schedule_on_port(port, delay, None, once(f))
     }
 
     /// A port-scoped [`call_every`](Self::call_every) from outside the port's callbacks.
@@ -749,10 +749,10 @@ impl Reactor {
         interval: Duration,
         f: impl FnMut(&mut P, &mut UdpTransport<'_>) + 'static,
     ) -> Result<DelayedCall> {
-        self.call_every_inner(port, interval, Some(interval), f)
+        self.schedule_on_port(port, interval, Some(interval), f)
     }
 
-    fn call_every_inner<P: DatagramProtocol>(
+    fn schedule_on_port<P: DatagramProtocol>(
         &mut self,
         port: &ListeningPort<P>,
         delay: Duration,

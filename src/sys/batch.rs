@@ -179,7 +179,7 @@ impl RecvBatch {
     /// socket): `None` if it attached none (nothing dropped yet, or not enabled). The
     /// count only grows, so the last datagram's is the newest.
     pub fn drop_count(&self) -> Option<u32> {
-        let name = super::errors::SO_RXQ_OVFL?;
+        let name = super::kernel_reports::SO_RXQ_OVFL?;
         let last = self.hdrs[..self.used].last()?;
         if last.msg_hdr.msg_controllen == 0 {
             return None;
@@ -665,7 +665,7 @@ mod tests {
         socket2::SockRef::from(&rx)
             .set_recv_buffer_size(16 * 1024)
             .expect("rcvbuf");
-        super::super::errors::enable_drop_count(rx.as_raw_fd()).expect("SO_RXQ_OVFL");
+        super::super::kernel_reports::enable_drop_count(rx.as_raw_fd()).expect("SO_RXQ_OVFL");
         let to = rx.local_addr().expect("addr");
         let mut ring = RecvBatch::default();
         ring.reserve(64, 512);
@@ -687,7 +687,8 @@ mod tests {
         tx.send_to(b"after", to).expect("send");
         assert_eq!(ring.recv(&rx, 64, 512).expect("recv"), 1);
         assert_eq!(ring.drop_count(), Some((BURST - queued) as u32));
-        let meminfo = super::super::errors::socket_drops(rx.as_raw_fd()).expect("SO_MEMINFO");
+        let meminfo =
+            super::super::kernel_reports::socket_drops(rx.as_raw_fd()).expect("SO_MEMINFO");
         assert_eq!(meminfo as usize, BURST - queued);
     }
 

@@ -19,17 +19,19 @@
 #[cfg(unix)]
 mod batch;
 #[cfg(unix)]
-mod errors;
-#[cfg(unix)]
 #[path = "unix.rs"]
 mod imp;
+#[cfg(unix)]
+mod kernel_reports;
 #[cfg(unix)]
 use imp as unix;
 
 pub use batch::{Datagram, RecvBatch, SendBatch, segmentation_refused};
 pub use imp::pin_to_cpu;
 
-pub(crate) use errors::{drops_or_log, enable_drop_count, read_queued_error, set_recv_errors};
+pub(crate) use kernel_reports::{
+    drops_or_log, enable_drop_count, read_queued_error, set_recv_errors,
+};
 
 pub(crate) use imp::{
     classify, dup_cloexec, inspect_socket, interface_exists, interface_index, is_icmp_error,

@@ -151,11 +151,8 @@ impl ListenOptions {
     /// How many datagrams one system call reads (`recvmmsg`) or sends (`sendmmsg`) on
     /// Linux, 1..=1024; 32 by default. A read also asks for no more than the byte budget
     /// has room for (see [`read_budget`](Self::read_budget): with the default 256 KiB and
-    /// max packet size 8192, 32). Writes made while a batch of received datagrams is
-    /// dispatched are gathered and handed to the kernel together once the batch has been
-    /// dispatched (or at once when `batch_size` of them are waiting, or when they would
-    /// count past the high-water mark of
-    /// [`write_buffer_limits`](Self::write_buffer_limits)), in order.
+    /// max packet size 8192, 32). It also bounds the writes gathered while a batch is
+    /// dispatched: see [gathered writes](crate::UdpTransport#gathered-writes).
     pub fn batch_size(mut self, datagrams: usize) -> Self {
         self.batch_size = datagrams;
         self

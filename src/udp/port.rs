@@ -1,6 +1,6 @@
 //! `UdpPort<P>`: a socket, its protocol, its send queue, its counters.
 //!
-//! The port is split into disjoint fields (`protocol`, `core`, `ring`) so that a callback
+//! The port is split into disjoint fields (`protocol`, `core`, `recv_batch`) so that a callback
 //! can be handed the protocol, a transport over the core, and a slice of the receive batch
 //! at the same time: the datagram is borrowed, never copied. The receive batch and the
 //! send batch belong to the reactor and are lent to one port at a time, while it reads:
@@ -216,7 +216,7 @@ pub(crate) struct PortCore {
 pub(crate) struct UdpPort<P> {
     protocol: P,
     core: PortCore,
-    ring: Option<Box<RecvBatch>>,
+    recv_batch: Option<Box<RecvBatch>>,
 }
 
 impl<P: DatagramProtocol> UdpPort<P> {
@@ -230,7 +230,7 @@ impl<P: DatagramProtocol> UdpPort<P> {
         let prefix = protocol.log_prefix().to_owned();
         UdpPort {
             protocol,
-            ring: None,
+            recv_batch: None,
             core: PortCore {
                 socket,
                 key,
@@ -270,12 +270,13 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 drops_seen: None,
             },
         }
-        .counting_drops()
+        .with_kernel_reports()
     }
 
-    /// Asks the kernel for its drop count on every datagram once any is dropped, and
-    /// notes where the count stands (an adopted socket may have dropped already).
-    fn counting_drops(mut self) -> Self {
+    /// Turns on what the kernel reports besides datagrams: its drop count on every datagram
+    /// once any is dropped (noting where the count stands: an adopted socket may have
+    /// dropped already), and the error queue.
+    fn with_kernel_reports(mut self) -> Self {
         let fd = self.core.socket.as_raw_fd();
         if let Err(e) = sys::enable_drop_count(fd)
             && e.kind() != std::io::ErrorKind::Unsupported
@@ -411,7 +412,7 @@ const ERROR_QUEUE_READS: usize = 1024;
 
 /// What one entry of the send queue is charged besides its payload, against the flow
 /// control marks and the queue's bound: what it costs in memory, at least (48 bytes in
-/// the queue's ring, as much again while the ring is half empty after growing, and up to
+/// the queue's ring buffer, as much again while that buffer is half empty after growing, and up to
 /// 32 bytes the allocator adds to the payload's block).
 pub(crate) const QUEUE_ENTRY_OVERHEAD: usize = 128;
 
@@ -471,8 +472,8 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
         if reading {
             // The reactor's batches, lent for this dispatch and given back even if a hook
             // panics (what was gathered before the panic is still sent).
-            let (ring, out) = r.lend_batches(self.core.batch_size, self.core.max_packet_size);
-            self.ring = Some(ring);
+            let (recv_batch, out) = r.lend_batches(self.core.batch_size, self.core.max_packet_size);
+            self.recv_batch = Some(recv_batch);
             self.core.out = Some(out);
         }
         let mut state = ReadState::default();
@@ -482,15 +483,18 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
         // every event one dispatch can have, unless hooks raise new events as they panic.
         let resumes = self.core.read_budget.saturating_add(MAX_RESUMES);
         for _ in 0..resumes {
-            let (protocol, core, ring) = (&mut self.protocol, &mut self.core, &mut self.ring);
+            let (protocol, core, recv_batch) =
+                (&mut self.protocol, &mut self.core, &mut self.recv_batch);
             let st = &mut state;
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 let mut t = UdpTransport::new(core, r);
                 if std::mem::take(&mut flush) {
                     t.core.flush_queue();
                 }
-                let more = match ring {
-                    Some(ring) if reading => read_batch(protocol, &mut t, ring, st),
+                let more = match recv_batch {
+                    Some(recv_batch) if reading => {
+                        read_until_budget(protocol, &mut t, recv_batch, st)
+                    }
                     _ => false,
                 };
                 report_pending(protocol, &mut t);
@@ -507,10 +511,12 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
                         Some(hook) => (hook, None),
                         None => {
                             let d = self
-                                .ring
+                                .recv_batch
                                 .as_ref()
                                 .filter(|_| state.in_batch && state.next > 0)
-                                .and_then(|ring| ring.datagrams_from(state.next - 1).next());
+                                .and_then(|recv_batch| {
+                                    recv_batch.datagrams_from(state.next - 1).next()
+                                });
                             match d {
                                 Some(d) if d.truncated => ("datagram_truncated", d.from),
                                 Some(d) => ("datagram_received", d.from),
@@ -545,8 +551,8 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
             );
             true
         });
-        if let (Some(ring), Some(out)) = (self.ring.take(), self.core.take_out()) {
-            r.return_batches(ring, out);
+        if let (Some(recv_batch), Some(out)) = (self.recv_batch.take(), self.core.take_out()) {
+            r.return_batches(recv_batch, out);
         }
         more
     }
@@ -612,13 +618,13 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
 /// is spent, dispatching each batch and then sending the writes it gathered; returns
 /// whether the budget ran out first (data may be left). Called again after a panicking
 /// hook, it goes on where `st` says.
-fn read_batch<P: DatagramProtocol>(
+fn read_until_budget<P: DatagramProtocol>(
     p: &mut P,
     t: &mut UdpTransport<'_>,
-    ring: &mut RecvBatch,
+    recv_batch: &mut RecvBatch,
     st: &mut ReadState,
 ) -> bool {
-    if st.in_batch && !finish_batch(p, t, ring, st) {
+    if st.in_batch && !finish_batch(p, t, recv_batch, st) {
         return false;
     }
     let (budget, budget_bytes) = (t.core.read_budget, t.core.read_budget_bytes);
@@ -631,7 +637,7 @@ fn read_batch<P: DatagramProtocol>(
         // budget has room for (at least one).
         let by_bytes = (budget_bytes - st.bytes).div_ceil(t.core.max_packet_size.max(1));
         let want = (budget - st.count).min(t.core.batch_size).min(by_bytes);
-        let got = match ring.recv(&t.core.socket, want, t.core.max_packet_size) {
+        let got = match recv_batch.recv(&t.core.socket, want, t.core.max_packet_size) {
             Ok(got) => got,
             Err(e) => {
                 st.count += 1;
@@ -653,7 +659,7 @@ fn read_batch<P: DatagramProtocol>(
         st.got = got;
         st.next = 0;
         st.in_batch = true;
-        if !finish_batch(p, t, ring, st) {
+        if !finish_batch(p, t, recv_batch, st) {
             return false;
         }
     }
@@ -666,7 +672,7 @@ fn read_batch<P: DatagramProtocol>(
 fn finish_batch<P: DatagramProtocol>(
     p: &mut P,
     t: &mut UdpTransport<'_>,
-    ring: &mut RecvBatch,
+    recv_batch: &mut RecvBatch,
     st: &mut ReadState,
 ) -> bool {
     let mut next = st.next;
@@ -674,13 +680,13 @@ fn finish_batch<P: DatagramProtocol>(
     let mut stopped = next > 0 && t.reactor.stops_asked() != st.stops && must_stop(t);
     // Counted against the budgets once the batch is done; going on after a panic, the
     // datagrams handed on before it count too.
-    let mut bytes: usize = ring
+    let mut bytes: usize = recv_batch
         .datagrams_from(0)
         .take(next)
         .map(|d| d.data.len())
         .sum();
     let rest = if stopped { st.got } else { next };
-    for d in ring.datagrams_from(rest) {
+    for d in recv_batch.datagrams_from(rest) {
         next += 1;
         // Where to go on from if this datagram's hook panics.
         st.next = next;
@@ -702,7 +708,7 @@ fn finish_batch<P: DatagramProtocol>(
     st.count += st.next;
     st.bytes += bytes;
     st.in_batch = false;
-    if let Some(count) = ring.drop_count() {
+    if let Some(count) = recv_batch.drop_count() {
         t.core.note_drops(count);
     }
     t.core.flush_out();
@@ -764,9 +770,12 @@ fn read_refused<P: DatagramProtocol>(p: &mut P, t: &mut UdpTransport<'_>) {
     if let Some(peer) = t.core.peer {
         t.core.stats.refused += 1;
         debug!("{} on {}: refused by {peer}", t.core.prefix, t.core.local);
+        // As from report_pending: this hook's writes are sent at once.
+        t.core.park_out();
         t.core.reporting = Some("connection_refused");
         p.connection_refused(t);
         t.core.reporting = None;
+        t.core.unpark_out();
     }
 }
 
@@ -946,7 +955,7 @@ impl PortCore {
             }
         }
         if self.queue.is_empty() && self.queue.capacity() > QUEUE_KEPT_CAPACITY {
-            // A burst's ring is not kept for ever.
+            // A burst's ring buffer is not kept for ever.
             self.queue.shrink_to(QUEUE_KEPT_CAPACITY);
         }
         if self.write_paused && self.queued_bytes <= self.write_low {
@@ -1370,7 +1379,7 @@ pub(crate) fn is_peer(peer: &SocketAddr, addr: &SocketAddr) -> bool {
 /// kernel taking anything in between.
 const STALE_RETRIES: u32 = 8;
 
-/// The send queue's ring is shrunk back to this many entries once it empties.
+/// The send queue's ring buffer is shrunk back to this many entries once it empties.
 const QUEUE_KEPT_CAPACITY: usize = 1024;
 
 /// How many drops the kernel's count `now` adds to `seen`, or `None` if it adds none: the

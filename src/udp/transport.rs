@@ -30,15 +30,22 @@ use crate::udp::port::{PortCore, PortStats, PortTimerFn, once};
 /// default): past the bound `write` returns [`Error::SendQueueFull`] and the datagram is
 /// counted in [`PortStats::send_dropped`].
 ///
+/// ## Gathered writes
+///
 /// Writes made inside [`datagram_received`](crate::DatagramProtocol::datagram_received)
-/// (and `connection_refused`) are gathered and handed to the kernel together, with one
-/// `sendmmsg` on Linux, once the batch of received datagrams being dispatched is done (or
-/// as soon as [`ListenOptions::batch_size`](crate::ListenOptions::batch_size) of them
-/// wait). `write` still checks everything it can at once (address, family, size, peer);
-/// what only the kernel can say then (a refusal, `EACCES` for a broadcast not allowed ...)
-/// is counted in [`PortStats`] (`refused`, calling `connection_refused` on a connected
-/// port, or `send_errors`) instead of returned. Writes from timers and the other hooks are
-/// sent at once, and their errors returned.
+/// and [`datagram_truncated`](crate::DatagramProtocol::datagram_truncated) are gathered
+/// and handed to the kernel together, with one `sendmmsg` on Linux (runs to one peer of one
+/// length as one segmented message:
+/// [`ListenOptions::segmentation`](crate::ListenOptions::segmentation)), once the batch of
+/// received datagrams being dispatched is done, or sooner: as soon as
+/// [`ListenOptions::batch_size`](crate::ListenOptions::batch_size) of them wait, or when
+/// they would count past the high-water mark of
+/// [`ListenOptions::write_buffer_limits`](crate::ListenOptions::write_buffer_limits).
+/// Order is kept. `write` still checks everything it can at once (address, family, size,
+/// peer); what only the kernel can say then (a refusal, `EACCES` for a broadcast not
+/// allowed ...) is counted in [`PortStats`] (`refused`, calling `connection_refused` on a
+/// connected port, or `send_errors` and `error_received`) instead of returned. Writes from
+/// every other hook and from timers are sent at once, and their errors returned.
 pub struct UdpTransport<'a> {
     pub(crate) core: &'a mut PortCore,
     pub(crate) reactor: &'a mut Reactor,
