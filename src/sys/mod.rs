@@ -1,20 +1,24 @@
 //! Every `unsafe` block and every OS-specific syscall of the crate lives here.
 //!
-//! The contract each platform file fulfils (only `unix.rs` exists today, selected below
-//! under the one module name `imp`, so call sites carry no `cfg`):
+//! The whole contract, as exported below (`unix.rs` is selected under the module name
+//! `imp`; `batch.rs` and `kernel_reports.rs` keep a Linux and an other-Unix half each):
 //!
-//! - `inspect_socket(fd) -> Result<SocketAddr, Error>`: for adoption, that `fd` is an open,
-//!   bound IPv4 or IPv6 datagram socket, and its address, without touching the fd.
-//! - `dup_cloexec(fd) -> io::Result<OwnedFd>`: a close-on-exec duplicate of `fd`.
-//! - `interface_index(name) -> io::Result<u32>`: a network interface's index by name.
-//! - `multicast_all_v4/v6`, `set_multicast_all_v4/v6`: Linux's `IP_MULTICAST_ALL`
-//!   options, "unsupported" elsewhere.
-//! - `signal_ignored(signal) -> bool`: whether a signal's disposition is `SIG_IGN`.
-//! - `RecvBatch` / `SendBatch` (`batch.rs`): reusable batches of datagrams read with one
-//!   `recvmmsg` and sent with one `sendmmsg` on Linux (a `recvmsg`/`sendmsg` loop
-//!   elsewhere), allocating nothing per datagram.
-//! - `classify(&io::Error) -> ErrorClass`: the one place errno is sorted into what the
-//!   port does about it.
+//! - Adoption: `inspect_socket(fd) -> Result<SocketAddr, Error>` (that `fd` is an open,
+//!   bound IPv4 or IPv6 datagram socket, and its address, without touching the fd);
+//!   `dup_cloexec(fd) -> io::Result<OwnedFd>` (a close-on-exec duplicate).
+//! - Interfaces: `interface_index(name) -> io::Result<u32>`, `interface_exists(index)`.
+//! - Multicast: `multicast_all_v4/v6`, `set_multicast_all_v4/v6` (Linux's
+//!   `IP_MULTICAST_ALL`, "unsupported" elsewhere).
+//! - Signals: `signal_ignored(signal) -> bool` (whether its disposition is `SIG_IGN`).
+//! - Batches (`batch.rs`): `RecvBatch`, `SendBatch` and `Datagram`, reusable batches read
+//!   with one `recvmmsg` and sent with one `sendmmsg` on Linux (a `recvmsg`/`sendmsg` loop
+//!   elsewhere), allocating nothing per datagram; `segmentation_refused(&io::Error)`.
+//! - What the kernel reports besides datagrams (`kernel_reports.rs`): `enable_drop_count`,
+//!   `drops_or_log` (`SO_RXQ_OVFL`, `SO_MEMINFO`), `set_recv_errors`, `read_queued_error`
+//!   (the error queue, `IP_RECVERR`/`IPV6_RECVERR`).
+//! - Errors: `classify(&io::Error) -> ErrorClass` and `is_icmp_error(&io::Error)`, the one
+//!   place errno is sorted into what the port does about it.
+//! - Benchmarks only: `pin_to_cpu(cpu)`.
 
 #[cfg(unix)]
 mod batch;
