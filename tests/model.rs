@@ -1,84 +1,87 @@
-//! Model-based random test of the timer queue and the port table (issue: "a proptest model
-//! that drives the timer queue and the port table with random schedule/cancel/open/close
-//! sequences against a simple model"), without new dependencies.
+//! Model-based random test of the timer queue and the port table: random
+//! schedule/cancel/open/close sequences against a simple model, on `proptest`, so that a
+//! failing sequence shrinks to a minimal one and is kept as a regression
+//! (`tests/proptest-regressions/model.txt`).
 //!
-//! A seeded PRNG (splitmix64) makes a sequence of [`Op`]s: reactor timers (some of which
-//! close a port through its handle), port timers (some of which call `stop_listening`),
-//! cancels of any handle ever issued, opens, closes, datagrams (to open ports, to closing
-//! ones, to the old addresses of closed ones; some ask their port to stop), reactor stops,
-//! and turns. The harness runs them on a real reactor with real sockets on 127.0.0.1, and
-//! everything the reactor calls back is recorded, in order, in one event log. After every
-//! op the log is replayed against a plain model (ports and timers in `Vec`s, datagrams in
-//! a `BTreeMap`), and every handle ever issued is queried (`is_listening`, `port_stats`,
-//! `is_pending`, `port_count`, `timer_count`). At the end every committed timer must have
-//! fired, every datagram sent to a port still open must have arrived, and closing every
-//! port must run each `stop_protocol` exactly once.
+//! Proptest generates sequences of [`Step`]s, which [`resolve`] turns into [`Op`]s: reactor
+//! timers (some of which close a port through its handle), port timers (some of which call
+//! `stop_listening`), cancels of any handle ever issued, opens, closes, datagrams (to open
+//! ports, to closing ones, to the old addresses of closed ones; some ask their port to
+//! stop), reactor stops, and turns. The harness runs them on a real reactor with real
+//! sockets on 127.0.0.1, and everything the reactor calls back is recorded, in order, in
+//! one event log. After every op the log is replayed against a plain model (ports and
+//! timers in `Vec`s, datagrams in a `BTreeMap`), and every handle ever issued is queried
+//! (`is_listening`, `port_stats`, `is_pending`, `port_count`, `timer_count`). At the end
+//! every committed timer must have fired, every datagram sent to a port still open must
+//! have arrived, and closing every port must run each `stop_protocol` exactly once.
 //!
 //! Time is not controlled, so the model checks lower bounds and orders, never exact times:
 //! a timer never fires before `before_schedule + delay`; if timer A's latest possible
 //! deadline is before timer B's earliest one (or equal, A scheduled first), B never fires
 //! while A is still pending.
 //!
-//! Replay a failure: `TWINE_MODEL_SEED=<seed> TWINE_MODEL_SEQS=1 cargo test --test model --
-//! --ignored long_random_sequences --nocapture`. Longer runs: `TWINE_MODEL_SEQS=20000`
-//! (`TWINE_MODEL_OPS` ops each, 50 by default). `TWINE_MODEL_STRICT=0` drops the checks on
-//! ports whose stop was asked for (see [`Config`]); `=pending` or `=fire` keeps one.
+//! A failure is shrunk (fewer ops, smaller delays, lower indices; see [`Steps`]) and
+//! reported as the minimal sequence, pasteable into a `run_ops(&[...])` regression test;
+//! its seed is appended to `tests/proptest-regressions/model.txt` ([`REGRESSIONS`]; commit
+//! it), and every later run replays the seeds in that file before any new case. (Each of
+//! the model tests replays every seed, at its own length: a seed gives back its failing
+//! case in the test that saved it. And a seed names a case through the strategies: change
+//! [`step`] and old seeds name other cases, so a real failure also deserves its `run_ops`
+//! test.)
+//!
+//! Each run draws new cases; `PROPTEST_RNG_SEED=<n>` fixes them. The long run:
+//! `cargo test --test model -- --ignored long_random_sequences --nocapture`, with
+//! `PROPTEST_CASES` cases (10,000 by default) of `TWINE_MODEL_OPS` ops (50).
+//! `TWINE_MODEL_STRICT=0` drops the checks on ports whose stop was asked for (see
+//! [`Strict`]); `=pending` or `=fire` keeps one.
 
+mod util;
+
+use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, UdpSocket};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use twine::{
-    DatagramProtocol, DelayedCall, Error, ListenOptions, ListeningPort, Reactor, UdpTransport,
+use proptest::prelude::{Just, Strategy, prop_oneof};
+use proptest::strategy::{NewTree, ValueTree};
+use proptest::test_runner::{
+    Config as ProptestConfig, FailurePersistence, FileFailurePersistence, PersistedSeed,
+    RngAlgorithm, RngSeed, TestCaseError, TestError, TestRng, TestRunner,
 };
+use twine::{DatagramProtocol, DelayedCall, Error, ListeningPort, Reactor, UdpTransport};
+use util::{DEADLINE, ms};
 
-/// The longest any single wait may take.
-const DEADLINE: Duration = Duration::from_secs(5);
 /// Ports a sequence keeps open at once (as far as it knows), and opens in all, at most.
 const MAX_LIVE_PORTS: usize = 6;
 const MAX_PORTS: usize = 40;
-/// Seeds and sizes of the default run.
-const BASE_SEED: u64 = 0x7477_696e_655f_6d64; // "twine_md"
-const SEQUENCES: u64 = 200;
-const OPS_PER_SEQUENCE: usize = 50;
-
-// ----- PRNG --------------------------------------------------------------------------------
-
-/// splitmix64: tiny, seeded, good enough to pick ops.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`; the modulo bias is irrelevant here).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-}
+/// Cases and lengths of the default runs.
+const CASES: u32 = 200;
+const OPS: usize = 50;
+const LONG_CASES: u32 = 16;
+const LONG_OPS: usize = 300;
+/// Threads, each with its own `TestRunner`, taking cases from one count (each case has its
+/// own reactor; most of the time is spent waiting for timers).
+const WORKERS: u32 = 8;
+/// Where shrunk failures are kept (proptest's own `proptest-regressions/` layout: its
+/// default, `SourceParallel`, looks for a `lib.rs` above the test file, finds none above
+/// `tests/`, and falls back to `tests/model.proptest-regressions` with a warning).
+const REGRESSIONS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/proptest-regressions/model.txt"
+);
 
 // ----- operations --------------------------------------------------------------------------
 
 /// One step of a sequence. Ports and timers are named by their index in issue order (every
 /// `Open` issues a port, every `CallLater`/`CallLaterOn` a timer index, even when the
-/// schedule is refused), so a sequence is a pure function of its seed and can be pasted
-/// into a regression test.
+/// schedule is refused), so a sequence stands on its own and can be pasted into a
+/// regression test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     /// `listen_udp_with(127.0.0.1:0)`.
@@ -105,104 +108,380 @@ enum Op {
     UntilEarliest,
 }
 
-fn delay_ms(rng: &mut Rng) -> u64 {
-    // Mostly a few equal small delays (same-delay FIFO order), sometimes up to 50 ms.
-    match rng.below(16) {
-        0..=3 => 0,
-        4..=6 => 1,
-        7..=8 => 2,
-        9 => 3,
-        10..=11 => 5,
-        12 => 10,
-        13 => 20,
-        14 => 50,
-        _ => rng.below(51) as u64,
+// ----- generating sequences ----------------------------------------------------------------
+
+/// A port as a [`Step`] names it, among the ports opened before it: with `live`, among
+/// those the sequence has not asked to close (if any), else among all; the one at `n / 2^16`
+/// of the way along them (see [`nth`]). So any subsequence of steps, which is what
+/// shrinking tries, still names ports that exist.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Pick {
+    live: bool,
+    n: usize,
+}
+
+/// What proptest generates and shrinks; [`resolve`] makes the [`Op`]s. Shrinking goes
+/// towards the first kind of step in [`step`], `false`, `None`, and index 0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Step {
+    Turn,
+    UntilEarliest,
+    Wait {
+        ms: u64,
+    },
+    /// A [`Op::Turn`] when the sequence already has its most ports.
+    Open,
+    CallLater {
+        ms: u64,
+        close: Option<Pick>,
+    },
+    CallLaterOn {
+        port: Pick,
+        ms: u64,
+        stop: bool,
+    },
+    Send {
+        port: Pick,
+        stop: bool,
+    },
+    /// With `recent`, one of the last four timers (likely still pending), else any; a
+    /// [`Op::Turn`] before the first timer.
+    Cancel {
+        recent: bool,
+        n: usize,
+    },
+    Close(Pick),
+    StopReactor,
+}
+
+impl Step {
+    fn needs_port(self) -> bool {
+        matches!(
+            self,
+            Step::CallLater { close: Some(_), .. }
+                | Step::CallLaterOn { .. }
+                | Step::Send { .. }
+                | Step::Close(_)
+        )
     }
 }
 
-/// The ops of one sequence. Targets are drawn mostly among the ports the sequence has not
-/// asked to close (so that most ops hit open ports), sometimes among all ports ever opened
-/// (stale handles, closed addresses).
-fn generate(seed: u64, n: usize) -> Vec<Op> {
-    let mut rng = Rng(seed);
+/// A step, and whether it is an [`Op::Open`] instead when the sequence has no live port
+/// (70% of the time; one that names a port before the first port is always one).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Raw {
+    reopen: bool,
+    step: Step,
+}
+
+/// Mostly a few equal small delays (same-delay FIFO order), sometimes up to 50 ms.
+fn delay() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        4 => Just(0u64),
+        3 => Just(1),
+        2 => Just(2),
+        1 => Just(3),
+        2 => Just(5),
+        1 => Just(10),
+        1 => Just(20),
+        1 => Just(50),
+        1 => 0u64..=50,
+    ]
+}
+
+/// A live port 85% of the time.
+fn pick() -> impl Strategy<Value = Pick> {
+    (proptest::bool::weighted(0.85), 0..FRACTION).prop_map(|(live, n)| Pick { live, n })
+}
+
+/// The kinds of step, weighted as in 100 draws.
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => Just(Step::Turn),
+        12 => Just(Step::UntilEarliest),
+        4 => (1u64..=4).prop_map(|ms| Step::Wait { ms }),
+        8 => Just(Step::Open),
+        18 => (delay(), proptest::option::weighted(0.08, pick()))
+            .prop_map(|(ms, close)| Step::CallLater { ms, close }),
+        18 => (pick(), delay(), proptest::bool::weighted(0.08))
+            .prop_map(|(port, ms, stop)| Step::CallLaterOn { port, ms, stop }),
+        14 => (pick(), proptest::bool::weighted(0.05))
+            .prop_map(|(port, stop)| Step::Send { port, stop }),
+        11 => (proptest::bool::ANY, 0..FRACTION)
+            .prop_map(|(recent, n)| Step::Cancel { recent, n }),
+        5 => pick().prop_map(Step::Close),
+        2 => Just(Step::StopReactor),
+    ]
+}
+
+fn raw() -> impl Strategy<Value = Raw> {
+    (proptest::bool::weighted(0.7), step()).prop_map(|(reopen, step)| Raw { reopen, step })
+}
+
+/// Sequences of `len` ops.
+fn sequences(len: usize) -> impl Strategy<Value = Vec<Op>> {
+    Steps { raw: raw(), len }.prop_map(|steps| resolve(&steps))
+}
+
+/// `len` values of `raw`. Unlike `proptest::collection::vec`, which deletes elements in a
+/// single pass and never below its least length, it shrinks to a fixed point: it deletes
+/// elements (in passes from the front, again after any pass that deleted one), then
+/// shrinks each one left, and deletes again if that changed any. Deleting a step changes
+/// what the steps after it resolve to (which ports are live, whether one reopens), so a
+/// step kept in one pass may go in the next.
+#[derive(Debug)]
+struct Steps<S> {
+    raw: S,
+    len: usize,
+}
+
+impl<S: Strategy> Strategy for Steps<S>
+where
+    S::Value: PartialEq,
+{
+    type Tree = StepsTree<S::Tree>;
+    type Value = Vec<S::Value>;
+
+    fn new_tree(&self, runner: &mut TestRunner) -> NewTree<Self> {
+        let elements = (0..self.len)
+            .map(|_| self.raw.new_tree(runner))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(StepsTree {
+            included: vec![true; elements.len()],
+            elements,
+            phase: Phase::Delete {
+                next: 0,
+                deleted: false,
+            },
+            last: None,
+        })
+    }
+}
+
+struct StepsTree<T: ValueTree> {
+    elements: Vec<T>,
+    included: Vec<bool>,
+    phase: Phase<T::Value>,
+    /// The simplification `current()` shows, while not undone by `complicate`.
+    last: Option<Last>,
+}
+
+enum Phase<V> {
+    /// Deleting from `next` on; whether this pass deleted any yet.
+    Delete {
+        next: usize,
+        deleted: bool,
+    },
+    /// Shrinking element `ix`; the elements when the phase began.
+    Shrink {
+        ix: usize,
+        before: Vec<V>,
+    },
+    Done,
+}
+
+#[derive(Clone, Copy)]
+enum Last {
+    Deleted(usize),
+    Shrunk(usize),
+}
+
+impl<T: ValueTree> ValueTree for StepsTree<T>
+where
+    T::Value: PartialEq,
+{
+    type Value = Vec<T::Value>;
+
+    fn current(&self) -> Vec<T::Value> {
+        self.elements
+            .iter()
+            .zip(&self.included)
+            .filter(|&(_, &inc)| inc)
+            .map(|(e, _)| e.current())
+            .collect()
+    }
+
+    fn simplify(&mut self) -> bool {
+        // Asked again without a `complicate`: the last deletion still failed, so it stays.
+        if let (Some(Last::Deleted(_)), Phase::Delete { deleted, .. }) =
+            (self.last, &mut self.phase)
+        {
+            *deleted = true;
+        }
+        self.last = None;
+        loop {
+            match &mut self.phase {
+                Phase::Delete { next, deleted } => {
+                    if let Some(ix) = (*next..self.elements.len()).find(|&i| self.included[i]) {
+                        self.included[ix] = false;
+                        *next = ix + 1;
+                        self.last = Some(Last::Deleted(ix));
+                        return true;
+                    }
+                    self.phase = if *deleted {
+                        Phase::Delete {
+                            next: 0,
+                            deleted: false,
+                        }
+                    } else {
+                        Phase::Shrink {
+                            ix: 0,
+                            before: self.current(),
+                        }
+                    };
+                }
+                Phase::Shrink { ix, .. } => {
+                    while *ix < self.elements.len() {
+                        if self.included[*ix] && self.elements[*ix].simplify() {
+                            self.last = Some(Last::Shrunk(*ix));
+                            return true;
+                        }
+                        *ix += 1;
+                    }
+                    let Phase::Shrink { before, .. } =
+                        std::mem::replace(&mut self.phase, Phase::Done)
+                    else {
+                        unreachable!()
+                    };
+                    self.phase = if before != self.current() {
+                        Phase::Delete {
+                            next: 0,
+                            deleted: false,
+                        }
+                    } else {
+                        Phase::Done
+                    };
+                }
+                Phase::Done => return false,
+            }
+        }
+    }
+
+    fn complicate(&mut self) -> bool {
+        match self.last.take() {
+            None => false,
+            Some(Last::Deleted(ix)) => {
+                self.included[ix] = true;
+                true
+            }
+            Some(Last::Shrunk(ix)) => {
+                let more = self.elements[ix].complicate();
+                if more {
+                    self.last = Some(Last::Shrunk(ix));
+                }
+                more
+            }
+        }
+    }
+}
+
+/// The range of the `n` in a [`Pick`] or a [`Step::Cancel`].
+const FRACTION: usize = 1 << 16;
+
+/// Index `n / FRACTION` of the way along `0..len` (`n < FRACTION`, `len > 0`): uniform for
+/// a uniform `n`, whatever `len` is, and as `n` shrinks to 0 so does the index, steadily (a
+/// modulo would jump about, and shrinking `n` would stop anywhere).
+fn nth(n: usize, len: usize) -> usize {
+    n * len / FRACTION
+}
+
+/// The ops of `steps`: ports and timers named by index in issue order (see [`Op`]).
+fn resolve(steps: &[Raw]) -> Vec<Op> {
     let mut opened = 0;
     let mut live: Vec<usize> = Vec::new();
     let mut timers = 0;
-    let mut ops = Vec::with_capacity(n);
-    let pick = |rng: &mut Rng, live: &[usize], opened: usize| {
-        if !live.is_empty() && rng.chance(85) {
-            live[rng.below(live.len())]
-        } else {
-            rng.below(opened)
-        }
-    };
+    let mut ops = Vec::with_capacity(steps.len());
     let forget = |live: &mut Vec<usize>, port: usize| live.retain(|&p| p != port);
-    while ops.len() < n {
+    for &Raw { reopen, step } in steps {
+        let pick = |p: Pick, live: &[usize]| {
+            if p.live && !live.is_empty() {
+                live[nth(p.n, live.len())]
+            } else {
+                nth(p.n, opened)
+            }
+        };
         let may_open = opened < MAX_PORTS && live.len() < MAX_LIVE_PORTS;
-        let want_open = opened == 0 || (live.is_empty() && may_open && rng.chance(70));
-        let roll = if want_open { 0 } else { rng.below(100) };
-        let op = match roll {
-            0..=7 if may_open => {
+        let step = if (opened == 0 && step.needs_port()) || (live.is_empty() && may_open && reopen)
+        {
+            Step::Open
+        } else {
+            step
+        };
+        let op = match step {
+            Step::Open if may_open => {
                 live.push(opened);
                 opened += 1;
                 Op::Open
             }
-            0..=7 => Op::Turn,
-            8..=12 => {
-                let port = pick(&mut rng, &live, opened);
+            Step::Open => Op::Turn,
+            Step::Close(p) => {
+                let port = pick(p, &live);
                 forget(&mut live, port);
                 Op::Close { port }
             }
-            13..=30 => {
-                let ms = delay_ms(&mut rng);
-                let close = rng.chance(8).then(|| pick(&mut rng, &live, opened));
+            Step::CallLater { ms, close } => {
+                let close = close.map(|p| pick(p, &live));
                 if let Some(port) = close {
                     forget(&mut live, port);
                 }
                 timers += 1;
                 Op::CallLater { ms, close }
             }
-            31..=48 => {
-                let port = pick(&mut rng, &live, opened);
-                let ms = delay_ms(&mut rng);
-                let stop = rng.chance(8);
+            Step::CallLaterOn { port, ms, stop } => {
+                let port = pick(port, &live);
                 if stop {
                     forget(&mut live, port);
                 }
                 timers += 1;
                 Op::CallLaterOn { port, ms, stop }
             }
-            49..=59 if timers > 0 => {
-                // Half the time one of the last few (likely still pending).
-                let timer = if rng.chance(50) {
-                    timers - 1 - rng.below(timers.min(4))
+            Step::Cancel { recent, n } if timers > 0 => {
+                let timer = if recent {
+                    timers - 1 - nth(n, timers.min(4))
                 } else {
-                    rng.below(timers)
+                    nth(n, timers)
                 };
                 Op::Cancel { timer }
             }
-            49..=59 => Op::Turn,
-            60..=73 => {
-                let port = pick(&mut rng, &live, opened);
-                let stop = rng.chance(5);
+            Step::Cancel { .. } => Op::Turn,
+            Step::Send { port, stop } => {
+                let port = pick(port, &live);
                 if stop {
                     forget(&mut live, port);
                 }
                 Op::Send { port, stop }
             }
-            74..=81 => Op::Turn,
-            82..=85 => Op::Wait {
-                ms: 1 + rng.below(4) as u64,
-            },
-            86..=97 => Op::UntilEarliest,
-            _ => {
+            Step::StopReactor => {
                 live.clear();
                 Op::StopReactor
             }
+            Step::Turn => Op::Turn,
+            Step::Wait { ms } => Op::Wait { ms },
+            Step::UntilEarliest => Op::UntilEarliest,
         };
         ops.push(op);
     }
     ops
+}
+
+/// Whether every port and timer an op names was issued by an op before it.
+fn well_formed(ops: &[Op]) -> bool {
+    let (mut ports, mut timers) = (0, 0);
+    ops.iter().all(|op| {
+        let ok = match *op {
+            Op::Close { port } | Op::Send { port, .. } => port < ports,
+            Op::CallLater { close, .. } => close.is_none_or(|p| p < ports),
+            Op::CallLaterOn { port, .. } => port < ports,
+            Op::Cancel { timer } => timer < timers,
+            _ => true,
+        };
+        match op {
+            Op::Open => ports += 1,
+            Op::CallLater { .. } | Op::CallLaterOn { .. } => timers += 1,
+            _ => {}
+        }
+        ok
+    })
 }
 
 // ----- what the reactor calls back ---------------------------------------------------------
@@ -251,27 +530,28 @@ type Log = Rc<RefCell<Vec<Ev>>>;
 
 const MAGIC: &[u8; 4] = b"twmd";
 
-fn payload(seed: u64, seq: u64, stop: bool) -> Vec<u8> {
+fn payload(tag: u64, seq: u64, stop: bool) -> Vec<u8> {
     let mut p = MAGIC.to_vec();
-    p.extend_from_slice(&seed.to_le_bytes());
+    p.extend_from_slice(&tag.to_le_bytes());
     p.extend_from_slice(&seq.to_le_bytes());
     p.push(u8::from(stop));
     p
 }
 
-fn parse(seed: u64, data: &[u8]) -> Option<(u64, bool)> {
+fn parse(tag: u64, data: &[u8]) -> Option<(u64, bool)> {
     if data.len() != 21 || &data[..4] != MAGIC {
         return None;
     }
-    let from_seed = u64::from_le_bytes(data[4..12].try_into().ok()?);
+    let from_tag = u64::from_le_bytes(data[4..12].try_into().ok()?);
     let seq = u64::from_le_bytes(data[12..20].try_into().ok()?);
-    (from_seed == seed).then_some((seq, data[20] != 0))
+    (from_tag == tag).then_some((seq, data[20] != 0))
 }
 
 /// Records its hooks; stops its port on a datagram flagged so.
 struct ModelProto {
     id: usize,
-    seed: u64,
+    /// The harness's [`Harness::tag`], in every datagram it sends.
+    tag: u64,
     log: Log,
     turn: Rc<Cell<u32>>,
 }
@@ -285,7 +565,7 @@ impl DatagramProtocol for ModelProto {
     }
 
     fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], _: SocketAddr) {
-        let Some((seq, stop)) = parse(self.seed, data) else {
+        let Some((seq, stop)) = parse(self.tag, data) else {
             self.log.borrow_mut().push(Ev::Foreign);
             return;
         };
@@ -378,7 +658,7 @@ struct Sent {
 /// model (the regression tests at the end pin them down) and fixed; on unless
 /// `TWINE_MODEL_STRICT=0`.
 #[derive(Debug, Clone, Copy, Default)]
-struct Config {
+struct Strict {
     /// Once a port's stop is asked for, `is_pending` and `cancel` say false for its timers
     /// (they will not fire: the port is torn down before the timers of the next turn).
     strict_pending: bool,
@@ -432,8 +712,10 @@ type Check = std::result::Result<(), String>;
 
 /// A reactor, its handles, the event log, and the model it is checked against.
 struct Harness {
-    seed: u64,
-    cfg: Config,
+    /// Unique to this harness in this process: a datagram with another tag is
+    /// [`Ev::Foreign`] (another test's, on a reused port number).
+    tag: u64,
+    strict: Strict,
     reactor: Reactor,
     client: UdpSocket,
     turn: Rc<Cell<u32>>,
@@ -451,15 +733,14 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(seed: u64, cfg: Config) -> Harness {
-        let mut reactor = Reactor::new().expect("new reactor");
-        reactor.set_handle_signals(false);
-        let client = UdpSocket::bind("127.0.0.1:0").expect("bind client");
+    fn new(strict: Strict) -> Harness {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let tag = u64::from(std::process::id()) << 32 | NEXT.fetch_add(1, Ordering::Relaxed);
         Harness {
-            seed,
-            cfg,
-            reactor,
-            client,
+            tag,
+            strict,
+            reactor: util::reactor(),
+            client: util::client(),
             turn: Rc::default(),
             log: Log::default(),
             replayed: 0,
@@ -509,12 +790,10 @@ impl Harness {
                 Ok(())
             }
             Op::CallLater { ms, close } => {
-                self.call_later(Duration::from_millis(ms), close);
+                self.call_later(util::ms(ms), close);
                 Ok(())
             }
-            Op::CallLaterOn { port, ms, stop } => {
-                self.call_later_on(port, Duration::from_millis(ms), stop)
-            }
+            Op::CallLaterOn { port, ms, stop } => self.call_later_on(port, util::ms(ms), stop),
             Op::Cancel { timer } => self.cancel(timer),
             Op::Send { port, stop } => {
                 self.send(port, stop);
@@ -526,7 +805,7 @@ impl Harness {
                 Ok(())
             }
             Op::Turn => self.step(Duration::ZERO),
-            Op::Wait { ms } => self.step(Duration::from_millis(ms)),
+            Op::Wait { ms } => self.step(util::ms(ms)),
             Op::UntilEarliest => self.until_earliest(),
         }
     }
@@ -535,13 +814,13 @@ impl Harness {
         let id = self.handles.len();
         let proto = ModelProto {
             id,
-            seed: self.seed,
+            tag: self.tag,
             log: self.log.clone(),
             turn: self.turn.clone(),
         };
         let h = self
             .reactor
-            .listen_udp_with(ListenOptions::new(0).interface("127.0.0.1"), proto)
+            .listen_udp_with(util::loopback(), proto)
             .expect("listen on 127.0.0.1:0");
         self.handles.push(h);
         self.ports.push(MPort {
@@ -668,7 +947,7 @@ impl Harness {
             None | Some(PortState::Open) => got,
             // Not going to fire (torn down before the timers run next turn), but the port
             // slot still holds it: the docs' "will still fire" says false.
-            Some(PortState::Closing { .. }) => !self.cfg.strict_pending || !got,
+            Some(PortState::Closing { .. }) => !self.strict.strict_pending || !got,
             Some(PortState::Stopped) => !got,
         }
     }
@@ -696,7 +975,7 @@ impl Harness {
         let addr = self.ports[port].addr;
         if self
             .client
-            .send_to(&payload(self.seed, seq, stop), addr)
+            .send_to(&payload(self.tag, seq, stop), addr)
             .is_ok()
         {
             self.sent.insert(
@@ -744,7 +1023,7 @@ impl Harness {
                 now < deadline,
                 "timed out after {DEADLINE:?} waiting for {what}"
             );
-            self.step((deadline - now).min(Duration::from_millis(10)))?;
+            self.step((deadline - now).min(ms(10)))?;
         }
         Ok(())
     }
@@ -898,7 +1177,7 @@ impl Harness {
                     PortState::Open => {}
                     PortState::Closing { asked } => {
                         ensure!(
-                            !self.cfg.strict_fire,
+                            !self.strict.strict_fire,
                             "timer {timer} fired after its port's stop was asked for (turn {asked})"
                         );
                         ensure!(
@@ -1050,7 +1329,7 @@ impl Harness {
         ensure!(self.reactor.port_count() == 0, "ports left at the end");
         ensure!(self.reactor.timer_count() == 0, "timers left at the end");
         // Nothing more: no callback after the last stop_protocol.
-        self.step(Duration::from_millis(1))?;
+        self.step(ms(1))?;
         ensure!(
             self.log.borrow().len() == self.replayed,
             "callbacks after every port stopped"
@@ -1063,7 +1342,6 @@ impl Harness {
 // ----- running sequences -------------------------------------------------------------------
 
 struct Failure {
-    seed: Option<u64>,
     at: usize,
     ops: Vec<Op>,
     message: String,
@@ -1071,21 +1349,12 @@ struct Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.seed {
-            Some(seed) => writeln!(
-                f,
-                "model divergence, seed {seed} (replay: TWINE_MODEL_SEED={seed} TWINE_MODEL_SEQS=1 \
-                 TWINE_MODEL_OPS={} cargo test --test model -- --ignored long_random_sequences --nocapture)",
-                self.ops.len()
-            )?,
-            None => writeln!(f, "model divergence in a fixed sequence")?,
-        }
         let place = if self.at < self.ops.len() {
             format!("op {} ({:?})", self.at, self.ops[self.at])
         } else {
             "the final drain and close".to_owned()
         };
-        writeln!(f, "at {place}: {}", self.message)?;
+        writeln!(f, "model divergence at {place}: {}", self.message)?;
         writeln!(f, "ops (run_ops(&[...]) replays them):")?;
         for (i, op) in self.ops.iter().enumerate() {
             let mark = if i == self.at { "  // <- here" } else { "" };
@@ -1095,10 +1364,10 @@ impl fmt::Display for Failure {
     }
 }
 
-fn run_checked(seed: Option<u64>, ops: &[Op], cfg: Config) -> Result<Tally, Failure> {
+fn run_checked(ops: &[Op], strict: Strict) -> Result<Tally, Failure> {
     let at = Cell::new(0);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let mut h = Harness::new(seed.unwrap_or(0), cfg);
+        let mut h = Harness::new(strict);
         h.run(ops, &at).map(|()| h.tally)
     }));
     let message = match outcome {
@@ -1110,7 +1379,6 @@ fn run_checked(seed: Option<u64>, ops: &[Op], cfg: Config) -> Result<Tally, Fail
         },
     };
     Err(Failure {
-        seed,
         at: at.get(),
         ops: ops.to_vec(),
         message,
@@ -1118,80 +1386,196 @@ fn run_checked(seed: Option<u64>, ops: &[Op], cfg: Config) -> Result<Tally, Fail
 }
 
 /// Runs a fixed sequence (a regression test), panicking with the report on divergence.
-fn run_ops(ops: &[Op], cfg: Config) {
-    if let Err(f) = run_checked(None, ops, cfg) {
+fn run_ops(ops: &[Op], strict: Strict) {
+    if let Err(f) = run_checked(ops, strict) {
         panic!("{f}");
     }
 }
 
-/// Runs `count` sequences of `n` ops, seeds `base..base + count`, on a few threads (each
-/// sequence has its own reactor; most of the time is spent waiting for timers).
-fn run_many(base: u64, count: u64, n: usize, cfg: Config) -> Tally {
-    let next = AtomicU64::new(0);
-    let failed = AtomicBool::new(false);
-    let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
-    let total = Mutex::new(Tally::default());
-    let workers = 8.min(count as usize).max(1);
-    let started = Instant::now();
-    thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                let mut mine = Tally::default();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= count || failed.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let seed = base.wrapping_add(i);
-                    match run_checked(Some(seed), &generate(seed, n), cfg) {
-                        Ok(t) => mine.add(&t),
-                        Err(f) => {
-                            failed.store(true, Ordering::Relaxed);
-                            failures.lock().expect("lock").push(f);
-                        }
-                    }
-                }
-                total.lock().expect("lock").add(&mine);
-            });
+/// The shrunk failures in [`REGRESSIONS`], as proptest's `FailurePersistence`: every
+/// worker saves there, only worker 0 loads (so each seed is replayed once a run, and
+/// before any new case).
+#[derive(Debug, Clone, PartialEq)]
+struct Kept {
+    load: bool,
+}
+
+const FILE: FileFailurePersistence = FileFailurePersistence::Direct(REGRESSIONS);
+
+impl FailurePersistence for Kept {
+    fn load_persisted_failures2(&self, source_file: Option<&'static str>) -> Vec<PersistedSeed> {
+        match self.load {
+            true => FILE.load_persisted_failures2(source_file),
+            false => Vec::new(),
         }
-    });
-    let failures = failures.into_inner().expect("lock");
-    if let Some(first) = failures.first() {
-        panic!("{first}");
     }
-    let t = total.into_inner().expect("lock");
+
+    fn save_persisted_failure2(
+        &mut self,
+        source_file: Option<&'static str>,
+        seed: PersistedSeed,
+        shrunken_value: &dyn fmt::Debug,
+    ) {
+        let mut file = FILE;
+        file.save_persisted_failure2(source_file, seed, shrunken_value);
+    }
+
+    fn box_clone(&self) -> Box<dyn FailurePersistence> {
+        Box::new(self.clone())
+    }
+
+    fn eq(&self, other: &dyn FailurePersistence) -> bool {
+        other.as_any().downcast_ref::<Kept>() == Some(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The configuration of worker `worker`'s runner: at most `cases` new cases, failures kept in
+/// [`REGRESSIONS`]; the `PROPTEST_*` variables apply, but for `PROPTEST_CASES`, and
+/// `PROPTEST_RNG_SEED` is offset by the worker (the same seed everywhere would run the
+/// same cases on every worker). The RNG is XorShift unless `PROPTEST_RNG_ALGORITHM` says.
+fn proptest_config(cases: u32, worker: u32) -> ProptestConfig {
+    let env = ProptestConfig::default();
+    ProptestConfig {
+        cases,
+        // Unset, proptest allows 4 shrink steps per case.
+        max_shrink_iters: match env.max_shrink_iters {
+            u32::MAX => 4096,
+            n => n,
+        },
+        // PROPTEST_DISABLE_FAILURE_PERSISTENCE unsets it.
+        failure_persistence: env
+            .failure_persistence
+            .as_ref()
+            .map(|_| Box::new(Kept { load: worker == 0 }) as Box<dyn FailurePersistence>),
+        source_file: Some(file!()),
+        rng_seed: match env.rng_seed {
+            RngSeed::Fixed(seed) => RngSeed::Fixed(seed.wrapping_add(worker.into())),
+            RngSeed::Random => RngSeed::Random,
+        },
+        // Four times faster than the default ChaCha in a debug build, where generating the
+        // cases took a third of the run.
+        rng_algorithm: match std::env::var_os("PROPTEST_RNG_ALGORITHM") {
+            Some(_) => env.rng_algorithm,
+            None => RngAlgorithm::XorShift,
+        },
+        // A rejected case ends the runner (see `check_cases`); no case is rejected else.
+        max_global_rejects: 0,
+        ..env
+    }
+}
+
+/// Runs the seeds in [`REGRESSIONS`], then `cases` new proptest cases of `len` ops on
+/// [`WORKERS`] threads, each with its own runner, taking cases from one count as it goes
+/// (as a fixed share each, the slowest share set the time). A runner stops when the count
+/// is spent: it rejects the case it drew, which ends it (`max_global_rejects` is 0). Once
+/// one worker finds a failure the others stop so, and that worker shrinks it; the test
+/// panics with the shrunk sequence.
+fn check_cases(cases: u32, len: usize, strict: Strict) -> Tally {
+    let started = Instant::now();
+    let failed = AtomicBool::new(false);
+    // Worker 0 alone first: a runner of no cases runs just the seeds it loads.
+    let replayed = run_worker(0, None, &failed, len, strict).unwrap_or_else(|e| panic!("{e}"));
+    let workers = WORKERS.min(cases).max(1);
+    let claimed = AtomicU32::new(0);
+    let count = Some((&claimed, cases));
+    let results: Vec<Result<Tally, String>> = thread::scope(|s| {
+        let handles: Vec<_> = (1..=workers)
+            .map(|w| {
+                let failed = &failed;
+                s.spawn(move || run_worker(w, count, failed, len, strict))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a worker panicked outside its cases"))
+            .collect()
+    });
+    let mut total = Tally::default();
+    let mut failures = Vec::new();
+    for r in results {
+        match r {
+            Ok(t) => total.add(&t),
+            Err(e) => failures.push(e),
+        }
+    }
+    if !failures.is_empty() {
+        panic!("{}", failures.join("\n----- and another worker's:\n"));
+    }
+    assert_eq!(total.sequences, u64::from(cases), "{total:?}");
+    total.add(&replayed);
     eprintln!(
-        "model: {} sequences x {n} ops from seed {base} in {:?} ({cfg:?}): {t:?}",
-        t.sequences,
+        "model: {} seeds from {REGRESSIONS}, {cases} cases of {len} ops in {:?} \
+         ({strict:?}): {total:?}",
+        replayed.sequences,
         started.elapsed(),
     );
-    t
+    total
+}
+
+/// One runner: worker 0 replays the seeds in [`REGRESSIONS`] and no new case; the others
+/// run new cases while `count` (claimed, of how many) has some left.
+fn run_worker(
+    worker: u32,
+    count: Option<(&AtomicU32, u32)>,
+    failed: &AtomicBool,
+    len: usize,
+    strict: Strict,
+) -> Result<Tally, String> {
+    let cases = count.map_or(0, |(_, cases)| cases);
+    let mut runner = TestRunner::new(proptest_config(cases, worker));
+    let tally = RefCell::new(Tally::default());
+    let shrinking = Cell::new(false);
+    let result = runner.run(&sequences(len), |ops| {
+        let spent = || count.is_some_and(|(c, cases)| c.fetch_add(1, Ordering::Relaxed) >= cases);
+        if !shrinking.get() && (failed.load(Ordering::Relaxed) || spent()) {
+            return Err(TestCaseError::reject("no cases left"));
+        }
+        match run_checked(&ops, strict) {
+            Ok(t) => {
+                tally.borrow_mut().add(&t);
+                Ok(())
+            }
+            Err(f) => {
+                shrinking.set(true);
+                failed.store(true, Ordering::Relaxed);
+                Err(TestCaseError::fail(f.to_string()))
+            }
+        }
+    });
+    match result {
+        Ok(()) => Ok(tally.into_inner()),
+        Err(TestError::Abort(_)) if !shrinking.get() => Ok(tally.into_inner()),
+        Err(e) => Err(format!("{e}\n{runner}")),
+    }
 }
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
     let v = v.trim();
-    let parsed = match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => v.parse(),
-    };
-    Some(parsed.unwrap_or_else(|_| panic!("{name}={v} is not a number")))
+    Some(
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a number")),
+    )
 }
 
 /// `TWINE_MODEL_STRICT`: both checks unless `0` (neither), `pending` or `fire` (that one).
-fn env_config() -> Config {
+fn env_strict() -> Strict {
     let v = std::env::var("TWINE_MODEL_STRICT").unwrap_or_default();
     match v.trim() {
-        "0" => Config::default(),
-        "pending" => Config {
+        "0" => Strict::default(),
+        "pending" => Strict {
             strict_pending: true,
             strict_fire: false,
         },
-        "fire" => Config {
+        "fire" => Strict {
             strict_pending: false,
             strict_fire: true,
         },
-        _ => Config {
+        _ => Strict {
             strict_pending: true,
             strict_fire: true,
         },
@@ -1200,11 +1584,11 @@ fn env_config() -> Config {
 
 // ----- tests -------------------------------------------------------------------------------
 
-/// 200 seeded sequences of 50 ops each against the model.
+/// 200 cases of 50 ops against the model.
 #[test]
 fn random_sequences_match_the_model() {
-    let t = run_many(BASE_SEED, SEQUENCES, OPS_PER_SEQUENCE, env_config());
-    assert_eq!(t.sequences, SEQUENCES);
+    util::init_logging();
+    let t = check_cases(CASES, OPS, env_strict());
     // The generator does reach every corner it is meant to.
     assert!(t.timers_fired > 0 && t.timers_cancelled > 0 && t.timers_dropped > 0);
     assert!(t.timers_refused > 0 && t.datagrams_delivered > 0);
@@ -1213,29 +1597,93 @@ fn random_sequences_match_the_model() {
 /// A few longer sequences: deeper states (many ports closed, reused slots, many handles).
 #[test]
 fn long_sequences_match_the_model() {
-    let t = run_many(BASE_SEED ^ 0xdead_beef, 16, 300, env_config());
-    assert_eq!(t.sequences, 16);
+    util::init_logging();
+    check_cases(LONG_CASES, LONG_OPS, env_strict());
 }
 
-/// The long run, for soak testing and replay: `TWINE_MODEL_SEQS` sequences (10,000 by
-/// default) of `TWINE_MODEL_OPS` ops (50) from seed `TWINE_MODEL_SEED`.
+/// The long run, for soak testing.
 #[test]
-#[ignore = "long run; set TWINE_MODEL_SEQS / TWINE_MODEL_SEED / TWINE_MODEL_OPS"]
+#[ignore = "long run (10,000 cases); set PROPTEST_CASES / PROPTEST_RNG_SEED / TWINE_MODEL_OPS"]
 fn long_random_sequences() {
-    let base = env_u64("TWINE_MODEL_SEED").unwrap_or(BASE_SEED);
-    let count = env_u64("TWINE_MODEL_SEQS").unwrap_or(10_000);
-    let n = env_u64("TWINE_MODEL_OPS").unwrap_or(OPS_PER_SEQUENCE as u64) as usize;
-    let t = run_many(base, count, n, env_config());
-    assert_eq!(t.sequences, count);
+    util::init_logging();
+    let cases = env_u64("PROPTEST_CASES").map_or(10_000, |n| {
+        u32::try_from(n).expect("PROPTEST_CASES fits in a u32")
+    });
+    let len = env_u64("TWINE_MODEL_OPS").map_or(OPS, |n| n as usize);
+    check_cases(cases, len, env_strict());
 }
 
-/// The generator is a pure function of the seed (what makes a printed seed replayable).
+/// A case is a pure function of its seed (what makes a seed in [`REGRESSIONS`] replay the
+/// case it was saved for), and every sequence is well formed and of its length.
 #[test]
 fn generator_is_deterministic() {
-    for seed in [0, 1, BASE_SEED] {
-        assert_eq!(generate(seed, 200), generate(seed, 200));
+    let generate = |seed: u8, len: usize| {
+        let mut runner = TestRunner::new_with_rng(
+            ProptestConfig::default(),
+            TestRng::from_seed(RngAlgorithm::XorShift, &[seed; 16]),
+        );
+        let ops = sequences(len)
+            .new_tree(&mut runner)
+            .expect("a case")
+            .current();
+        assert!(well_formed(&ops) && ops.len() == len, "{ops:?}");
+        ops
+    };
+    for seed in [1, 2, 3] {
+        assert_eq!(generate(seed, LONG_OPS), generate(seed, LONG_OPS));
     }
-    assert_ne!(generate(1, 50), generate(2, 50));
+    assert_ne!(generate(1, OPS), generate(2, OPS));
+}
+
+/// Every step of shrinking is a well-formed sequence, down to the empty one; and a failure
+/// shrinks to the ops it needs, and no more (here a pure property stands in for the
+/// reactor: some port timer is scheduled before its port is closed).
+#[test]
+fn shrinking_keeps_sequences_well_formed_and_finds_minimal_ones() {
+    let config = || ProptestConfig {
+        failure_persistence: None,
+        max_shrink_iters: 4096,
+        ..proptest_config(64, 0)
+    };
+    for seed in 1..=5 {
+        let rng = TestRng::from_seed(RngAlgorithm::XorShift, &[seed; 16]);
+        let mut runner = TestRunner::new_with_rng(config(), rng.clone());
+        for _ in 0..4 {
+            let mut tree = sequences(OPS).new_tree(&mut runner).expect("a case");
+            while tree.simplify() {
+                assert!(well_formed(&tree.current()), "{:?}", tree.current());
+            }
+            assert_eq!(tree.current(), []);
+        }
+        let timer_then_close = |ops: &[Op]| {
+            ops.iter().enumerate().any(|(i, op)| match *op {
+                Op::CallLaterOn { port, .. } => ops[i..].contains(&Op::Close { port }),
+                _ => false,
+            })
+        };
+        let result = TestRunner::new_with_rng(config(), rng).run(&sequences(OPS), |ops| {
+            if timer_then_close(&ops) {
+                Err(TestCaseError::fail("a port timer, then its port's close"))
+            } else {
+                Ok(())
+            }
+        });
+        let Err(TestError::Fail(_, minimal)) = result else {
+            panic!("no sequence had a port timer before its port's close: {result:?}");
+        };
+        assert_eq!(
+            minimal,
+            [
+                Op::Open,
+                Op::CallLaterOn {
+                    port: 0,
+                    ms: 0,
+                    stop: false
+                },
+                Op::Close { port: 0 },
+            ]
+        );
+    }
 }
 
 /// The model is not vacuous: histories that break a rule are rejected. (Forged events are
@@ -1243,7 +1691,7 @@ fn generator_is_deterministic() {
 #[test]
 fn model_rejects_forged_histories() {
     fn forged(setup: &[Op], events: impl FnOnce(&Harness) -> Vec<Ev>) -> String {
-        let mut h = Harness::new(1, Config::default());
+        let mut h = Harness::new(Strict::default());
         for op in setup {
             h.apply(*op).expect("setup op");
             h.replay().expect("setup replay");
@@ -1426,7 +1874,7 @@ fn fixed_sequence_fifo_cancel_and_stale_handles() {
             Op::Wait { ms: 2 },
             Op::Turn,
         ],
-        Config::default(),
+        Strict::default(),
     );
 }
 
@@ -1446,9 +1894,9 @@ fn port_timer_is_not_pending_once_its_port_is_asked_to_stop() {
             },
             Op::Close { port: 0 }, // the sweep after it: is_pending(timer 0) is still true
         ],
-        Config {
+        Strict {
             strict_pending: true,
-            ..Config::default()
+            ..Strict::default()
         },
     );
 }
@@ -1472,9 +1920,9 @@ fn port_timer_does_not_fire_after_stop_listening_in_a_datagram() {
             },
             Op::Turn,
         ],
-        Config {
+        Strict {
             strict_fire: true,
-            ..Config::default()
+            ..Strict::default()
         },
     );
 }
@@ -1497,9 +1945,9 @@ fn port_timer_does_not_fire_after_a_reactor_timer_stopped_its_port() {
             },
             Op::Turn,
         ],
-        Config {
+        Strict {
             strict_fire: true,
-            ..Config::default()
+            ..Strict::default()
         },
     );
 }
@@ -1522,9 +1970,9 @@ fn port_timer_does_not_fire_after_an_earlier_port_timer_stopped_its_port() {
             },
             Op::Turn,
         ],
-        Config {
+        Strict {
             strict_fire: true,
-            ..Config::default()
+            ..Strict::default()
         },
     );
 }
