@@ -9,8 +9,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use twine::{DatagramProtocol, ListenOptions, PortStats, Reactor, UdpTransport};
-use util::{DEADLINE, client, drive, init_logging, logs_about};
+use twine::{DatagramProtocol, PortStats, Reactor, UdpTransport};
+use util::procfs::softnet_dropped;
+use util::{DEADLINE, client, drive, init_logging, logs_about, loopback};
 
 /// What a protocol saw: whole datagrams (length) and cut ones (kept length, whole length).
 #[derive(Default)]
@@ -62,10 +63,7 @@ fn a_long_datagram_is_dropped_and_counted_by_default() {
     let mut reactor = Reactor::new().expect("reactor");
     let seen = Rc::new(RefCell::new(Seen::default()));
     let port = reactor
-        .listen_udp_with(
-            ListenOptions::new(0).interface("127.0.0.1"),
-            Watcher(seen.clone()),
-        )
+        .listen_udp_with(loopback(), Watcher(seen.clone()))
         .expect("listen");
     let _c = send_one_long(port.local_addr());
     drive(&mut reactor, "the two short datagrams", |_| {
@@ -96,12 +94,7 @@ fn deliver_truncated_hands_the_first_bytes_and_the_whole_length() {
     let mut reactor = Reactor::new().expect("reactor");
     let seen = Rc::new(RefCell::new(Seen::default()));
     let port = reactor
-        .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .deliver_truncated(true),
-            Watcher(seen.clone()),
-        )
+        .listen_udp_with(loopback().deliver_truncated(true), Watcher(seen.clone()))
         .expect("listen");
     let c = send_one_long(port.local_addr());
     drive(&mut reactor, "all three datagrams", |_| {
@@ -119,18 +112,6 @@ fn deliver_truncated_hands_the_first_bytes_and_the_whole_length() {
     );
 }
 
-/// Drops counted where no socket sees them: the per-CPU backlog of packets received
-/// (`/proc/net/softnet_stat`, second column, in hex, summed over the CPUs). Loopback
-/// delivers through it; a datagram dropped there never reaches the port's queue, so no
-/// socket counter includes it. System-wide.
-fn softnet_dropped() -> u64 {
-    let text = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter_map(|c| u64::from_str_radix(c, 16).ok())
-        .sum()
-}
-
 /// A burst larger than a small receive buffer, sent before the port reads anything: what
 /// the kernel could not queue is counted as dropped, so that received + dropped is
 /// exactly what was sent, and the stop line in the log says so.
@@ -142,9 +123,7 @@ fn kernel_drops_are_counted_so_that_every_datagram_is_accounted_for() {
     let seen = Rc::new(RefCell::new(Seen::default()));
     let port = reactor
         .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .recv_buffer_size(64 * 1024),
+            loopback().recv_buffer_size(64 * 1024),
             Watcher(seen.clone()),
         )
         .expect("listen");

@@ -4,31 +4,16 @@ use std::io::{ErrorKind, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
-use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 use twine::{Error, ListenOptions, ListeningPort, Reactor};
 use util::{
-    Event, Events, Recorder, client_on, datagrams, drive, drive_for, drive_recv, init_logging,
-    logs_about,
+    Event, Events, Recorder, client_on, datagrams, drive, drive_for, drive_recv,
+    fd_numbers_exclusive, fd_numbers_shared, init_logging, logs_about, reactor,
 };
 
 // ----- helpers -----------------------------------------------------------------------------
-
-/// Tests in this binary run on parallel threads of one process, and fd numbers are reused
-/// at once. The closed-fd test adopts a number it has just closed; it holds this lock for
-/// writing, every other test for reading, so no fd of another test can take that number
-/// meanwhile (adopting it would switch another test's socket to non-blocking).
-static FD_NUMBERS: RwLock<()> = RwLock::new(());
-
-fn fd_numbers_shared() -> RwLockReadGuard<'static, ()> {
-    FD_NUMBERS.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn reactor() -> Reactor {
-    Reactor::new().expect("new reactor")
-}
 
 fn udp_on(addr: &str) -> UdpSocket {
     UdpSocket::bind(addr).expect("bind udp socket")
@@ -382,7 +367,7 @@ fn adopt_with_invalid_option_leaves_fd_untouched() {
 /// A closed fd number (and -1) is `Error::BadDescriptor` carrying EBADF.
 #[test]
 fn closed_fd_is_bad_descriptor() {
-    let _fds = FD_NUMBERS.write().unwrap_or_else(PoisonError::into_inner);
+    let _fds = fd_numbers_exclusive();
     // The reactor first: its own fds must not take the number closed below.
     let mut reactor = reactor();
     let closed: RawFd = udp_on("127.0.0.1:0").as_raw_fd();

@@ -20,15 +20,10 @@ use twine::{
     DatagramProtocol, Error, ListenOptions, ListeningPort, PortStats, Reactor, UdpTransport,
 };
 use util::process::{Netns, child_run};
-use util::{DEADLINE, drive, drive_recv, init_logging};
+use util::{DEADLINE, drive, drive_recv, init_logging, loopback, reactor};
 
 /// Set in the environment of the `inner_` tests run inside a namespace.
 const CHILD_FLAG: &str = "TWINE_ATTACKS_CHILD";
-
-fn reactor() -> Reactor {
-    init_logging();
-    util::reactor()
-}
 
 /// A reactor for a child run of an `inner_` test; `None` (the test then does nothing) in
 /// any other run, which says so.
@@ -120,11 +115,12 @@ fn preload_until_stopped(
 #[track_caller]
 fn stop_then_panic(via_reactor: bool) {
     const N: u32 = 8;
+    init_logging();
     let mut r = reactor();
     let seen = Rc::new(RefCell::new(Seen::default()));
     let port = r
         .listen_udp_with(
-            ListenOptions::new(0).interface("127.0.0.1"),
+            loopback(),
             StopThenPanic {
                 seen: seen.clone(),
                 via_reactor,
@@ -183,13 +179,12 @@ impl DatagramProtocol for PanicOnFirst {
 #[test]
 fn a_port_closed_by_a_panic_counts_the_rest_of_its_batch_as_dropped_at_stop() {
     const N: u32 = 8;
+    init_logging();
     let mut r = reactor();
     let seen = Rc::new(RefCell::new(Seen::default()));
     let port = r
         .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .close_on_panic(true),
+            loopback().close_on_panic(true),
             PanicOnFirst { seen: seen.clone() },
         )
         .expect("listen");
@@ -246,6 +241,7 @@ impl DatagramProtocol for ConnectedEcho {
 /// `peer` on `peer_ip`: all are delivered, from the peer the kernel connected to, which
 /// `peer_addr` names; every echo is accepted and arrives.
 fn connected_to_unspecified(peer_ip: &str, unspecified: &str) {
+    init_logging();
     let mut r = reactor();
     let peer = util::client_on(peer_ip);
     let real = peer.local_addr().expect("peer address");
@@ -300,6 +296,7 @@ fn a_port_connected_to_the_v6_unspecified_address_serves_the_peer_the_kernel_cho
 /// that `from`: a scope id counts only where both addresses give one.
 #[test]
 fn a_port_connected_to_a_scoped_peer_writes_back_to_the_from_it_was_given() {
+    init_logging();
     let mut r = reactor();
     let peer = util::client_on("::1");
     let pport = peer.local_addr().expect("peer address").port();
@@ -331,6 +328,7 @@ fn a_port_connected_to_a_scoped_peer_writes_back_to_the_from_it_was_given() {
 /// peer's datagrams, from the mapped address, and may write back to them.
 #[test]
 fn a_dual_stack_port_connected_to_a_v4_mapped_peer_delivers_and_writes_back() {
+    init_logging();
     let mut r = reactor();
     let peer = util::client();
     let mapped: SocketAddr = format!(
@@ -471,13 +469,11 @@ impl DatagramProtocol for ErrorChain {
 /// write's failure, and nothing is left to report when the port closes.
 #[test]
 fn a_write_made_in_error_received_is_sent_at_once_and_returns_its_own_failure() {
+    init_logging();
     let mut r = reactor();
     let log = Rc::new(RefCell::new(ChainLog::default()));
     let port = r
-        .listen_udp_with(
-            ListenOptions::new(0).interface("127.0.0.1"),
-            ErrorChain { log: log.clone() },
-        )
+        .listen_udp_with(loopback(), ErrorChain { log: log.clone() })
         .expect("listen");
     let client = util::client();
     client.send_to(b"go", port.local_addr()).expect("send");
@@ -509,6 +505,7 @@ fn a_write_made_in_error_received_is_sent_at_once_and_returns_its_own_failure() 
 /// that address as it was written.
 #[test]
 fn a_dual_stack_ports_error_received_names_the_v4_mapped_destination_as_written() {
+    init_logging();
     let mut r = reactor();
     let (port, log) = listen_probe(&mut r, ListenOptions::new(0).interface("::"));
     let closed = util::client().local_addr().expect("an address");
@@ -532,6 +529,7 @@ fn a_dual_stack_ports_error_received_names_the_v4_mapped_destination_as_written(
 /// back to their `from`, and `send` without an address says `NotConnected`.
 #[test]
 fn an_adopted_socket_connected_to_port_zero_is_served_unconnected() {
+    init_logging();
     let mut r = reactor();
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
     s.connect("127.0.0.1:0")
@@ -579,7 +577,7 @@ impl DatagramProtocol for OpensInStop {
         let (rec, events) = util::Recorder::new();
         let p = t
             .reactor()
-            .listen_udp_with(ListenOptions::new(0).interface("127.0.0.1"), rec)
+            .listen_udp_with(loopback(), rec)
             .expect("listen from stop_protocol");
         *self.opened.borrow_mut() = Some((p, events));
     }
@@ -589,10 +587,11 @@ impl DatagramProtocol for OpensInStop {
 /// including a port opened by a stop_protocol of that teardown.
 #[test]
 fn a_port_opened_by_a_stop_protocol_during_the_reactors_stop_is_closed_by_that_stop() {
+    init_logging();
     let mut r = reactor();
     let opened = Rc::new(RefCell::new(None));
     r.listen_udp_with(
-        ListenOptions::new(0).interface("127.0.0.1"),
+        loopback(),
         OpensInStop {
             opened: opened.clone(),
         },
@@ -659,6 +658,7 @@ static ALLOC: biggest::Tracking = biggest::Tracking;
 /// near 1024 x 65535 bytes (64 MiB).
 #[test]
 fn the_receive_buffer_fits_the_most_demanding_port_not_a_product_of_two_ports() {
+    init_logging();
     let mut r = reactor();
     let count = |n: &Rc<RefCell<u32>>| {
         let n = n.clone();
@@ -667,19 +667,13 @@ fn the_receive_buffer_fits_the_most_demanding_port_not_a_product_of_two_ports() 
     let (small_got, big_got) = (Rc::new(RefCell::new(0)), Rc::new(RefCell::new(0)));
     let small = r
         .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .batch_size(1024)
-                .max_packet_size(64),
+            loopback().batch_size(1024).max_packet_size(64),
             count(&small_got),
         )
         .expect("listen");
     let big = r
         .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .batch_size(1)
-                .max_packet_size(65535),
+            loopback().batch_size(1).max_packet_size(65535),
             count(&big_got),
         )
         .expect("listen");
@@ -892,8 +886,7 @@ fn inner_pause_follows_error_received() {
     let log = Rc::new(RefCell::new(FlowLog::default()));
     let port = r
         .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
+            loopback()
                 .send_buffer_size(4096)
                 .send_queue_limit(200_000)
                 .write_buffer_limits(10_000, 2_000),

@@ -21,27 +21,16 @@ use std::net::{
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::rc::Rc;
-use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use twine::{DatagramProtocol, Error, ListenOptions, ListeningPort, Reactor, UdpTransport};
-use util::{DEADLINE, Recorder, client_on, datagrams, drive, drive_recv, with};
+use util::{
+    DEADLINE, Recorder, client_on, datagrams, dead_addr, dead_addr_on, drive, drive_recv,
+    fd_numbers_exclusive, fd_numbers_shared, loopback, reactor, with,
+};
 
 // ----- helpers -----------------------------------------------------------------------------
-
-/// Tests run on parallel threads of one process and fd numbers are reused at once: the
-/// closed-fd test holds this for writing while it adopts a number it has just closed, every
-/// other test holds it for reading, so that no other test's fd can take that number.
-static FD_NUMBERS: RwLock<()> = RwLock::new(());
-
-fn fds_shared() -> RwLockReadGuard<'static, ()> {
-    FD_NUMBERS.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn reactor() -> Reactor {
-    Reactor::new().expect("new reactor")
-}
 
 fn loopback_of(addr: SocketAddr) -> &'static str {
     if addr.is_ipv4() { "127.0.0.1" } else { "::1" }
@@ -186,11 +175,6 @@ fn in_hook(
     (out, port)
 }
 
-/// An address nothing on loopback listens on (a port just freed).
-fn dead_addr(ip: &str) -> SocketAddr {
-    client_on(ip).local_addr().expect("client addr")
-}
-
 // ----- addresses: text, pairs, interfaces ----------------------------------------------------
 
 /// Text that is not `IP:PORT` or `[IPv6]:PORT` with an IP literal.
@@ -300,7 +284,7 @@ fn not_a_literal<T: std::fmt::Debug>(result: twine::Result<T>, input: &str, reas
 /// refused like garbage. The time the checks took is printed, not bounded.
 #[test]
 fn address_text_that_is_not_an_ip_literal_is_invalid_address() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let v4 = echo_on(&mut reactor, "127.0.0.1");
     let v6 = echo_on(&mut reactor, "::1");
@@ -335,7 +319,7 @@ fn address_text_that_is_not_an_ip_literal_is_invalid_address() {
 /// checks took is printed, not bounded.
 #[test]
 fn host_port_pairs_without_an_ip_literal_are_invalid_address() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let v4 = echo_on(&mut reactor, "127.0.0.1");
     let v6 = echo_on(&mut reactor, "::1");
@@ -379,7 +363,7 @@ fn host_port_pairs_without_an_ip_literal_are_invalid_address() {
 /// address.
 #[test]
 fn interface_that_is_not_a_bindable_ip_literal_is_refused_before_or_at_bind() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let bad_text = [
         "localhost",
@@ -440,7 +424,7 @@ fn interface_that_is_not_a_bindable_ip_literal_is_refused_before_or_at_bind() {
 /// IPv4), outside and inside a hook: `AddressFamilyMismatch` naming it and the port.
 #[test]
 fn destination_of_the_other_family_is_address_family_mismatch() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let v4 = echo_on(&mut reactor, "127.0.0.1");
     let v6 = echo_on(&mut reactor, "::1");
@@ -510,7 +494,7 @@ fn destination_of_the_other_family_is_address_family_mismatch() {
 /// `Connect`, naming the scoped address; the port stays unconnected.
 #[test]
 fn scope_of_no_interface_is_refused_typed() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let v6 = echo_on(&mut reactor, "::1");
     let scoped: SocketAddr = "[fe80::1%99999]:9".parse().expect("addr");
@@ -562,7 +546,7 @@ fn scope_of_no_interface_is_refused_typed() {
 /// fails), so such a scope is refused before the kernel sees it, and the port works on.
 #[test]
 fn failed_connect_to_a_scope_of_no_interface_leaves_the_port_working() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let v6 = echo_on(&mut reactor, "::1");
     let scoped: SocketAddr = "[fe80::1%99999]:9".parse().expect("addr");
@@ -589,7 +573,7 @@ fn failed_connect_to_a_scope_of_no_interface_leaves_the_port_working() {
 /// unconnected. Once allowed, the same write goes out and arrives.
 #[test]
 fn broadcast_without_so_broadcast_is_refused_typed_until_allowed() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let v4 = echo_on(&mut reactor, "127.0.0.1");
     let listener = UdpSocket::bind("0.0.0.0:0").expect("wildcard listener");
@@ -652,13 +636,13 @@ fn broadcast_without_so_broadcast_is_refused_typed_until_allowed() {
 /// `WrongPeer` naming both; outside and inside a hook. The peer is kept and still reached.
 #[test]
 fn connected_port_misuse_is_typed_and_the_peer_is_kept() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let port = echo_on(&mut reactor, "127.0.0.1");
     let local = port.local_addr();
     let peer = client_on("127.0.0.1");
     let peer_addr = peer.local_addr().expect("peer addr");
-    let other = dead_addr("127.0.0.1");
+    let other = dead_addr();
     with(&mut reactor, &port, |t| {
         assert!(matches!(t.send(b"x"), Err(Error::NotConnected)));
         assert!(matches!(t.send(b""), Err(Error::NotConnected)));
@@ -743,7 +727,7 @@ fn connected_port_misuse_is_typed_and_the_peer_is_kept() {
 /// working: it still echoes anyone, and a good `connect` still works.
 #[test]
 fn refused_connect_leaves_the_port_unconnected_and_working() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let v4 = echo_on(&mut reactor, "127.0.0.1");
     let v6 = echo_on(&mut reactor, "::1");
@@ -780,7 +764,7 @@ fn refused_connect_leaves_the_port_unconnected_and_working() {
 /// `send_errors` inside a hook), on both families.
 #[test]
 fn port_zero_destination_is_a_send_error() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let v4 = echo_on(&mut reactor, "127.0.0.1");
     let v6 = echo_on(&mut reactor, "::1");
@@ -817,7 +801,7 @@ fn port_zero_destination_is_a_send_error() {
 /// datagrams from every port of that host are delivered, not only the "peer's".
 #[test]
 fn connect_to_port_zero_is_refused() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     for ip in ["127.0.0.1", "::1"] {
         let port = echo_on(&mut reactor, ip);
@@ -847,7 +831,7 @@ fn connect_to_port_zero_is_refused() {
 fn multicast_bad_groups_and_interfaces_on_an_ipv4_port() {
     const GROUP: &str = "239.201.0.1";
     const NEVER: &str = "239.201.0.2";
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let port = reactor
         .listen_udp_with(
@@ -943,7 +927,7 @@ fn multicast_bad_groups_and_interfaces_on_an_ipv4_port() {
 #[test]
 fn multicast_bad_groups_and_interfaces_on_an_ipv6_port() {
     const NEVER: &str = "ff15::201:2";
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let port = echo_on(&mut reactor, "::1");
     let local = port.local_addr();
@@ -993,7 +977,7 @@ fn multicast_bad_groups_and_interfaces_on_an_ipv6_port() {
 /// families, and the TTL is unchanged; 0 and 255 are accepted.
 #[test]
 fn multicast_ttl_past_255_is_invalid_option() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let v4 = echo_on(&mut reactor, "127.0.0.1");
     let v6 = echo_on(&mut reactor, "::1");
@@ -1017,7 +1001,7 @@ fn multicast_ttl_past_255_is_invalid_option() {
 /// `OutgoingInterface`; the setting is unchanged either way.
 #[test]
 fn outgoing_interface_refusals_are_typed() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let v4 = echo_on(&mut reactor, "127.0.0.1");
     let v6 = echo_on(&mut reactor, "::1");
@@ -1060,7 +1044,7 @@ fn outgoing_interface_refusals_are_typed() {
 /// was given, and on an IPv6 port the option that was set (`IPV6_MULTICAST_IF`).
 #[test]
 fn outgoing_interface_refusal_names_the_interface_and_the_option() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let v4 = echo_on(&mut reactor, "127.0.0.1");
     let v6 = echo_on(&mut reactor, "::1");
@@ -1122,7 +1106,7 @@ fn bad_descriptor(errno: i32) -> impl Fn(&Error) -> bool {
 /// `BadDescriptor` with EBADF naming it.
 #[test]
 fn adopting_what_is_no_open_fd_is_bad_descriptor() {
-    let _fds = FD_NUMBERS.write().unwrap_or_else(PoisonError::into_inner);
+    let _fds = fd_numbers_exclusive();
     // The reactor first: its own fds must not take the number closed below.
     let mut reactor = reactor();
     let closed: RawFd = UdpSocket::bind("127.0.0.1:0").expect("bind").as_raw_fd();
@@ -1152,7 +1136,7 @@ fn adopting_what_is_no_open_fd_is_bad_descriptor() {
 /// with ENOTSOCK; it stays the caller's, open, in its mode, and usable.
 #[test]
 fn adopting_a_non_socket_is_bad_descriptor_and_leaves_it_usable() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
     let mut file = std::fs::File::open(path).expect("open Cargo.toml");
@@ -1189,7 +1173,7 @@ fn adopting_a_non_socket_is_bad_descriptor_and_leaves_it_usable() {
 /// left blocking and working.
 #[test]
 fn adopting_a_stream_socket_is_unsupported_socket_type_and_leaves_it_usable() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let l4 = TcpListener::bind("127.0.0.1:0").expect("tcp listen v4");
     let l6 = TcpListener::bind("[::1]:0").expect("tcp listen v6");
@@ -1229,7 +1213,7 @@ fn adopting_a_stream_socket_is_unsupported_socket_type_and_leaves_it_usable() {
 /// netlink) is `UnsupportedAddressFamily` naming its family; the Unix pair still talks.
 #[test]
 fn adopting_a_non_ip_socket_is_unsupported_address_family() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let dir = std::env::temp_dir().join(format!("twine-bad-input-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -1285,7 +1269,7 @@ fn adopting_a_non_ip_socket_is_unsupported_address_family() {
 /// reference, and left blocking; once bound it is adopted.
 #[test]
 fn adopting_an_unbound_udp_socket_is_not_bound() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     for (domain, at) in [(Domain::IPV4, "127.0.0.1:0"), (Domain::IPV6, "[::1]:0")] {
         let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).expect("udp socket");
@@ -1311,7 +1295,7 @@ fn adopting_an_unbound_udp_socket_is_not_bound() {
 /// at or changed: even a bad fd reports the option, and a good one is left blocking.
 #[test]
 fn adopt_with_bad_options_is_invalid_option_and_leaves_the_fd_untouched() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     for (opts, option, value) in bad_options() {
@@ -1338,7 +1322,7 @@ fn adopt_with_bad_options_is_invalid_option_and_leaves_the_fd_untouched() {
 /// listened port does: what family the port is comes from the socket.
 #[test]
 fn adopted_socket_refuses_destinations_of_the_other_family() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let s6 = UdpSocket::bind("[::1]:0").expect("bind v6");
     let s4 = UdpSocket::bind("127.0.0.1:0").expect("bind v4");
@@ -1362,7 +1346,7 @@ fn adopted_socket_refuses_destinations_of_the_other_family() {
 
 /// Every out-of-range option: `(options, option name, value)`.
 fn bad_options() -> Vec<(ListenOptions, &'static str, usize)> {
-    let base = || ListenOptions::new(0).interface("127.0.0.1");
+    let base = loopback;
     vec![
         (base().max_packet_size(0), "max_packet_size", 0),
         (base().max_packet_size(65_536), "max_packet_size", 65_536),
@@ -1385,7 +1369,7 @@ fn bad_options() -> Vec<(ListenOptions, &'static str, usize)> {
 /// value, before any socket exists (even with a bad interface too); the edges are accepted.
 #[test]
 fn listen_options_out_of_range_are_invalid_option() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     for (opts, option, value) in bad_options() {
         invalid_option(
@@ -1402,12 +1386,7 @@ fn listen_options_out_of_range_are_invalid_option() {
     assert_eq!(reactor.port_count(), 0);
     // (max_packet_size(1) is accepted too: its own test below; it cannot echo a witness.)
     reactor
-        .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .max_packet_size(1),
-            Recorder::new().0,
-        )
+        .listen_udp_with(loopback().max_packet_size(1), Recorder::new().0)
         .expect("max_packet_size 1 accepted");
     let mut edges = Vec::new();
     for opts in [
@@ -1429,7 +1408,7 @@ fn listen_options_out_of_range_are_invalid_option() {
 /// (the kernel clamps them), and the port works.
 #[test]
 fn zero_and_extreme_queue_and_buffer_sizes_are_accepted_and_work() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let mut ports = Vec::new();
     for opts in [
@@ -1476,7 +1455,7 @@ fn zero_and_extreme_queue_and_buffer_sizes_are_accepted_and_work() {
 /// small for one 8 KiB datagram.
 #[test]
 fn huge_buffer_sizes_are_capped_not_wrapped() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let default_rcv = SockRef::from(&sock).recv_buffer_size().expect("SO_RCVBUF");
@@ -1511,7 +1490,7 @@ fn payload(len: usize) -> Vec<u8> {
 /// never delivered cut short; a marker after them still arrives.
 #[test]
 fn received_datagrams_past_max_packet_size_are_dropped_and_counted() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     for (ip, udp_max) in [("127.0.0.1", 65_507usize), ("::1", 65_527)] {
         let (rec, events) = Recorder::new();
@@ -1562,16 +1541,11 @@ fn received_datagrams_past_max_packet_size_are_dropped_and_counted() {
 /// `max_packet_size(1)`: an empty and a 1-byte datagram arrive, 2 bytes is truncated.
 #[test]
 fn max_packet_size_one_takes_empty_and_one_byte_datagrams_only() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let (rec, events) = Recorder::echoing();
     let port = reactor
-        .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .max_packet_size(1),
-            rec,
-        )
+        .listen_udp_with(loopback().max_packet_size(1), rec)
         .expect("listen");
     let c = client_on("127.0.0.1");
     for d in [&b""[..], b"a", b"ab", b"z"] {
@@ -1596,7 +1570,7 @@ fn max_packet_size_one_takes_empty_and_one_byte_datagrams_only() {
 /// hook and echoed inside one, each arriving whole.
 #[test]
 fn largest_datagrams_of_each_family_travel_whole() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     for (ip, max) in [("127.0.0.1", 65_507usize), ("::1", 65_527)] {
         let (rec, events) = Recorder::echoing();
@@ -1634,7 +1608,7 @@ fn largest_datagrams_of_each_family_travel_whole() {
 /// nothing is sent.
 #[test]
 fn writes_past_the_udp_maximum_are_message_too_long() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     for (ip, max) in [("127.0.0.1", 65_507usize), ("::1", 65_527)] {
         let port = reactor
@@ -1643,7 +1617,7 @@ fn writes_past_the_udp_maximum_are_message_too_long() {
                 Recorder::echoing().0,
             )
             .expect("listen");
-        let to = dead_addr(ip);
+        let to = dead_addr_on(ip);
         let lens = [max + 1, 65_535, 65_536, 1 << 20];
         with(&mut reactor, &port, |t| {
             for len in lens {
@@ -1682,7 +1656,7 @@ fn writes_past_the_udp_maximum_are_message_too_long() {
 /// (a run of one length, which segmentation must not choke on), each arrives empty.
 #[test]
 fn empty_datagrams_are_written_and_arrive_empty() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     for ip in ["127.0.0.1", "::1"] {
         let port = echo_on(&mut reactor, ip);
@@ -1722,7 +1696,7 @@ struct Other;
 /// `ProtocolMismatch` naming both types; a handle of a dropped reactor is `ReactorGone`.
 #[test]
 fn stale_handles_and_wrong_timer_types_are_typed() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let gone = echo_on(&mut reactor, "127.0.0.1");
     assert!(reactor.stop_listening(&gone));
@@ -1782,7 +1756,7 @@ fn stale_handles_and_wrong_timer_types_are_typed() {
 /// repeat interval fires once a turn without starving the ports.
 #[test]
 fn extreme_durations_neither_panic_nor_hang() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let port = echo_on(&mut reactor, "127.0.0.1");
     let far = reactor.call_later(Duration::MAX, |_| panic!("fired"));
@@ -1811,7 +1785,7 @@ fn extreme_durations_neither_panic_nor_hang() {
 /// Duration::MAX` overflows.
 #[test]
 fn run_until_without_a_real_deadline_does_not_panic() {
-    let _fds = fds_shared();
+    let _fds = fd_numbers_shared();
     let mut reactor = reactor();
     let done = reactor
         .run_until(Duration::MAX, |_| true)

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use twine::{DatagramProtocol, Error, ListenOptions, ListeningPort, Reactor, UdpTransport};
 use util::{
-    DEADLINE, Event, Events, OnStart, Recorder, client, client_on, count, datagrams, drive,
-    drive_for, drive_recv, init_logging, listen_loopback, with,
+    DEADLINE, Event, Events, OnStart, Recorder, client, client_on, count, datagrams, dead_addr_on,
+    drive, drive_for, drive_recv, init_logging, listen_loopback, with,
 };
 
 fn on_start<F: FnMut(&mut UdpTransport<'_>) + 'static>(start: F) -> (OnStart<F>, Events) {
@@ -16,19 +16,11 @@ fn on_start<F: FnMut(&mut UdpTransport<'_>) + 'static>(start: F) -> (OnStart<F>,
     (OnStart { rec, start }, events)
 }
 
-/// An address on `ip` where nothing listens: a socket is bound there, then closed.
-fn dead_addr_on(ip: &str) -> SocketAddr {
-    let s = UdpSocket::bind((ip, 0)).expect("bind a socket to free");
-    s.local_addr().expect("its address")
-}
-
-/// A dead address on 127.0.0.2 (loopback too): the tests re-bind it later to show a port
-/// works again, and a port number freed on 127.0.0.1 may meanwhile be handed to another
-/// test's `127.0.0.1:0` (seen in CI as `AddrInUse`); nothing here binds 127.0.0.2 but
-/// these dead addresses.
-fn dead_addr() -> SocketAddr {
-    dead_addr_on("127.0.0.2")
-}
+/// Where the dead addresses are ([`dead_addr_on`]): 127.0.0.2 (loopback too). The tests
+/// re-bind a dead address later to show a port works again, and a port number freed on
+/// 127.0.0.1 may meanwhile be handed to another test's `127.0.0.1:0` (seen in CI as
+/// `AddrInUse`); nothing here binds 127.0.0.2 but these dead addresses.
+const DEAD_IP: &str = "127.0.0.2";
 
 fn refusals(events: &Events) -> usize {
     count(events, |e| *e == Event::Refused)
@@ -299,7 +291,7 @@ fn send_on_an_unconnected_port_is_not_connected() {
 fn refusal_read_by_the_reactor_calls_connection_refused_once_and_the_port_keeps_working() {
     init_logging();
     let mut reactor = Reactor::new().unwrap();
-    let dead = dead_addr();
+    let dead = dead_addr_on(DEAD_IP);
     let (rec, events) = Recorder::new();
     let port = listen_loopback(&mut reactor, rec);
     connect(&mut reactor, &port, dead);
@@ -325,7 +317,7 @@ fn refusal_read_by_the_reactor_calls_connection_refused_once_and_the_port_keeps_
 #[test]
 fn refused_send_in_a_hook_returns_connection_refused_and_calls_the_hook_once_it_returns() {
     let mut reactor = Reactor::new().unwrap();
-    let dead = dead_addr();
+    let dead = dead_addr_on(DEAD_IP);
     let seen: Rc<RefCell<Option<(usize, SocketAddr, usize)>>> = Rc::default();
     let (rec, events) = Recorder::new();
     let hook_events = events.clone();
@@ -360,7 +352,7 @@ fn refused_send_in_a_hook_returns_connection_refused_and_calls_the_hook_once_it_
 #[test]
 fn refused_send_from_with_port_calls_connection_refused_once_it_returns() {
     let mut reactor = Reactor::new().unwrap();
-    let dead = dead_addr();
+    let dead = dead_addr_on(DEAD_IP);
     let (rec, events) = Recorder::new();
     let port = listen_loopback(&mut reactor, rec);
     connect(&mut reactor, &port, dead);
@@ -384,7 +376,7 @@ fn refused_send_from_with_port_calls_connection_refused_once_it_returns() {
 #[test]
 fn port_stats_refused_counts_each_refusal() {
     let mut reactor = Reactor::new().unwrap();
-    let dead = dead_addr();
+    let dead = dead_addr_on(DEAD_IP);
     let (rec, events) = Recorder::new();
     let port = listen_loopback(&mut reactor, rec);
     connect(&mut reactor, &port, dead);
@@ -408,7 +400,7 @@ fn port_stats_refused_counts_each_refusal() {
 #[test]
 fn unconnected_port_writing_to_a_dead_address_gets_no_connection_refused() {
     let mut reactor = Reactor::new().unwrap();
-    let dead = dead_addr();
+    let dead = dead_addr_on(DEAD_IP);
     let (rec, events) = Recorder::new();
     let port = listen_loopback(&mut reactor, rec);
     with(&mut reactor, &port, |t| t.write(b"one", dead)).expect("first write");

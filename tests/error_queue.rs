@@ -23,10 +23,8 @@ use std::rc::Rc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use twine::{
-    DatagramProtocol, Error, ListenOptions, ListeningPort, PortStats, Reactor, UdpTransport,
-};
-use util::{DEADLINE, collect_then_linger, drive_for, init_logging, logs_about};
+use twine::{DatagramProtocol, Error, ListeningPort, PortStats, Reactor, UdpTransport};
+use util::{DEADLINE, collect_then_linger, drive_for, init_logging, logs_about, loopback};
 
 /// One hook call, as a [`Probe`] saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -547,8 +545,7 @@ fn sends_retried_after_a_refusal_blame_only_departed_clients() {
     const GONE: [usize; 2] = [31, 63];
     let mut reactor = Reactor::new().expect("reactor");
     let (p, hooks) = Probe::echo();
-    let opts = ListenOptions::new(0)
-        .interface("127.0.0.1")
+    let opts = loopback()
         .batch_size(CLIENTS)
         .segmentation(false)
         // Small enough for the read budget's bytes to allow a whole batch at once.

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use twine::{DatagramProtocol, Error, ListenOptions, ListeningPort, Reactor, UdpTransport};
-use util::{DEADLINE, drive, init_logging};
+use util::{DEADLINE, drive, init_logging, loopback};
 
 /// One error as `error_received` got it: the kind of `Error`, its errno kind, the
 /// address passed, and the reporter for an `Unreachable`.
@@ -315,9 +315,7 @@ fn a_connected_port_still_gets_connection_refused() {
         errors: errors.clone(),
         peer: closed_port("127.0.0.1"),
     };
-    reactor
-        .listen_udp_with(ListenOptions::new(0).interface("127.0.0.1"), p)
-        .expect("listen");
+    reactor.listen_udp_with(loopback(), p).expect("listen");
     drive(&mut reactor, "the refusal", |_| *refused.borrow() == 1);
     reactor
         .run_until(Duration::from_millis(50), |_| false)

@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use util::dead_addr;
 use util::running::{Ended, Running, example};
 
 fn client() -> UdpSocket {
@@ -124,12 +125,6 @@ const SIX: [&str; 6] = [
     "time_server",
     "upper_server",
 ];
-
-/// An address on 127.0.0.1 where nothing listens (bound for a moment, then let go).
-fn dead_addr() -> SocketAddr {
-    let dead = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    dead.local_addr().expect("addr")
-}
 
 /// The next datagram on `sock` (within its read timeout), which must come from `from`.
 ///

@@ -36,6 +36,8 @@
 //! TWINE_SOAK_SECS=3600 cargo test --test flood flood_soak -- --ignored --nocapture
 //! ```
 
+mod util;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -45,7 +47,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use twine::{DatagramProtocol, ListenOptions, ListeningPort, PortStats, Reactor, UdpTransport};
+use twine::{DatagramProtocol, ListeningPort, PortStats, Reactor, UdpTransport};
+use util::procfs::{self_status_kib, softnet_dropped};
+use util::{DEADLINE, loopback, reactor};
 
 /// How long the normal test floods.
 const FLOOD: Duration = Duration::from_secs(5);
@@ -54,8 +58,6 @@ const FLOOD: Duration = Duration::from_secs(5);
 const WARM_UP: Duration = Duration::from_millis(500);
 /// The repeating timer's interval.
 const TICK: Duration = Duration::from_millis(10);
-/// The longest any wait may take: a ping's echo, the drain, a thread's end.
-const DEADLINE: Duration = Duration::from_secs(5);
 /// The longest one `iterate` may sleep when nothing happens.
 const TURN_TIMEOUT: Duration = Duration::from_millis(50);
 
@@ -155,27 +157,8 @@ fn show(d: Duration) -> String {
 /// (`RssAnon`: heap and stacks, where a leak would show; the rest is mostly code and
 /// libraries paged in as they are first run).
 fn rss_kib() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} in /proc/self/status"))
-    };
-    (field("VmRSS:"), field("RssAnon:"))
-}
-
-/// Drops counted where no socket sees them: the per-CPU backlog of packets received
-/// (`/proc/net/softnet_stat`, second column, summed over the CPUs). Loopback delivers
-/// through it; a datagram dropped there never reaches the port's queue, so neither
-/// `SO_RXQ_OVFL` nor `SO_MEMINFO` counts it. System-wide, in hex.
-fn softnet_dropped() -> u64 {
-    let text = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter_map(|c| u64::from_str_radix(c, 16).ok())
-        .sum()
+    let [rss, anon] = self_status_kib(["VmRSS:", "RssAnon:"]);
+    (rss, anon)
 }
 
 /// UDP's `InErrors` and `RcvbufErrors` from `/proc/net/snmp` (the network namespace's;
@@ -1198,15 +1181,13 @@ impl Turns {
 
 fn flood_reactor(config: &Config) -> Outcome {
     let turn = TurnCounter::default();
-    let mut reactor = Reactor::new().expect("reactor");
-    reactor.set_handle_signals(false);
+    let mut reactor = reactor();
     // A large receive buffer (the kernel caps it at `net.core.rmem_max`): a backlog of
     // thousands of datagrams, so that the port's read budget, not the buffer, bounds
     // what one turn reads from it.
     let flood_port = reactor
         .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
+            loopback()
                 .recv_buffer_size(FLOOD_RECV_BUFFER)
                 .read_budget(FLOOD_BUDGET as usize, FLOOD_BUDGET_BYTES),
             FloodSink::new(turn.clone()),
@@ -1613,15 +1594,9 @@ fn flood_soak() {
 /// `SO_RXQ_OVFL` stamp is still 0.
 #[test]
 fn reactor_port_stats_counts_the_kernels_drops_after_the_last_datagram_read() {
-    let mut reactor = Reactor::new().expect("reactor");
-    reactor.set_handle_signals(false);
+    let mut reactor = reactor();
     let port = reactor
-        .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .recv_buffer_size(64 * 1024),
-            Echo::default(),
-        )
+        .listen_udp_with(loopback().recv_buffer_size(64 * 1024), Echo::default())
         .expect("listen");
     let sender = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
     const SENT: u64 = 2000;

@@ -15,10 +15,10 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use twine::{DatagramProtocol, ListenOptions, Reactor, UdpTransport, from_fn};
+use twine::{DatagramProtocol, Reactor, UdpTransport, from_fn};
 use util::process::{Netns, child_run};
 use util::sequence::{numbered, sequence_sink};
-use util::{drive, init_logging};
+use util::{drive, init_logging, loopback};
 
 const CHILD_FLAG: &str = "TWINE_FLOW_CONTROL_TEST_CHILD";
 
@@ -114,8 +114,7 @@ fn inner_paused_and_resumed() {
     let state = Rc::new(RefCell::new(State::default()));
     let sender = reactor
         .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
+            loopback()
                 .send_buffer_size(4096)
                 .send_queue_limit(LIMIT)
                 .write_buffer_limits(HIGH, LOW),
@@ -170,18 +169,12 @@ fn nothing_pauses_while_the_kernel_takes_every_datagram() {
     init_logging();
     let mut reactor = Reactor::new().expect("reactor");
     let sink = reactor
-        .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .recv_buffer_size(4 << 20),
-            from_fn(|_, _, _| {}),
-        )
+        .listen_udp_with(loopback().recv_buffer_size(4 << 20), from_fn(|_, _, _| {}))
         .expect("sink");
     let state = Rc::new(RefCell::new(State::default()));
     let producer = reactor
         .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
+            loopback()
                 .send_queue_limit(10_000)
                 .write_buffer_limits(1 << 30, 1 << 29),
             Producer {

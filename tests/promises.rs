@@ -16,13 +16,14 @@ mod util;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
 use twine::{DatagramProtocol, Error, ListeningPort, Reactor, UdpTransport, from_fn};
 use util::process::{Netns, child_run};
+use util::procfs::{rss_kib, udp_drops};
 use util::sequence::{Sequence, numbered, sequence_sink};
 use util::{DEADLINE, client, dead_addr, drive, init_logging, loopback, ms, reactor};
 
@@ -30,22 +31,6 @@ const CHILD_FLAG: &str = "TWINE_PROMISES_TEST_CHILD";
 
 /// What the send queue charges each entry besides its payload.
 const ENTRY_CHARGE: usize = 128;
-
-/// This process's resident memory, in bytes (`VmRSS` of /proc/self/status: statm's resident
-/// pages, in kB, without assuming a page size).
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("a VmRSS line");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("VmRSS in kB");
-    kib * 1024
-}
 
 /// In the child run inside the namespace (see [`child_run`]): a reactor and a
 /// [`sequence_sink`] on it. Any other run gets `None`, and the inner test does nothing.
@@ -112,7 +97,7 @@ fn inner_empty_datagrams_bounded() {
             flow,
         )
         .expect("sender");
-    let rss_before = rss();
+    let rss_before = rss_kib() * 1024;
     let (accepted, refusal) = reactor
         .with_port(&sender, |_, t| {
             let mut accepted = 0u64;
@@ -128,7 +113,7 @@ fn inner_empty_datagrams_bounded() {
             (accepted, None)
         })
         .expect("sender open");
-    let grown = rss().saturating_sub(rss_before);
+    let grown = (rss_kib() * 1024).saturating_sub(rss_before);
     let stats = reactor.port_stats(&sender).expect("sender open");
     println!(
         "accepted {accepted} empty datagrams (bound {}), refusal {refusal:?}, RSS grew {} KiB, \
@@ -473,28 +458,9 @@ fn inner_batch_replier_never_refused() {
 
 // ----- kernel_dropped of an adopted socket ------------------------------------------------
 
-/// The kernel's drop count of the IPv4 UDP socket bound to `addr` (the `drops` column of
-/// /proc/net/udp; every fd of one socket shares it).
+/// The kernel's drop count of the IPv4 UDP socket bound to `addr`, which must be listed.
 fn proc_drops(addr: SocketAddr) -> u64 {
-    let IpAddr::V4(ip) = addr.ip() else {
-        panic!("{addr} is not IPv4")
-    };
-    // /proc/net/udp writes the address as the kernel holds it (network order, printed as a
-    // native-endian word) and the port in hex.
-    let local = format!(
-        "{:08X}:{:04X}",
-        u32::from_ne_bytes(ip.octets()),
-        addr.port()
-    );
-    let table = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
-    let line = table
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
-        .unwrap_or_else(|| panic!("no socket {local} ({addr}) in /proc/net/udp"));
-    line.split_whitespace()
-        .last()
-        .and_then(|d| d.parse().ok())
-        .expect("a drops column")
+    udp_drops(addr).unwrap_or_else(|| panic!("no IPv4 socket {addr} in /proc/net/udp"))
 }
 
 /// Sends `n` small datagrams to `to` from `from` and waits until the kernel has put each in

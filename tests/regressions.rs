@@ -9,15 +9,11 @@ use std::process::Command;
 use std::rc::Rc;
 use std::time::Duration;
 
-use twine::{DatagramProtocol, Error, ListenOptions, Reactor, UdpTransport, from_fn};
+use twine::{DatagramProtocol, Error, Reactor, UdpTransport, from_fn};
 use util::process::run_to_end;
-use util::{init_logging, logs_containing};
+use util::{init_logging, logs_containing, loopback, reactor};
 
 const CHILD_FLAG: &str = "TWINE_REGRESSION_CHILD";
-
-fn loopback() -> ListenOptions {
-    ListenOptions::new(0).interface("127.0.0.1")
-}
 
 /// Counts its `stop_protocol` calls.
 struct Life {
@@ -84,8 +80,7 @@ fn nested_turn_from_start_protocol_is_reentrant() {
 /// delivered, though more were waiting.
 #[test]
 fn no_datagram_is_delivered_after_reactor_stop() {
-    let mut r = Reactor::new().expect("reactor");
-    r.set_handle_signals(false);
+    let mut r = reactor();
     let got = Rc::new(Cell::new(0));
     let seen = got.clone();
     let port = r

@@ -17,7 +17,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use twine::{DatagramProtocol, ListenOptions, ListeningPort, PortStats, Reactor, from_fn};
 use util::process::{Netns, run_to_end};
-use util::{DEADLINE, init_logging, logs_about};
+use util::{DEADLINE, init_logging, logs_about, reactor};
 
 // ----- helpers -----------------------------------------------------------------------------
 
@@ -60,10 +60,6 @@ const EDGES: &[(usize, usize)] = &[
     (50, 1452),
     (1, 1000),
 ];
-
-fn reactor() -> Reactor {
-    Reactor::new().expect("new reactor")
-}
 
 /// The datagrams of `spec` in order: each its sequence number (big-endian, as much of it
 /// as fits), `tag`, then a fill that depends on the sequence number and the position, so

@@ -10,10 +10,10 @@
 
 mod util;
 
-use twine::{Error, ListenOptions, Reactor, from_fn};
+use twine::{Error, Reactor, from_fn};
 use util::process::{Netns, child_run};
 use util::sequence::{numbered, sequence_sink};
-use util::{dead_addr, drive};
+use util::{dead_addr, drive, loopback};
 
 const CHILD_FLAG: &str = "TWINE_SEND_QUEUE_TEST_CHILD";
 
@@ -40,10 +40,7 @@ fn inner_full_kernel_buffer() {
     let (receiver, received) = sequence_sink(&mut reactor);
     let sender = reactor
         .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .send_buffer_size(4096)
-                .send_queue_limit(LIMIT),
+            loopback().send_buffer_size(4096).send_queue_limit(LIMIT),
             from_fn(|_, _, _| {}),
         )
         .expect("sender");
@@ -128,12 +125,7 @@ fn inner_refusals_while_draining() {
     let mut reactor = Reactor::new().expect("reactor");
     let (proto, events) = util::Recorder::new();
     let port = reactor
-        .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .send_buffer_size(4096),
-            proto,
-        )
+        .listen_udp_with(loopback().send_buffer_size(4096), proto)
         .expect("sender");
     let accepted = reactor
         .with_port(&port, |_, t| {

@@ -8,6 +8,9 @@
 //! only ever be meant for one port: the kernel never hands a port number of a closed port
 //! to a later one here, and any datagram a protocol gets that names another port is
 //! twine's doing.
+//!
+//! The reactor's `error` lines ("port timer of another protocol type skipped", "lost its
+//! slot", a caught panic) are captured; none may appear in this file.
 
 mod util;
 
@@ -16,7 +19,7 @@ use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,55 +27,9 @@ use twine::{
     DatagramProtocol, DelayedCall, Error, ListenOptions, ListeningPort, Reactor, ReactorHandle,
     UdpTransport,
 };
-use util::{DEADLINE, drive, drive_for};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn reactor() -> Reactor {
-    let mut r = Reactor::new().expect("new reactor");
-    // These tests share one process; leave SIGINT/SIGTERM alone.
-    r.set_handle_signals(false);
-    r
-}
-
-// ----- error log --------------------------------------------------------------------------
-
-static ERRORS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-/// Keeps the reactor's `error` lines: "port timer of another protocol type skipped", "lost
-/// its slot", a caught panic. None may appear in this file.
-struct ErrorLog;
-
-impl log::Log for ErrorLog {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::Level::Error
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            ERRORS
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(record.args().to_string());
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-fn init_error_log() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = log::set_logger(&ErrorLog);
-        log::set_max_level(log::LevelFilter::Error);
-    });
-}
-
-fn logged_errors() -> Vec<String> {
-    ERRORS.lock().unwrap_or_else(|e| e.into_inner()).clone()
-}
+use util::procfs::udp_drops;
+use util::rng::Rng;
+use util::{DEADLINE, drive, drive_for, init_logging, logs_at, loopback, ms, reactor};
 
 // ----- payloads ---------------------------------------------------------------------------
 
@@ -505,25 +462,6 @@ impl DatagramProtocol for Witness {
     }
 }
 
-/// The kernel's count of datagrams it dropped at the IPv4 socket bound to `addr` (the last
-/// column of /proc/net/udp), if it is listed.
-fn udp_drops(addr: SocketAddr) -> Option<u64> {
-    let SocketAddr::V4(addr) = addr else {
-        return None;
-    };
-    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
-    table.lines().skip(1).find_map(|line| {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        let (ip, port) = cols.get(1)?.split_once(':')?;
-        // The kernel prints the address's bytes as a native-endian integer.
-        let ip = Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_ne_bytes());
-        let port = u16::from_str_radix(port, 16).ok()?;
-        (ip == *addr.ip() && port == addr.port())
-            .then(|| cols.last()?.parse().ok())
-            .flatten()
-    })
-}
-
 /// Datagrams a witness may have in flight: far below what its receive buffer holds.
 const WINDOW: u64 = 64;
 
@@ -626,18 +564,6 @@ struct Live {
     h: Option<H>,
     stop_asked: bool,
     calls: Vec<DelayedCall>,
-}
-
-/// Tiny deterministic generator (xorshift64).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 #[derive(Debug, Default)]
@@ -770,7 +696,7 @@ fn ask_stop(r: &mut Reactor, ledger: &Shared, id: usize, h: H) {
 /// calls (checked here and from another thread) reach nothing, witnesses lose nothing.
 #[test]
 fn thousands_of_ports_reuse_slots_under_load_without_crossing() {
-    init_error_log();
+    init_logging();
     let started = Instant::now();
     let mut reactor = reactor();
     let ledger = Shared::default();
@@ -781,9 +707,7 @@ fn thousands_of_ports_reuse_slots_under_load_without_crossing() {
     let mut received = Vec::new();
     for idx in 0..WITNESSES {
         let count = Arc::new(AtomicU64::new(0));
-        let opts = ListenOptions::new(0)
-            .interface("127.0.0.1")
-            .recv_buffer_size(1 << 20);
+        let opts = loopback().recv_buffer_size(1 << 20);
         let w = reactor
             .listen_udp_with(
                 opts,
@@ -824,7 +748,7 @@ fn thousands_of_ports_reuse_slots_under_load_without_crossing() {
         problems: Vec::new(),
         counts: Counts::default(),
     };
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
     for cycle in 0..CYCLES {
         let kind = if rng.below(2) == 0 { b'A' } else { b'B' };
         let id = ledger.borrow_mut().new_rec(kind);
@@ -840,9 +764,8 @@ fn thousands_of_ports_reuse_slots_under_load_without_crossing() {
         let plan = Plan {
             id,
             kind,
-            budget: 1 + rng.below(3) as usize,
-            stop_after: (close == Close::Itself)
-                .then(|| 1 + rng.below(u64::from(datagrams)) as u32),
+            budget: 1 + rng.below(3),
+            stop_after: (close == Close::Itself).then(|| 1 + rng.below(datagrams as usize) as u32),
         };
         st.live.push(Live {
             id,
@@ -951,9 +874,9 @@ fn thousands_of_ports_reuse_slots_under_load_without_crossing() {
     // At most `max_ports` slots ever existed, so thousands of opens reused them.
     assert!(c.max_ports < CYCLES / 2, "{} ports at once", c.max_ports);
     assert!(
-        logged_errors().is_empty(),
+        logs_at(log::Level::Error).is_empty(),
         "errors logged: {:?}",
-        logged_errors()
+        logs_at(log::Level::Error)
     );
     eprintln!(
         "stale_tokens: {CYCLES} cycles in {cycles_done:?} ({:?} in all); ports A {} B {}; \
@@ -1005,7 +928,7 @@ fn thousands_of_ports_reuse_slots_under_load_without_crossing() {
 /// timers' slots) alone.
 #[test]
 fn stale_handle_and_port_timers_never_reach_the_next_occupant_of_the_slot() {
-    init_error_log();
+    init_logging();
     let mut reactor = reactor();
     let ledger = Shared::default();
     let client = UdpSocket::bind("127.0.0.1:0").expect("client");
@@ -1106,9 +1029,9 @@ fn stale_handle_and_port_timers_never_reach_the_next_occupant_of_the_slot() {
     }
     assert!(ledger.borrow().violations.is_empty());
     assert!(
-        logged_errors().is_empty(),
+        logs_at(log::Level::Error).is_empty(),
         "errors logged: {:?}",
-        logged_errors()
+        logs_at(log::Level::Error)
     );
 }
 
@@ -1116,7 +1039,7 @@ fn stale_handle_and_port_timers_never_reach_the_next_occupant_of_the_slot() {
 /// their handles neither cancel nor reset the call that takes their slot next.
 #[test]
 fn stale_delayed_call_does_not_cancel_or_reset_the_call_reusing_its_slot() {
-    init_error_log();
+    init_logging();
     let mut reactor = reactor();
     let runs: Rc<RefCell<Vec<&'static str>>> = Rc::default();
     let note = |what: &'static str| {
@@ -1255,10 +1178,9 @@ fn look(r: &mut Reactor, old: &ListeningPort<Tagged>) -> Seen {
 /// after that, it reaches nothing and closes nothing.
 #[test]
 fn call_from_thread_with_a_stale_handle_does_not_reach_the_port_reusing_its_slot() {
-    init_error_log();
+    init_logging();
     let mut reactor = reactor();
     let log = TLog::default();
-    let loopback = || ListenOptions::new(0).interface("127.0.0.1");
     let old = reactor
         .listen_udp_with(
             loopback(),
@@ -1344,8 +1266,8 @@ fn call_from_thread_with_a_stale_handle_does_not_reach_the_port_reusing_its_slot
         ]
     );
     assert!(
-        logged_errors().is_empty(),
+        logs_at(log::Level::Error).is_empty(),
         "errors logged: {:?}",
-        logged_errors()
+        logs_at(log::Level::Error)
     );
 }

@@ -6,6 +6,8 @@
 //! from hanging. The figures are printed so that they can be quoted
 //! (`cargo test --test thread_calls -- --nocapture`).
 
+mod util;
+
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, UdpSocket};
 use std::rc::Rc;
@@ -14,7 +16,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
-use twine::{Error, ListenOptions, Reactor, ReactorHandle};
+use twine::{Error, Reactor, ReactorHandle};
+use util::procfs::rss_kib;
+use util::{loopback, reactor};
 
 const BUDGET: usize = ReactorHandle::CALLS_PER_TURN;
 /// Only there so that a broken build fails instead of hanging.
@@ -28,12 +32,6 @@ const LONG: Duration = Duration::from_secs(30);
 fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn reactor() -> Reactor {
-    let mut reactor = Reactor::new().expect("new reactor");
-    reactor.set_handle_signals(false);
-    reactor
 }
 
 /// A call_later that stops the reactor after [`DEADLINE`], so that `run` cannot hang; the
@@ -65,17 +63,6 @@ fn queue_numbered(handle: &ReactorHandle, seen: &Arc<Mutex<Vec<usize>>>, from: u
             .call_from_thread(move |_| seen.lock().expect("seen").push(i))
             .expect("queue a call");
     }
-}
-
-/// The resident set of this process in KiB, from /proc/self/status.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .expect("VmRSS in /proc/self/status")
 }
 
 // ----- the bound -------------------------------------------------------------------------
@@ -297,7 +284,7 @@ fn a_flood_of_calls_leaves_timers_and_ports_their_turn() {
     let mut reactor = reactor();
     let echo = reactor
         .listen_udp_with(
-            ListenOptions::new(0).interface("127.0.0.1"),
+            loopback(),
             twine::respond(|data: &[u8], _: SocketAddr| Some(data.to_vec())),
         )
         .expect("listen");
@@ -537,7 +524,7 @@ fn a_stop_asked_between_runs_ends_the_next_run_at_once() {
     let handle = reactor.handle();
     let port = reactor
         .listen_udp_with(
-            ListenOptions::new(0).interface("127.0.0.1"),
+            loopback(),
             twine::respond(|_: &[u8], _: SocketAddr| None::<Vec<u8>>),
         )
         .expect("listen");

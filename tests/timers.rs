@@ -18,18 +18,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use twine::{DatagramProtocol, DelayedCall, Error, Reactor, ReactorHandle, UdpTransport};
-use util::{DEADLINE, Recorder, client, drive, drive_for, drive_recv, init_logging};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use util::{DEADLINE, Recorder, client, drive, drive_for, drive_recv, init_logging, ms, reactor};
 
 /// The longest one `iterate` waits in the tests that turn the reactor themselves.
 const TURN_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn reactor() -> Reactor {
-    Reactor::new().expect("new reactor")
-}
 
 /// The reactor driven one `iterate` per turn, the turns numbered from 1: callbacks read
 /// the counter to record the turn they ran in, and `began` holds when each turn began.
@@ -865,7 +857,6 @@ fn calls_from_several_threads_all_run_in_order_per_thread() {
 #[test]
 fn handle_stop_from_another_thread_makes_run_return() {
     let mut reactor = reactor();
-    reactor.set_handle_signals(false);
     let (recorder, events) = Recorder::new();
     let _port = util::listen_loopback(&mut reactor, recorder);
     let (running_tx, running_rx) = mpsc::channel::<()>();

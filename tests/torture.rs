@@ -22,11 +22,7 @@ use std::time::Duration;
 use twine::{
     DatagramProtocol, DelayedCall, Error, ListenOptions, ListeningPort, Reactor, UdpTransport,
 };
-use util::{DEADLINE, init_logging, logs_containing, mentions};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use util::{DEADLINE, dead_addr, init_logging, logs_containing, loopback, mentions, ms, reactor};
 
 /// Where a cancelled timer would have fired: well before the sentinel.
 const SHORT: Duration = Duration::from_millis(20);
@@ -34,17 +30,6 @@ const SHORT: Duration = Duration::from_millis(20);
 const SENTINEL: Duration = Duration::from_millis(60);
 /// The interval of the repeating sites.
 const TICK: Duration = Duration::from_millis(2);
-
-fn loopback() -> ListenOptions {
-    ListenOptions::new(0).interface("127.0.0.1")
-}
-
-fn reactor() -> Reactor {
-    let mut r = Reactor::new().expect("new reactor");
-    // The tests share one process; leave SIGINT/SIGTERM alone.
-    r.set_handle_signals(false);
-    r
-}
 
 // ----- the matrix's two axes -----------------------------------------------------------------
 
@@ -603,12 +588,6 @@ fn assert_echoes(reactor: &mut Reactor, w: &World, port: &ListeningPort<Probe>, 
         got.is_some()
     });
     assert_eq!(got, Some((what.to_vec(), port.local_addr())));
-}
-
-/// An address nothing listens on (a socket bound, then closed).
-fn dead_addr() -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.local_addr().expect("addr")
 }
 
 // ----- one case --------------------------------------------------------------------------------

@@ -10,14 +10,10 @@ use twine::{
 };
 use util::{
     Event, Recorder, client, client_on, datagrams, drive, drive_recv, init_logging,
-    listen_loopback, logs_about,
+    listen_loopback, logs_about, loopback, reactor,
 };
 
 // ----- helpers -----------------------------------------------------------------------------
-
-fn reactor() -> Reactor {
-    Reactor::new().expect("new reactor")
-}
 
 /// Sends `payload` from `client` to `to` and turns the reactor until the reply arrives.
 #[track_caller]
@@ -45,7 +41,7 @@ fn loud_logs_about(addr: SocketAddr) -> Vec<String> {
         .collect()
 }
 
-fn loopback(port: u16) -> SocketAddr {
+fn loopback_addr(port: u16) -> SocketAddr {
     SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)
 }
 
@@ -132,7 +128,7 @@ fn closure_passed_directly_to_listen_udp_serves_datagrams() {
     let (reply, _) = round_trip(
         &mut reactor,
         &c,
-        loopback(port.local_addr().port()),
+        loopback_addr(port.local_addr().port()),
         b"direct",
     );
     assert_eq!(reply, b"direct");
@@ -153,7 +149,7 @@ fn listen_udp_binds_ipv4_wildcard_and_answers_on_loopback() {
     assert_eq!(events.borrow()[0], Event::Start(local));
 
     let c = client();
-    let to = loopback(local.port());
+    let to = loopback_addr(local.port());
     let (reply, from) = round_trip(&mut reactor, &c, to, b"wildcard");
     assert_eq!(reply, b"wildcard");
     assert_eq!(
@@ -172,7 +168,7 @@ fn listen_on_ipv4_loopback_interface_binds_127_0_0_1() {
     let mut reactor = reactor();
     let (recorder, _events) = Recorder::echoing();
     let port = reactor
-        .listen_udp_with(ListenOptions::new(0).interface("127.0.0.1"), recorder)
+        .listen_udp_with(loopback(), recorder)
         .expect("listen on 127.0.0.1");
     assert_eq!(port.local_addr().ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
     assert_ne!(port.local_addr().port(), 0);
@@ -231,12 +227,7 @@ fn datagram_of_exactly_max_packet_size_arrives_whole() {
     let mut reactor = reactor();
     let (recorder, events) = Recorder::new();
     let port = reactor
-        .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .max_packet_size(1000),
-            recorder,
-        )
+        .listen_udp_with(loopback().max_packet_size(1000), recorder)
         .expect("listen");
     assert_eq!(
         reactor.with_port(&port, |_, t| t.max_packet_size()).ok(),
@@ -259,12 +250,7 @@ fn datagram_over_max_packet_size_is_dropped_counted_and_warned() {
     let mut reactor = reactor();
     let (recorder, events) = Recorder::new();
     let port = reactor
-        .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .max_packet_size(1000),
-            recorder,
-        )
+        .listen_udp_with(loopback().max_packet_size(1000), recorder)
         .expect("listen");
     let c = client();
     c.send_to(&[7u8; 1001], port.local_addr())
@@ -301,10 +287,7 @@ fn recv_and_send_buffer_size_options_are_accepted() {
         let (recorder, _events) = Recorder::echoing();
         let port = reactor
             .listen_udp_with(
-                ListenOptions::new(0)
-                    .interface("127.0.0.1")
-                    .recv_buffer_size(size)
-                    .send_buffer_size(size),
+                loopback().recv_buffer_size(size).send_buffer_size(size),
                 recorder,
             )
             .unwrap_or_else(|e| panic!("buffer size {size}: {e}"));
@@ -321,7 +304,10 @@ fn listening_on_a_taken_port_is_cannot_listen_naming_the_address() {
     let p = taken.local_addr().expect("blocker addr").port();
     let mut reactor = reactor();
     for (opts, want) in [
-        (ListenOptions::new(p).interface("127.0.0.1"), loopback(p)),
+        (
+            ListenOptions::new(p).interface("127.0.0.1"),
+            loopback_addr(p),
+        ),
         (
             ListenOptions::new(p),
             SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), p),
@@ -367,12 +353,7 @@ fn max_packet_size_out_of_range_is_invalid_option() {
     let mut reactor = reactor();
     for bad in [0usize, 65536] {
         let err = reactor
-            .listen_udp_with(
-                ListenOptions::new(0)
-                    .interface("127.0.0.1")
-                    .max_packet_size(bad),
-                Recorder::new().0,
-            )
+            .listen_udp_with(loopback().max_packet_size(bad), Recorder::new().0)
             .expect_err("size out of range");
         match err {
             Error::InvalidOption { option, value, .. } => {
@@ -384,12 +365,7 @@ fn max_packet_size_out_of_range_is_invalid_option() {
     assert_eq!(reactor.port_count(), 0);
     for good in [1usize, 65535] {
         reactor
-            .listen_udp_with(
-                ListenOptions::new(0)
-                    .interface("127.0.0.1")
-                    .max_packet_size(good),
-                Recorder::new().0,
-            )
+            .listen_udp_with(loopback().max_packet_size(good), Recorder::new().0)
             .unwrap_or_else(|e| panic!("{good}: {e}"));
     }
 }
@@ -482,7 +458,7 @@ fn write_to_other_address_family_is_family_mismatch() {
         .listen_udp_with(ListenOptions::new(0).interface("::1"), Recorder::new().0)
         .expect("listen on ::1");
     let six: SocketAddr = "[::1]:9".parse().expect("addr");
-    let four = loopback(9);
+    let four = loopback_addr(9);
     for (port, to) in [(&v4, six), (&v6, four)] {
         let err = reactor
             .with_port(port, |_, t| t.write(b"x", to))
@@ -530,12 +506,7 @@ fn ipv4_datagram_of_65507_bytes_is_accepted_and_arrives_whole() {
     let mut reactor = reactor();
     let (echo, echo_events) = Recorder::echoing();
     let big = reactor
-        .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .max_packet_size(65535),
-            echo,
-        )
+        .listen_udp_with(loopback().max_packet_size(65535), echo)
         .expect("listen big");
     let payload: Vec<u8> = (0..65507).map(|i| (i % 253) as u8).collect();
 
@@ -606,8 +577,7 @@ fn burst_beyond_send_buffer_never_blocks_and_is_fully_accounted() {
     let report = Rc::new(RefCell::new(BurstReport::default()));
     let port = reactor
         .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
+            loopback()
                 .send_buffer_size(4096)
                 .send_queue_limit(16 * SIZE),
             Burst {

@@ -4,13 +4,15 @@
 
 pub mod peers;
 pub mod process;
+pub mod procfs;
+pub mod rng;
 pub mod running;
 pub mod sequence;
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, UdpSocket};
 use std::rc::Rc;
-use std::sync::{Mutex, Once};
+use std::sync::{Mutex, Once, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use twine::{DatagramProtocol, ListenOptions, ListeningPort, Reactor, UdpTransport};
@@ -38,8 +40,32 @@ pub fn loopback() -> ListenOptions {
 
 /// An address nothing listens on (a socket on 127.0.0.1 bound, then closed).
 pub fn dead_addr() -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.local_addr().expect("addr")
+    dead_addr_on("127.0.0.1")
+}
+
+/// An address on `ip` (an IP literal) where nothing listens: a socket is bound there, then
+/// closed.
+pub fn dead_addr_on(ip: &str) -> SocketAddr {
+    let s = UdpSocket::bind((ip, 0)).expect("bind a socket to free");
+    s.local_addr().expect("its address")
+}
+
+/// Tests run on parallel threads of one process, and fd numbers are reused at once. A test
+/// that adopts a number it has just closed holds this for writing
+/// ([`fd_numbers_exclusive`]) and every other test of its binary for reading
+/// ([`fd_numbers_shared`]), so that no fd of another test can take that number meanwhile
+/// (adopting it would switch another test's socket to non-blocking).
+static FD_NUMBERS: RwLock<()> = RwLock::new(());
+
+/// Held by a test that opens fds beside a test that adopts a closed fd number.
+pub fn fd_numbers_shared() -> RwLockReadGuard<'static, ()> {
+    FD_NUMBERS.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Held by a test that adopts an fd number it has just closed: no other test of the binary
+/// opens an fd meanwhile.
+pub fn fd_numbers_exclusive() -> RwLockWriteGuard<'static, ()> {
+    FD_NUMBERS.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -78,6 +104,18 @@ pub fn logs_containing(needle: &str) -> Vec<String> {
         .unwrap_or_else(|e| e.into_inner())
         .iter()
         .filter(|l| l.contains(needle))
+        .cloned()
+        .collect()
+}
+
+/// Every captured line at `level` (`"ERROR ..."` for [`log::Level::Error`]), from every
+/// test of the binary.
+pub fn logs_at(level: log::Level) -> Vec<String> {
+    let prefix = format!("{level} ");
+    LOGS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|l| l.starts_with(&prefix))
         .cloned()
         .collect()
 }

@@ -1,0 +1,55 @@
+//! What the kernel's `/proc` files say about this process and its sockets: resident
+//! memory, socket drop counts, and drops no socket counts.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+/// Fields of this process's `/proc/self/status` that are given in kB (`"VmRSS:"`,
+/// `"RssAnon:"`), all from one reading; panics naming a field that is missing.
+pub fn self_status_kib<const N: usize>(fields: [&str; N]) -> [u64; N] {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    fields.map(|name| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/self/status"))
+    })
+}
+
+/// This process's resident set (`VmRSS`), in KiB.
+pub fn rss_kib() -> u64 {
+    let [rss] = self_status_kib(["VmRSS:"]);
+    rss
+}
+
+/// The kernel's count of datagrams it dropped at the IPv4 UDP socket bound to `addr` (the
+/// last column of the network namespace's `/proc/net/udp`; every fd of one socket shares
+/// it), if that socket is listed.
+pub fn udp_drops(addr: SocketAddr) -> Option<u64> {
+    let SocketAddr::V4(addr) = addr else {
+        return None;
+    };
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let (ip, port) = cols.get(1)?.split_once(':')?;
+        // The kernel prints the address's bytes as a native-endian integer.
+        let ip = Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_ne_bytes());
+        let port = u16::from_str_radix(port, 16).ok()?;
+        (ip == *addr.ip() && port == addr.port())
+            .then(|| cols.last()?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Drops counted where no socket sees them: the per-CPU backlog of packets received
+/// (`/proc/net/softnet_stat`, second column, in hex, summed over the CPUs). Loopback
+/// delivers through it; a datagram dropped there never reaches the port's queue, so no
+/// socket counter (`SO_RXQ_OVFL`, `SO_MEMINFO`) includes it. System-wide.
+pub fn softnet_dropped() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|c| u64::from_str_radix(c, 16).ok())
+        .sum()
+}
