@@ -29,7 +29,9 @@
 //! [`step`] and old seeds name other cases, so a real failure also deserves its `run_ops`
 //! test.)
 //!
-//! Each run draws new cases; `PROPTEST_RNG_SEED=<n>` fixes them. The long run:
+//! The default tests run the same cases every time (seeds from [`FIXED_SEED`]);
+//! `TWINE_MODEL_RANDOM=1` draws new ones, `PROPTEST_RNG_SEED=<n>` others still. The long
+//! run draws new cases each time:
 //! `cargo test --test model -- --ignored long_random_sequences --nocapture`, with
 //! `PROPTEST_CASES` cases (10,000 by default) of `TWINE_MODEL_OPS` ops (50).
 //! `TWINE_MODEL_STRICT=0` drops the checks on ports whose stop was asked for (see
@@ -1433,11 +1435,21 @@ impl FailurePersistence for Kept {
     }
 }
 
+/// The seed of the default runs' cases (worker w runs from `FIXED_SEED + w`): the same
+/// cases every run, as a test suite should be, unless `TWINE_MODEL_RANDOM` (or a
+/// `PROPTEST_RNG_SEED`) asks for others. The long run draws new cases each time.
+const FIXED_SEED: u64 = 0x7477_696e_655f_6d64;
+
+/// Whether the default runs draw new cases (`TWINE_MODEL_RANDOM` set).
+fn env_random() -> bool {
+    std::env::var_os("TWINE_MODEL_RANDOM").is_some()
+}
+
 /// The configuration of worker `worker`'s runner: at most `cases` new cases, failures kept in
 /// [`REGRESSIONS`]; the `PROPTEST_*` variables apply, but for `PROPTEST_CASES`, and
 /// `PROPTEST_RNG_SEED` is offset by the worker (the same seed everywhere would run the
 /// same cases on every worker). The RNG is XorShift unless `PROPTEST_RNG_ALGORITHM` says.
-fn proptest_config(cases: u32, worker: u32) -> ProptestConfig {
+fn proptest_config(cases: u32, worker: u32, random: bool) -> ProptestConfig {
     let env = ProptestConfig::default();
     ProptestConfig {
         cases,
@@ -1454,7 +1466,8 @@ fn proptest_config(cases: u32, worker: u32) -> ProptestConfig {
         source_file: Some(file!()),
         rng_seed: match env.rng_seed {
             RngSeed::Fixed(seed) => RngSeed::Fixed(seed.wrapping_add(worker.into())),
-            RngSeed::Random => RngSeed::Random,
+            RngSeed::Random if random => RngSeed::Random,
+            RngSeed::Random => RngSeed::Fixed(FIXED_SEED.wrapping_add(worker.into())),
         },
         // Four times faster than the default ChaCha in a debug build, where generating the
         // cases took a third of the run.
@@ -1474,19 +1487,30 @@ fn proptest_config(cases: u32, worker: u32) -> ProptestConfig {
 /// is spent: it rejects the case it drew, which ends it (`max_global_rejects` is 0). Once
 /// one worker finds a failure the others stop so, and that worker shrinks it; the test
 /// panics with the shrunk sequence.
-fn check_cases(cases: u32, len: usize, strict: Strict) -> Tally {
+fn check_cases(cases: u32, len: usize, strict: Strict, random: bool) -> Tally {
     let started = Instant::now();
     let failed = AtomicBool::new(false);
     // Worker 0 alone first: a runner of no cases runs just the seeds it loads.
-    let replayed = run_worker(0, None, &failed, len, strict).unwrap_or_else(|e| panic!("{e}"));
+    let replayed =
+        run_worker(0, None, &failed, len, strict, random).unwrap_or_else(|e| panic!("{e}"));
     let workers = WORKERS.min(cases).max(1);
-    let claimed = AtomicU32::new(0);
-    let count = Some((&claimed, cases));
+    // Each worker its own share, so that with fixed seeds a run is the same cases every
+    // time, whatever the scheduler does.
+    let shares: Vec<(AtomicU32, u32)> = (0..workers)
+        .map(|i| {
+            (
+                AtomicU32::new(0),
+                cases / workers + u32::from(i < cases % workers),
+            )
+        })
+        .collect();
     let results: Vec<Result<Tally, String>> = thread::scope(|s| {
         let handles: Vec<_> = (1..=workers)
             .map(|w| {
                 let failed = &failed;
-                s.spawn(move || run_worker(w, count, failed, len, strict))
+                let (claimed, share) = &shares[w as usize - 1];
+                let count = Some((claimed, *share));
+                s.spawn(move || run_worker(w, count, failed, len, strict, random))
             })
             .collect();
         handles
@@ -1524,9 +1548,10 @@ fn run_worker(
     failed: &AtomicBool,
     len: usize,
     strict: Strict,
+    random: bool,
 ) -> Result<Tally, String> {
     let cases = count.map_or(0, |(_, cases)| cases);
-    let mut runner = TestRunner::new(proptest_config(cases, worker));
+    let mut runner = TestRunner::new(proptest_config(cases, worker, random));
     let tally = RefCell::new(Tally::default());
     let shrinking = Cell::new(false);
     let result = runner.run(&sequences(len), |ops| {
@@ -1588,7 +1613,7 @@ fn env_strict() -> Strict {
 #[test]
 fn random_sequences_match_the_model() {
     util::init_logging();
-    let t = check_cases(CASES, OPS, env_strict());
+    let t = check_cases(CASES, OPS, env_strict(), env_random());
     // The generator does reach every corner it is meant to.
     assert!(t.timers_fired > 0 && t.timers_cancelled > 0 && t.timers_dropped > 0);
     assert!(t.timers_refused > 0 && t.datagrams_delivered > 0);
@@ -1598,7 +1623,7 @@ fn random_sequences_match_the_model() {
 #[test]
 fn long_sequences_match_the_model() {
     util::init_logging();
-    check_cases(LONG_CASES, LONG_OPS, env_strict());
+    check_cases(LONG_CASES, LONG_OPS, env_strict(), env_random());
 }
 
 /// The long run, for soak testing.
@@ -1610,7 +1635,7 @@ fn long_random_sequences() {
         u32::try_from(n).expect("PROPTEST_CASES fits in a u32")
     });
     let len = env_u64("TWINE_MODEL_OPS").map_or(OPS, |n| n as usize);
-    check_cases(cases, len, env_strict());
+    check_cases(cases, len, env_strict(), true);
 }
 
 /// A case is a pure function of its seed (what makes a seed in [`REGRESSIONS`] replay the
@@ -1643,7 +1668,7 @@ fn shrinking_keeps_sequences_well_formed_and_finds_minimal_ones() {
     let config = || ProptestConfig {
         failure_persistence: None,
         max_shrink_iters: 4096,
-        ..proptest_config(64, 0)
+        ..proptest_config(64, 0, true)
     };
     for seed in 1..=5 {
         let rng = TestRng::from_seed(RngAlgorithm::XorShift, &[seed; 16]);
