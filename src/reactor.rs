@@ -130,9 +130,6 @@ pub struct Reactor {
     shared: Arc<Shared>,
     /// The calls being run this turn (kept to reuse its allocation).
     thread_calls: Vec<ThreadCall>,
-    /// The last turn left cross-thread calls queued (its budget ran out): the reactor
-    /// woke itself to come back to them, and the next poll does not sleep.
-    thread_calls_left: bool,
     /// The signal pipe, made by the first `run` with signal handling on and kept.
     signals: SignalWatch,
     handle_signals: bool,
@@ -189,7 +186,6 @@ impl Reactor {
             closing: Vec::new(),
             shared: Arc::new(Shared::new(waker)),
             thread_calls: Vec::new(),
-            thread_calls_left: false,
             signals: SignalWatch::new(),
             handle_signals: true,
             stop_requested: false,
@@ -507,10 +503,7 @@ impl Reactor {
 
     /// The port's counters, or `None` once it is closed (or while its own callback runs).
     pub fn port_stats<P>(&self, port: &ListeningPort<P>) -> Option<PortStats> {
-        let slot = self.ports.get(port.key.index)?;
-        if slot.generation != port.key.generation {
-            return None;
-        }
+        let slot = self.slot(port.key)?;
         slot.port.as_ref().map(|p| p.core().current_stats())
     }
 
@@ -528,11 +521,7 @@ impl Reactor {
         port: &ListeningPort<P>,
         f: impl FnOnce(&mut P, &mut UdpTransport<'_>) -> R,
     ) -> Result<R> {
-        if self
-            .ports
-            .get(port.key.index)
-            .is_some_and(|slot| slot.generation == port.key.generation && slot.port.is_none())
-        {
+        if self.slot(port.key).is_some_and(|slot| slot.port.is_none()) {
             return Err(Error::PortBusy);
         }
         let out = self.with_port_dyn(port.key, |p, r| {
@@ -548,18 +537,25 @@ impl Reactor {
     }
 
     fn is_live(&self, key: PortKey) -> bool {
-        matches!(self.ports.get(key.index), Some(slot) if slot.generation == key.generation)
+        self.slot(key).is_some()
     }
 
-    /// Whether a stop was asked for this port and it is not torn down yet.
+    /// The slot of `key`, unless the port is gone (read-only: [`live_slot`](Self::live_slot)).
+    fn slot(&self, key: PortKey) -> Option<&Slot> {
+        self.ports
+            .get(key.index)
+            .filter(|slot| slot.generation == key.generation)
+    }
+
     /// A count that changes whenever a stop is asked for: unchanged since it was read, no
     /// port has been asked to close and the reactor has not been asked to stop since.
     pub(crate) fn stops_asked(&self) -> u64 {
         self.stops_asked
     }
 
+    /// Whether a stop was asked for this port and it is not torn down yet.
     pub(crate) fn close_requested(&self, key: PortKey) -> bool {
-        matches!(self.ports.get(key.index), Some(slot) if slot.generation == key.generation && slot.closing)
+        self.slot(key).is_some_and(|slot| slot.closing)
     }
 
     pub(crate) fn request_close(&mut self, key: PortKey) {
@@ -1013,11 +1009,7 @@ impl Reactor {
     }
 
     fn poll_timeout(&mut self, max_wait: Option<Duration>) -> Option<Duration> {
-        if !self.ready.is_empty()
-            || !self.closing.is_empty()
-            || self.stop_requested
-            || self.thread_calls_left
-        {
+        if !self.ready.is_empty() || !self.closing.is_empty() || self.stop_requested {
             return Some(Duration::ZERO);
         }
         let timer = self
@@ -1055,9 +1047,10 @@ impl Reactor {
     fn serve_left_over(&mut self, mut left_over: Vec<PortKey>) {
         let turn = self.turns;
         for key in left_over.drain(..) {
+            // A port marked again this turn was read by its event this turn too.
             if self
                 .live_slot(key)
-                .is_some_and(|slot| !slot.in_ready && slot.read_in_turn != turn)
+                .is_some_and(|slot| slot.read_in_turn != turn)
             {
                 self.serve_port(key, true, false, false);
             }
@@ -1084,13 +1077,12 @@ impl Reactor {
             ReactorHandle::CALLS_PER_TURN
         };
         let mut calls = std::mem::take(&mut self.thread_calls);
-        self.thread_calls_left = self.shared.take_calls(&mut calls, budget);
-        if self.thread_calls_left {
+        if self.shared.take_calls(&mut calls, budget) {
             // Callers do not wake a reactor whose queue is not empty: wake ourselves, so
             // that the next poll reports the waker again without sleeping.
             if let Err(e) = self.shared.wake() {
                 error!("{e}; running every queued cross-thread call in this turn");
-                self.thread_calls_left = self.shared.take_calls(&mut calls, usize::MAX);
+                self.shared.take_calls(&mut calls, usize::MAX);
             }
         }
         for call in calls.drain(..) {

@@ -193,7 +193,8 @@ pub(crate) struct PortCore {
     /// The send batch while the report hooks run (they send at once).
     parked_out: Option<Box<SendBatch>>,
     queue: VecDeque<(Box<[u8]>, SocketAddr)>,
-    queued_bytes: usize,
+    /// What the queue's entries are charged ([`charge`]), against its marks and bound.
+    queue_charge: usize,
     queue_limit: usize,
     /// Flow control marks (bytes in the queue): paused past `write_high`, resumed at
     /// `write_low`.
@@ -258,7 +259,7 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 out: None,
                 parked_out: None,
                 queue: VecDeque::new(),
-                queued_bytes: 0,
+                queue_charge: 0,
                 queue_limit: opts.send_queue_limit,
                 write_high: write_high(opts, &local),
                 write_low: opts.write_low.min(write_high(opts, &local)),
@@ -312,17 +313,22 @@ impl<P: DatagramProtocol> UdpPort<P> {
         hook: &'static str,
         f: impl FnOnce(&mut P, &mut UdpTransport<'_>) -> R,
     ) -> Option<R> {
+        self.catch(r, f)
+            .map_err(|message| self.core.on_panic(hook, &message))
+            .ok()
+    }
+
+    /// Runs `f` with the protocol and a transport; a panic comes back as its message.
+    fn catch<R>(
+        &mut self,
+        r: &mut Reactor,
+        f: impl FnOnce(&mut P, &mut UdpTransport<'_>) -> R,
+    ) -> std::result::Result<R, String> {
         let (protocol, core) = (&mut self.protocol, &mut self.core);
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
+        catch_unwind(AssertUnwindSafe(|| {
             f(protocol, &mut UdpTransport::new(core, r))
-        }));
-        match outcome {
-            Ok(out) => Some(out),
-            Err(panic) => {
-                self.core.on_panic(hook, &panic_message(&*panic));
-                None
-            }
-        }
+        }))
+        .map_err(|panic| panic_message(&*panic))
     }
 
     /// Tells the protocol what happened while its last hook ran (see [`report_pending`]).
@@ -330,18 +336,12 @@ impl<P: DatagramProtocol> UdpPort<P> {
     /// `close_on_panic`); the rest are still told.
     fn report(&mut self, r: &mut Reactor) {
         for _ in 0..MAX_RESUMES {
-            let (protocol, core) = (&mut self.protocol, &mut self.core);
-            let outcome = catch_unwind(AssertUnwindSafe(|| {
-                report_pending(protocol, &mut UdpTransport::new(core, r));
-            }));
-            match outcome {
-                Ok(()) => return,
-                Err(panic) => {
-                    let hook = self.core.reporting.take().unwrap_or("hook");
-                    if !self.core.hook_panicked(hook, &panic_message(&*panic), None) {
-                        return;
-                    }
-                }
+            let Err(message) = self.catch(r, report_pending) else {
+                return;
+            };
+            let hook = self.core.reporting.take().unwrap_or("hook");
+            if !self.core.hook_panicked(hook, &message, None) {
+                return;
             }
         }
     }
@@ -412,9 +412,21 @@ const ERROR_QUEUE_READS: usize = 1024;
 
 /// What one entry of the send queue is charged besides its payload, against the flow
 /// control marks and the queue's bound: what it costs in memory, at least (48 bytes in
-/// the queue's ring buffer, as much again while that buffer is half empty after growing, and up to
-/// 32 bytes the allocator adds to the payload's block).
+/// the queue's ring buffer, as much again while that buffer is half empty after growing,
+/// and up to 32 bytes the allocator adds to the payload's block).
 pub(crate) const QUEUE_ENTRY_OVERHEAD: usize = 128;
+
+/// What a datagram of `len` bytes is charged once queued.
+#[inline(always)]
+fn charge(len: usize) -> usize {
+    len + QUEUE_ENTRY_OVERHEAD
+}
+
+/// What the datagrams gathered in `out` would be charged once queued.
+#[inline(always)]
+fn gathered_charge(out: &SendBatch) -> usize {
+    out.total_bytes() + out.len() * QUEUE_ENTRY_OVERHEAD
+}
 
 /// The high-water mark of a port: the one asked for, lowered if need be to leave room
 /// below the queue's bound for one more datagram of the largest size, so that a producer
@@ -422,7 +434,7 @@ pub(crate) const QUEUE_ENTRY_OVERHEAD: usize = 128;
 fn write_high(opts: &ListenOptions, local: &SocketAddr) -> usize {
     let room = opts
         .send_queue_limit
-        .saturating_sub(max_datagram(local) + QUEUE_ENTRY_OVERHEAD);
+        .saturating_sub(charge(max_datagram(local)));
     opts.write_high.min(room)
 }
 
@@ -442,6 +454,17 @@ struct ReadState {
     in_batch: bool,
     /// The reactor's stop count when the batch was read.
     stops: u64,
+}
+
+impl ReadState {
+    /// The datagrams of the batch being delivered that are not handed on yet.
+    fn left(&self) -> u64 {
+        if self.in_batch {
+            (self.got - self.next) as u64
+        } else {
+            0
+        }
+    }
 }
 
 impl<P: DatagramProtocol> Port for UdpPort<P> {
@@ -483,29 +506,27 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
         // every event one dispatch can have, unless hooks raise new events as they panic.
         let resumes = self.core.read_budget.saturating_add(MAX_RESUMES);
         for _ in 0..resumes {
-            let (protocol, core, recv_batch) =
-                (&mut self.protocol, &mut self.core, &mut self.recv_batch);
+            // Lent to this dispatch only; back in place before anything else uses it.
+            let mut recv_batch = self.recv_batch.take();
             let st = &mut state;
-            let outcome = catch_unwind(AssertUnwindSafe(|| {
-                let mut t = UdpTransport::new(core, r);
+            let outcome = self.catch(r, |protocol, t| {
                 if std::mem::take(&mut flush) {
                     t.core.flush_queue();
                 }
-                let more = match recv_batch {
-                    Some(recv_batch) if reading => {
-                        read_until_budget(protocol, &mut t, recv_batch, st)
-                    }
+                let more = match recv_batch.as_deref_mut() {
+                    Some(recv_batch) if reading => read_until_budget(protocol, t, recv_batch, st),
                     _ => false,
                 };
-                report_pending(protocol, &mut t);
+                report_pending(protocol, t);
                 more
-            }));
+            });
+            self.recv_batch = recv_batch;
             match outcome {
                 Ok(m) => {
                     more = Some(m);
                     break;
                 }
-                Err(panic) => {
+                Err(message) => {
                     self.core.unpark_out();
                     let (hook, from) = match self.core.reporting.take() {
                         Some(hook) => (hook, None),
@@ -524,12 +545,10 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
                             }
                         }
                     };
-                    if !self.core.hook_panicked(hook, &panic_message(&*panic), from) {
+                    if !self.core.hook_panicked(hook, &message, from) {
                         // The port closes: what is left of the batch is read, not
                         // delivered, and counted.
-                        if state.in_batch {
-                            self.core.stats.dropped_at_stop += (state.got - state.next) as u64;
-                        }
+                        self.core.stats.dropped_at_stop += state.left();
                         more = Some(false);
                         break;
                     }
@@ -539,12 +558,8 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
         let more = more.unwrap_or_else(|| {
             // Hooks that panic while raising new events (writes that fail, say): the rest
             // waits for the next turn, but what is left of this batch is lost, and counted.
-            let lost = if state.in_batch {
-                state.got - state.next
-            } else {
-                0
-            };
-            self.core.stats.recv_errors += lost as u64;
+            let lost = state.left();
+            self.core.stats.recv_errors += lost;
             warn!(
                 "{} on {}: {resumes} panicking hooks in one dispatch; {lost} datagrams dropped",
                 self.core.prefix, self.core.local
@@ -567,15 +582,10 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
             );
             return false;
         };
-        let (protocol, core) = (&mut self.protocol, &mut self.core);
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            f(protocol, &mut UdpTransport::new(core, r))
-        }));
-        let fine = match outcome {
+        let fine = match self.catch(r, |p, t| f(p, t)) {
             Ok(()) => true,
-            Err(panic) => {
-                self.core
-                    .hook_panicked("port timer", &panic_message(&*panic), None);
+            Err(message) => {
+                self.core.hook_panicked("port timer", &message, None);
                 false
             }
         };
@@ -703,7 +713,7 @@ fn finish_batch<P: DatagramProtocol>(
         }
     }
     if stopped {
-        t.core.stats.dropped_at_stop += (st.got - st.next) as u64;
+        t.core.stats.dropped_at_stop += st.left();
     }
     st.count += st.next;
     st.bytes += bytes;
@@ -822,9 +832,7 @@ impl PortCore {
         // Sent at once when the batch is full, or when what it holds would count past the
         // high-water mark once queued: then the kernel says at once whether it takes them,
         // and what it does not take is queued and pauses the producer in time.
-        if out.len() >= self.batch_size
-            || out.total_bytes() + out.len() * QUEUE_ENTRY_OVERHEAD > self.write_high
-        {
+        if out.len() >= self.batch_size || gathered_charge(out) > self.write_high {
             self.flush_out();
         }
         true
@@ -915,12 +923,11 @@ impl PortCore {
     /// Queues a datagram the kernel's full buffer did not take, unless the queue is at
     /// its bound: each entry is charged its payload and [`QUEUE_ENTRY_OVERHEAD`].
     fn enqueue(&mut self, data: &[u8], addr: SocketAddr) -> Result<()> {
-        let charge = data.len() + QUEUE_ENTRY_OVERHEAD;
-        if self.queued_bytes + charge > self.queue_limit {
+        if self.queue_charge + charge(data.len()) > self.queue_limit {
             self.stats.send_dropped += 1;
             return Err(Error::SendQueueFull {
                 len: data.len(),
-                queued: self.queued_bytes,
+                queued: self.queue_charge,
             });
         }
         self.queue_entry(data, addr);
@@ -932,9 +939,9 @@ impl PortCore {
     /// and only while the queue is empty, so this stays below the bound.
     fn queue_entry(&mut self, data: &[u8], addr: SocketAddr) {
         self.stats.send_queued += 1;
-        self.queued_bytes += data.len() + QUEUE_ENTRY_OVERHEAD;
+        self.queue_charge += charge(data.len());
         self.queue.push_back((data.into(), addr));
-        if self.queued_bytes > self.write_high {
+        if self.queue_charge > self.write_high {
             self.write_paused = true;
         }
     }
@@ -947,18 +954,16 @@ impl PortCore {
                     self.queue.push_front((data, addr));
                     break;
                 }
-                Err(e) => {
-                    self.queued_bytes -= data.len() + QUEUE_ENTRY_OVERHEAD;
-                    self.later_send_failed(e, data.len(), addr);
-                }
-                Ok(()) => self.queued_bytes -= data.len() + QUEUE_ENTRY_OVERHEAD,
+                Err(e) => self.later_send_failed(e, data.len(), addr),
+                Ok(()) => {}
             }
+            self.queue_charge -= charge(data.len());
         }
         if self.queue.is_empty() && self.queue.capacity() > QUEUE_KEPT_CAPACITY {
             // A burst's ring buffer is not kept for ever.
             self.queue.shrink_to(QUEUE_KEPT_CAPACITY);
         }
-        if self.write_paused && self.queued_bytes <= self.write_low {
+        if self.write_paused && self.queue_charge <= self.write_low {
             self.write_paused = false;
         }
     }
@@ -1246,11 +1251,8 @@ impl PortCore {
     /// What waits to be handed to the kernel, as charged against the flow-control marks
     /// and the queue's bound: the send queue's entries and the writes gathered for the
     /// batch being dispatched, each its payload and [`QUEUE_ENTRY_OVERHEAD`].
-    pub(crate) fn queued_bytes(&self) -> usize {
-        let gathered = self.out.as_ref().map_or(0, |out| {
-            out.total_bytes() + out.len() * QUEUE_ENTRY_OVERHEAD
-        });
-        self.queued_bytes + gathered
+    pub(crate) fn charged_bytes(&self) -> usize {
+        self.queue_charge + self.out.as_deref().map_or(0, gathered_charge)
     }
 
     /// Whether the send queue is between its high- and low-water marks, coming down.

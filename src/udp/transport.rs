@@ -241,7 +241,7 @@ impl<'a> UdpTransport<'a> {
     /// datagram, inside a batch of received datagrams).
     #[doc(alias = "get_write_buffer_size")]
     pub fn write_buffer_size(&self) -> usize {
-        self.core.queued_bytes()
+        self.core.charged_bytes()
     }
 
     /// Whether the send queue is past its high-water mark and has not drained to its
