@@ -25,11 +25,32 @@ pub fn rss_kib() -> u64 {
 /// The kernel's count of datagrams it dropped at the IPv4 UDP socket bound to `addr` (the
 /// last column of the network namespace's `/proc/net/udp`; every fd of one socket shares
 /// it), if that socket is listed.
+///
+/// The kernel writes that table a chunk per `read`, walking its socket hash afresh each
+/// time, so a socket that other threads' sockets move past while it is read can be missing
+/// from one reading; a socket that exists is found within a few readings, so the table is
+/// read again (up to 50 times, 2 ms apart) before the socket is called absent.
 pub fn udp_drops(addr: SocketAddr) -> Option<u64> {
     let SocketAddr::V4(addr) = addr else {
         return None;
     };
-    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    for _ in 0..50 {
+        if let Some(drops) = read_udp_drops(addr) {
+            return Some(drops);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    None
+}
+
+/// One reading of `/proc/net/udp`, in one large buffer to make a torn reading unlikely.
+fn read_udp_drops(addr: std::net::SocketAddrV4) -> Option<u64> {
+    use std::io::Read;
+    let mut table = String::with_capacity(1 << 20);
+    std::fs::File::open("/proc/net/udp")
+        .ok()?
+        .read_to_string(&mut table)
+        .ok()?;
     table.lines().skip(1).find_map(|line| {
         let cols: Vec<&str> = line.split_whitespace().collect();
         let (ip, port) = cols.get(1)?.split_once(':')?;
