@@ -156,6 +156,7 @@ mod reactor;
 mod signals;
 #[allow(unsafe_code)]
 mod sys;
+pub mod testing;
 mod timer;
 mod token;
 mod udp;

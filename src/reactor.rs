@@ -10,17 +10,19 @@
 //! reactor) and is put back afterwards. Teardown only ever happens between dispatches.
 
 use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, trace};
-use mio::{Events, Interest, Poll, Waker};
+use mio::{Events, Poll, Waker};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -29,11 +31,13 @@ use crate::handle::{ReactorHandle, Shared, ThreadCall};
 use crate::protocol::DatagramProtocol;
 use crate::signals::SignalWatch;
 use crate::sys::{self, RecvBatch, SendBatch};
+use crate::testing::network::{MemSocket, Network, Readiness};
 use crate::timer::{DelayedCall, TimerQueue};
 use crate::token::{self, PortKey};
 use crate::udp::ListenOptions;
 use crate::udp::options::DEFAULT_BATCH_SIZE;
 use crate::udp::port::{Port, PortStats, PortTimerFn, UdpPort, once, panic_message};
+use crate::udp::socket::PortSocket;
 use crate::udp::transport::UdpTransport;
 
 /// What a timer runs: a reactor-level closure, or a port-scoped one (type-erased
@@ -144,6 +148,21 @@ pub struct Reactor {
     stops_asked: u64,
     /// The receive and send batches, lent to the port being read (`None` meanwhile).
     batches: Option<(Box<RecvBatch>, Box<SendBatch>)>,
+    /// Where the reactor's time comes from.
+    clock: Clock,
+    /// The in-memory network of a simulated reactor ([`crate::testing::Simulation`]),
+    /// where its listen calls open their ports.
+    net: Option<Rc<RefCell<Network>>>,
+    /// The in-memory sockets ready this turn (kept to reuse its allocation).
+    readiness: Vec<Readiness>,
+}
+
+/// The reactor's time: the system's monotonic clock, or a manual one that moves only
+/// when a simulation moves it.
+#[derive(Debug)]
+enum Clock {
+    Real,
+    Manual(Rc<Cell<Instant>>),
 }
 
 impl fmt::Debug for Reactor {
@@ -193,7 +212,35 @@ impl Reactor {
             turns: 0,
             batches: None,
             stops_asked: 0,
+            clock: Clock::Real,
+            net: None,
+            readiness: Vec::new(),
         })
+    }
+
+    /// A reactor on a manual clock whose listen calls open in-memory ports on `net`.
+    pub(crate) fn simulated(
+        clock: Rc<Cell<Instant>>,
+        net: Rc<RefCell<Network>>,
+    ) -> Result<Reactor> {
+        let mut reactor = Reactor::new()?;
+        reactor.clock = Clock::Manual(clock);
+        reactor.net = Some(net);
+        reactor.handle_signals = false;
+        Ok(reactor)
+    }
+
+    /// The reactor's time now, what its timers are scheduled against (Twisted's
+    /// `reactor.seconds()`): the system's monotonic clock, or in a
+    /// [`Simulation`](crate::testing::Simulation) its virtual time. A protocol that
+    /// notes when things happened should read this rather than `Instant::now()`, so that
+    /// it can be tested in virtual time.
+    #[inline]
+    pub fn now(&self) -> Instant {
+        match &self.clock {
+            Clock::Real => Instant::now(),
+            Clock::Manual(clock) => clock.get(),
+        }
     }
 
     /// A handle for other threads: [`ReactorHandle::call_from_thread`] and
@@ -296,6 +343,9 @@ impl Reactor {
         protocol: P,
     ) -> Result<ListeningPort<P>> {
         let addr = opts.bind_addr()?;
+        if let Some(net) = self.net.clone() {
+            return self.open_memory_port(net, addr, protocol, &opts);
+        }
         let socket =
             bind_socket(addr, &opts).map_err(|source| Error::CannotListen { addr, source })?;
         self.open_port(socket, protocol, &opts, None)
@@ -422,13 +472,9 @@ impl Reactor {
         let local = socket
             .local_addr()
             .map_err(io_error("reading the bound address"))?;
-        let mut socket = mio::net::UdpSocket::from_std(socket);
+        let mut socket = PortSocket::Kernel(mio::net::UdpSocket::from_std(socket));
         let key = self.reserve_slot()?;
-        if let Err(source) =
-            self.poll
-                .registry()
-                .register(&mut socket, key.token(), Interest::READABLE)
-        {
+        if let Err(source) = socket.register(self.poll.registry(), key) {
             self.ports.remove(key.index);
             return Err(Error::Io {
                 context: "registering the port",
@@ -436,6 +482,40 @@ impl Reactor {
             });
         }
         trace!("registered port {local} as {key:?}");
+        self.start_port(key, local, socket, protocol, opts, peer)
+    }
+
+    /// An in-memory port bound to `addr` on `net` (port 0: one the network picks).
+    fn open_memory_port<P: DatagramProtocol>(
+        &mut self,
+        net: Rc<RefCell<Network>>,
+        addr: SocketAddr,
+        protocol: P,
+        opts: &ListenOptions,
+    ) -> Result<ListeningPort<P>> {
+        let key = self.reserve_slot()?;
+        let bound = net.borrow_mut().bind(addr, key);
+        let local = match bound {
+            Ok(local) => local,
+            Err(source) => {
+                self.ports.remove(key.index);
+                return Err(Error::CannotListen { addr, source });
+            }
+        };
+        let socket = PortSocket::Memory(MemSocket { net, addr: local });
+        self.start_port(key, local, socket, protocol, opts, None)
+    }
+
+    /// Runs `start_protocol` of a port registered under `key`, and puts it in its slot.
+    fn start_port<P: DatagramProtocol>(
+        &mut self,
+        key: PortKey,
+        local: SocketAddr,
+        socket: PortSocket,
+        protocol: P,
+        opts: &ListenOptions,
+        peer: Option<SocketAddr>,
+    ) -> Result<ListeningPort<P>> {
         let mut port = UdpPort::new(socket, key, local, protocol, opts);
         if let Some(peer) = peer {
             port.core_mut().adopt_peer(peer);
@@ -446,7 +526,7 @@ impl Reactor {
         self.busy -= 1;
         if let Some(message) = port.core_mut().panic.take() {
             self.remove_slot(key);
-            let _ = self.poll.registry().deregister(&mut port.core_mut().socket);
+            let _ = port.core_mut().socket.deregister(self.poll.registry());
             info!("(UDP Port {local} Closed)");
             return Err(Error::StartPanicked {
                 addr: local,
@@ -633,7 +713,7 @@ impl Reactor {
                     "port {} lost its slot while out of it; closing it",
                     port.core().local
                 );
-                let _ = self.poll.registry().deregister(&mut port.core_mut().socket);
+                let _ = port.core_mut().socket.deregister(self.poll.registry());
                 return;
             }
         }
@@ -661,7 +741,7 @@ impl Reactor {
                 let Some(mut port) = self.remove_slot(key).port else {
                     continue;
                 };
-                if let Err(e) = self.poll.registry().deregister(&mut port.core_mut().socket) {
+                if let Err(e) = port.core_mut().socket.deregister(self.poll.registry()) {
                     debug!("deregistering {key:?}: {e}");
                 }
                 port.shut_down(self);
@@ -699,7 +779,7 @@ impl Reactor {
                 f(r)
             }
         }));
-        self.timers.schedule(Instant::now(), delay, None, action)
+        self.timers.schedule(self.now(), delay, None, action)
     }
 
     /// Runs `f` every `interval` (first after one interval) until cancelled: Twisted's
@@ -716,7 +796,7 @@ impl Reactor {
     ) -> DelayedCall {
         let action = TimerAction::Reactor(Box::new(f));
         self.timers
-            .schedule(Instant::now(), interval, Some(interval), action)
+            .schedule(self.now(), interval, Some(interval), action)
     }
 
     /// A port-scoped [`call_later`](Self::call_later) from outside the port's callbacks:
@@ -775,9 +855,10 @@ impl Reactor {
         if !self.is_live(key) || self.close_requested(key) {
             return Err(Error::PortClosed);
         }
+        let now = self.now();
         let call = self
             .timers
-            .schedule(Instant::now(), delay, interval, TimerAction::Port(key, f));
+            .schedule(now, delay, interval, TimerAction::Port(key, f));
         let timers = &self.timers;
         let slot = &mut self.ports[key.index];
         slot.timers.push(call);
@@ -796,7 +877,7 @@ impl Reactor {
     /// Moves a pending call's deadline to `delay` from now (Twisted's
     /// `DelayedCall.reset`). Returns whether it was pending.
     pub fn reset(&mut self, call: DelayedCall, delay: Duration) -> bool {
-        self.is_pending(call) && self.timers.reset(Instant::now(), call, delay)
+        self.is_pending(call) && self.timers.reset(self.now(), call, delay)
     }
 
     /// Whether a call will still fire: false once a one-shot call has started to run,
@@ -818,7 +899,7 @@ impl Reactor {
     }
 
     fn run_timers(&mut self, boundary: u64) {
-        let now = Instant::now();
+        let now = self.now();
         while let Some(mut due) = self.timers.pop_due(now, boundary) {
             match &mut due.action {
                 TimerAction::Reactor(f) => {
@@ -930,12 +1011,12 @@ impl Reactor {
         mut done: impl FnMut(&mut Reactor) -> bool,
     ) -> Result<bool> {
         // A timeout too long for the clock (Duration::MAX) means no deadline.
-        let deadline = Instant::now().checked_add(timeout);
+        let deadline = self.now().checked_add(timeout);
         loop {
             if done(self) {
                 return Ok(true);
             }
-            let now = Instant::now();
+            let now = self.now();
             let left = match deadline {
                 Some(deadline) if now >= deadline => return Ok(false),
                 Some(deadline) => deadline - now,
@@ -960,6 +1041,7 @@ impl Reactor {
         self.turns += 1;
         self.process_closes();
         let timeout = self.poll_timeout(max_wait);
+        let timeout = self.pass_time(timeout);
         let mut events = self
             .events
             .take()
@@ -999,6 +1081,7 @@ impl Reactor {
             }
         }
         self.events = Some(events);
+        self.serve_memory_ports();
         self.serve_left_over(left_over);
         self.run_timers(boundary);
         if self.stop_requested {
@@ -1009,17 +1092,80 @@ impl Reactor {
     }
 
     fn poll_timeout(&mut self, max_wait: Option<Duration>) -> Option<Duration> {
-        if !self.ready.is_empty() || !self.closing.is_empty() || self.stop_requested {
+        if self.has_work_now() {
             return Some(Duration::ZERO);
         }
-        let timer = self
-            .timers
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()));
+        let now = self.now();
+        let timer = self.next_event().map(|d| d.saturating_duration_since(now));
         match (timer, max_wait) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Whether the next turn has something to do without waiting: ports to serve or tear
+    /// down, a stop, or (simulated) datagrams and errors waiting at in-memory sockets.
+    pub(crate) fn has_work_now(&self) -> bool {
+        !self.ready.is_empty()
+            || !self.closing.is_empty()
+            || self.stop_requested
+            || self
+                .net
+                .as_ref()
+                .is_some_and(|net| net.borrow().any_ready())
+    }
+
+    /// When the next timer is due (with a manual clock: the next one that does not run
+    /// every turn anyway, or the next datagram arrival of the simulated network, if
+    /// sooner).
+    pub(crate) fn next_event(&mut self) -> Option<Instant> {
+        match &self.clock {
+            Clock::Real => self.timers.next_deadline(),
+            Clock::Manual(_) => {
+                let timer = self.timers.next_deadline_not_every_turn();
+                let arrival = self
+                    .net
+                    .as_ref()
+                    .and_then(|net| net.borrow().next_arrival());
+                match (timer, arrival) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+        }
+    }
+
+    /// With a manual clock, the wait before this turn's poll passes at once: the clock
+    /// moves on by it and the poll does not sleep (unless nothing at all is scheduled:
+    /// then only a call from another thread can bring work, and the poll waits for it).
+    fn pass_time(&mut self, wait: Option<Duration>) -> Option<Duration> {
+        match (&self.clock, wait) {
+            (Clock::Manual(clock), Some(wait)) => {
+                if let Some(later) = clock.get().checked_add(wait) {
+                    clock.set(later);
+                }
+                Some(Duration::ZERO)
+            }
+            _ => wait,
+        }
+    }
+
+    /// Serves the in-memory ports of a simulated reactor that have something to do, after
+    /// handing them the datagrams due by now.
+    fn serve_memory_ports(&mut self) {
+        let Some(net) = self.net.as_ref() else {
+            return;
+        };
+        let mut ready = std::mem::take(&mut self.readiness);
+        {
+            let mut net = net.borrow_mut();
+            net.deliver_due();
+            net.readiness(&mut ready);
+        }
+        for r in ready.drain(..) {
+            self.serve_port(r.key, r.readable, r.writable, r.error);
+        }
+        self.readiness = ready;
     }
 
     fn serve_port(&mut self, key: PortKey, readable: bool, writable: bool, error: bool) {

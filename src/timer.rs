@@ -159,6 +159,17 @@ impl<A> TimerQueue<A> {
         self.heap.peek().map(|Reverse(item)| item.deadline)
     }
 
+    /// The earliest deadline of a live timer other than those that repeat with a zero
+    /// interval (they run once per turn whatever the time): what a manual clock may jump
+    /// to. Scans every timer; used by simulations only.
+    pub(crate) fn next_deadline_not_every_turn(&self) -> Option<Instant> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.interval != Some(Duration::ZERO))
+            .map(|(_, e)| e.deadline)
+            .min()
+    }
+
     /// The sequence number the next schedule or reset will get: pass it to
     /// [`pop_due`](Self::pop_due) as the boundary of this turn.
     pub(crate) fn boundary(&self) -> u64 {

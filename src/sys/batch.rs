@@ -32,6 +32,9 @@ pub struct RecvBatch {
     hdrs: Vec<Mmsg>,
     /// Per header: room for the control messages the kernel attaches (the drop count).
     controls: Vec<RecvControl>,
+    /// The drop count an in-memory socket attached to the last datagram it filled in
+    /// (see [`fill`](Self::fill)); the kernel's comes in the control messages.
+    filled_drops: Option<u32>,
 }
 
 /// Room for one datagram's control messages: `SO_RXQ_OVFL`'s count needs
@@ -117,11 +120,21 @@ impl RecvBatch {
     /// returns how many were read. `EINTR` is retried; `EAGAIN` and every other error are
     /// returned as they are.
     pub fn recv(&mut self, fd: &impl AsRawFd, count: usize, max: usize) -> io::Result<usize> {
+        let count = self.lay_out(count, max);
+        self.used = 0;
+        self.filled_drops = None;
+        let got = imp::recv(fd.as_raw_fd(), &mut self.hdrs[..count])?;
+        self.used = got;
+        Ok(got)
+    }
+
+    /// Lays the iovecs out as consecutive slots of `max` bytes (if they are not already)
+    /// and resets what the last call changed; returns how many datagrams one call may read.
+    fn lay_out(&mut self, count: usize, max: usize) -> usize {
         let max = max.max(1);
         let room = self.bufs.len() / max;
         let count = count.min(self.capacity()).min(room);
         if max != self.max {
-            // Lay the iovecs out as consecutive slots of `max` bytes.
             let base = self.bufs.as_mut_ptr();
             for (i, iov) in self.iovs.iter_mut().enumerate().take(room) {
                 *iov = libc::iovec {
@@ -137,10 +150,45 @@ impl RecvBatch {
             hdr.msg_hdr.msg_namelen = NAME_LEN;
             hdr.msg_hdr.msg_controllen = mem::size_of::<RecvControl>() as _;
         }
+        count
+    }
+
+    /// Fills the batch as a read of up to `count` datagrams of up to `max` bytes would,
+    /// from `next` instead of a socket (the in-memory socket of [`crate::testing`]): each
+    /// datagram `next` yields (its sender, its bytes, and the drop count the socket had
+    /// when it was queued) is copied in, cut to `max` bytes and marked truncated if
+    /// longer. Returns how many were filled in.
+    pub fn fill<'d>(
+        &mut self,
+        count: usize,
+        max: usize,
+        mut next: impl FnMut() -> Option<(SocketAddr, &'d [u8], u32)>,
+    ) -> usize {
+        let count = self.lay_out(count, max);
+        let slot = self.max;
         self.used = 0;
-        let got = imp::recv(fd.as_raw_fd(), &mut self.hdrs[..count])?;
-        self.used = got;
-        Ok(got)
+        self.filled_drops = None;
+        while self.used < count {
+            let Some((from, data, drops)) = next() else {
+                break;
+            };
+            let i = self.used;
+            let kept = data.len().min(slot);
+            self.bufs[i * slot..i * slot + kept].copy_from_slice(&data[..kept]);
+            let hdr = &mut self.hdrs[i];
+            hdr.msg_hdr.msg_namelen = std_to_sockaddr(&from, &mut self.names[i]);
+            hdr.msg_hdr.msg_flags = if data.len() > slot {
+                libc::MSG_TRUNC
+            } else {
+                0
+            };
+            hdr.msg_hdr.msg_controllen = 0;
+            hdr.msg_len = data.len() as _;
+            // As the kernel does, a count is attached only once something was dropped.
+            self.filled_drops = (drops != 0).then_some(drops);
+            self.used += 1;
+        }
+        self.used
     }
 
     /// Datagram `i` of the last [`recv`](Self::recv) (`i` below what it returned).
@@ -179,6 +227,9 @@ impl RecvBatch {
     /// socket): `None` if it attached none (nothing dropped yet, or not enabled). The
     /// count only grows, so the last datagram's is the newest.
     pub fn drop_count(&self) -> Option<u32> {
+        if self.filled_drops.is_some() {
+            return self.filled_drops;
+        }
         let name = super::kernel_reports::SO_RXQ_OVFL?;
         let last = self.hdrs[..self.used].last()?;
         if last.msg_hdr.msg_controllen == 0 {
@@ -369,6 +420,22 @@ impl SendBatch {
         let sent = imp::send(fd.as_raw_fd(), &mut self.hdrs[..messages])?;
         self.short = sent < messages;
         Ok(self.segments[..sent].iter().sum())
+    }
+
+    /// How many messages a send from datagram `from` hands over at most (the capacity
+    /// bounds one call).
+    pub fn messages_from(&self, from: usize) -> usize {
+        self.entries.len().saturating_sub(from).min(self.capacity())
+    }
+
+    /// Records a send done without the kernel (the in-memory socket of
+    /// [`crate::testing`]): `sent` of the `handed` datagrams were taken, one per message.
+    pub fn note_sent(&mut self, handed: usize, sent: usize) {
+        self.short = sent < handed;
+        let sent = sent.min(self.capacity());
+        for s in &mut self.segments[..sent] {
+            *s = 1;
+        }
     }
 
     /// How many datagrams the first message of the last send carried (more than one only

@@ -34,7 +34,7 @@ pub use batch::{Datagram, RecvBatch, SendBatch, segmentation_refused};
 pub use imp::pin_to_cpu;
 
 pub(crate) use kernel_reports::{
-    drops_or_log, enable_drop_count, read_queued_error, set_recv_errors,
+    QueuedError, drops_or_log, enable_drop_count, read_queued_error, set_recv_errors,
 };
 
 pub(crate) use imp::{

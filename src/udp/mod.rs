@@ -4,6 +4,7 @@ pub(crate) mod addr;
 mod multicast;
 pub(crate) mod options;
 pub(crate) mod port;
+pub(crate) mod socket;
 pub(crate) mod transport;
 
 pub use addr::{Interface, IntoInterface, IpLiteral, PeerAddr};

@@ -71,24 +71,33 @@ impl UdpTransport<'_> {
     fn membership(&mut self, op: &'static str, group: IpAddr, interface: Interface) -> Result<()> {
         self.check_group(group)?;
         let join = op == "join";
-        let sock = self.sock();
         let done = match (group, interface) {
-            (IpAddr::V4(g), Interface::Any) => v4_membership(
-                &sock,
-                join,
-                g,
-                &InterfaceIndexOrAddress::Address(Ipv4Addr::UNSPECIFIED),
-            ),
-            (IpAddr::V4(g), Interface::V4(a)) => {
+            (IpAddr::V4(g), Interface::Any) => self.with_sock(|sock| {
+                v4_membership(
+                    &sock,
+                    join,
+                    g,
+                    &InterfaceIndexOrAddress::Address(Ipv4Addr::UNSPECIFIED),
+                )
+            }),
+            (IpAddr::V4(g), Interface::V4(a)) => self.with_sock(|sock| {
                 v4_membership(&sock, join, g, &InterfaceIndexOrAddress::Address(a))
-            }
-            (IpAddr::V4(g), Interface::Index(i)) => {
+            }),
+            (IpAddr::V4(g), Interface::Index(i)) => self.with_sock(|sock| {
                 v4_membership(&sock, join, g, &InterfaceIndexOrAddress::Index(i))
+            }),
+            (IpAddr::V6(g), Interface::Any) if join => {
+                self.with_sock(|sock| sock.join_multicast_v6(&g, 0))
             }
-            (IpAddr::V6(g), Interface::Any) if join => sock.join_multicast_v6(&g, 0),
-            (IpAddr::V6(g), Interface::Any) => sock.leave_multicast_v6(&g, 0),
-            (IpAddr::V6(g), Interface::Index(i)) if join => sock.join_multicast_v6(&g, i),
-            (IpAddr::V6(g), Interface::Index(i)) => sock.leave_multicast_v6(&g, i),
+            (IpAddr::V6(g), Interface::Any) => {
+                self.with_sock(|sock| sock.leave_multicast_v6(&g, 0))
+            }
+            (IpAddr::V6(g), Interface::Index(i)) if join => {
+                self.with_sock(|sock| sock.join_multicast_v6(&g, i))
+            }
+            (IpAddr::V6(g), Interface::Index(i)) => {
+                self.with_sock(|sock| sock.leave_multicast_v6(&g, i))
+            }
             (IpAddr::V6(_), Interface::V4(a)) => {
                 return Err(Error::InvalidAddress {
                     address: a.to_string(),
@@ -125,12 +134,11 @@ impl UdpTransport<'_> {
     /// [`Error::SocketOption`] if the kernel refuses.
     #[doc(alias = "getTTL")]
     pub fn ttl(&self) -> Result<u32> {
-        let sock = self.sock();
         if self.is_v4() {
-            sock.multicast_ttl_v4()
+            self.with_sock(|sock| sock.multicast_ttl_v4())
                 .map_err(option_error("IP_MULTICAST_TTL"))
         } else {
-            sock.multicast_hops_v6()
+            self.with_sock(|sock| sock.multicast_hops_v6())
                 .map_err(option_error("IPV6_MULTICAST_HOPS"))
         }
     }
@@ -149,12 +157,11 @@ impl UdpTransport<'_> {
                 expected: "0..=255",
             });
         }
-        let sock = self.sock();
         if self.is_v4() {
-            sock.set_multicast_ttl_v4(ttl)
+            self.with_sock(|sock| sock.set_multicast_ttl_v4(ttl))
                 .map_err(option_error("IP_MULTICAST_TTL"))
         } else {
-            sock.set_multicast_hops_v6(ttl)
+            self.with_sock(|sock| sock.set_multicast_hops_v6(ttl))
                 .map_err(option_error("IPV6_MULTICAST_HOPS"))
         }
     }
@@ -167,12 +174,11 @@ impl UdpTransport<'_> {
     /// [`Error::SocketOption`] if the kernel refuses.
     #[doc(alias = "getLoopbackMode")]
     pub fn loopback_mode(&self) -> Result<bool> {
-        let sock = self.sock();
         if self.is_v4() {
-            sock.multicast_loop_v4()
+            self.with_sock(|sock| sock.multicast_loop_v4())
                 .map_err(option_error("IP_MULTICAST_LOOP"))
         } else {
-            sock.multicast_loop_v6()
+            self.with_sock(|sock| sock.multicast_loop_v6())
                 .map_err(option_error("IPV6_MULTICAST_LOOP"))
         }
     }
@@ -184,12 +190,11 @@ impl UdpTransport<'_> {
     /// [`Error::SocketOption`] if the kernel refuses.
     #[doc(alias = "setLoopbackMode")]
     pub fn set_loopback_mode(&mut self, on: bool) -> Result<()> {
-        let sock = self.sock();
         if self.is_v4() {
-            sock.set_multicast_loop_v4(on)
+            self.with_sock(|sock| sock.set_multicast_loop_v4(on))
                 .map_err(option_error("IP_MULTICAST_LOOP"))
         } else {
-            sock.set_multicast_loop_v6(on)
+            self.with_sock(|sock| sock.set_multicast_loop_v6(on))
                 .map_err(option_error("IPV6_MULTICAST_LOOP"))
         }
     }
@@ -201,15 +206,14 @@ impl UdpTransport<'_> {
     /// [`Error::SocketOption`] if the kernel refuses.
     #[doc(alias = "getOutgoingInterface")]
     pub fn outgoing_interface(&self) -> Result<Interface> {
-        let sock = self.sock();
         if self.is_v4() {
-            let addr = sock
-                .multicast_if_v4()
+            let addr = self
+                .with_sock(|sock| sock.multicast_if_v4())
                 .map_err(option_error("IP_MULTICAST_IF"))?;
             addr.interface()
         } else {
-            let index = sock
-                .multicast_if_v6()
+            let index = self
+                .with_sock(|sock| sock.multicast_if_v6())
                 .map_err(option_error("IPV6_MULTICAST_IF"))?;
             index.interface()
         }
@@ -226,12 +230,13 @@ impl UdpTransport<'_> {
     pub fn set_outgoing_interface(&mut self, interface: impl IntoInterface) -> Result<()> {
         let interface = interface.interface()?;
         let described = describe(interface);
-        let sock = self.sock();
         match (self.is_v4(), interface) {
-            (true, Interface::Any) => sock.set_multicast_if_v4(&Ipv4Addr::UNSPECIFIED),
-            (true, Interface::V4(a)) => sock.set_multicast_if_v4(&a),
-            (false, Interface::Any) => sock.set_multicast_if_v6(0),
-            (false, Interface::Index(i)) => sock.set_multicast_if_v6(i),
+            (true, Interface::Any) => {
+                self.with_sock(|sock| sock.set_multicast_if_v4(&Ipv4Addr::UNSPECIFIED))
+            }
+            (true, Interface::V4(a)) => self.with_sock(|sock| sock.set_multicast_if_v4(&a)),
+            (false, Interface::Any) => self.with_sock(|sock| sock.set_multicast_if_v6(0)),
+            (false, Interface::Index(i)) => self.with_sock(|sock| sock.set_multicast_if_v6(i)),
             (_, other) => {
                 return Err(Error::InvalidAddress {
                     address: describe(other),
@@ -259,11 +264,12 @@ impl UdpTransport<'_> {
     ///
     /// [`Error::SocketOption`] if the kernel refuses, or the OS lacks the option.
     pub fn multicast_all(&self) -> Result<bool> {
-        let sock = self.sock();
         if self.is_v4() {
-            sys::multicast_all_v4(&sock).map_err(option_error("IP_MULTICAST_ALL"))
+            self.with_sock(|sock| sys::multicast_all_v4(&sock))
+                .map_err(option_error("IP_MULTICAST_ALL"))
         } else {
-            sys::multicast_all_v6(&sock).map_err(option_error("IPV6_MULTICAST_ALL"))
+            self.with_sock(|sock| sys::multicast_all_v6(&sock))
+                .map_err(option_error("IPV6_MULTICAST_ALL"))
         }
     }
 
@@ -273,12 +279,18 @@ impl UdpTransport<'_> {
     ///
     /// [`Error::SocketOption`] if the kernel refuses, or the OS lacks the option.
     pub fn set_multicast_all(&mut self, on: bool) -> Result<()> {
-        let sock = self.sock();
         if self.is_v4() {
-            sys::set_multicast_all_v4(&sock, on).map_err(option_error("IP_MULTICAST_ALL"))
+            self.with_sock(|sock| sys::set_multicast_all_v4(&sock, on))
+                .map_err(option_error("IP_MULTICAST_ALL"))
         } else {
-            sys::set_multicast_all_v6(&sock, on).map_err(option_error("IPV6_MULTICAST_ALL"))
+            self.with_sock(|sock| sys::set_multicast_all_v6(&sock, on))
+                .map_err(option_error("IPV6_MULTICAST_ALL"))
         }
+    }
+
+    /// Runs `f` on the socket; "unsupported" for an in-memory port.
+    fn with_sock<R>(&self, f: impl FnOnce(socket2::SockRef<'_>) -> io::Result<R>) -> io::Result<R> {
+        f(self.sock()?)
     }
 
     fn is_v4(&self) -> bool {

@@ -10,13 +10,11 @@ use std::any::{Any, TypeId};
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, trace, warn};
-use mio::net::UdpSocket;
-use mio::{Interest, Registry};
+use mio::Registry;
 
 use crate::error::{Error, Result};
 use crate::protocol::{DatagramProtocol, short_type_name};
@@ -25,6 +23,7 @@ use crate::sys::{self, ErrorClass, RecvBatch, SendBatch};
 use crate::token::PortKey;
 use crate::udp::addr::{max_datagram, same_family};
 use crate::udp::options::ListenOptions;
+use crate::udp::socket::PortSocket;
 use crate::udp::transport::UdpTransport;
 
 /// A port's counters, readable at any time with
@@ -147,7 +146,7 @@ pub(crate) trait Port: Any {
 /// The protocol-independent state of a port: what the transport works on.
 #[derive(Debug)]
 pub(crate) struct PortCore {
-    pub(crate) socket: UdpSocket,
+    pub(crate) socket: PortSocket,
     pub(crate) key: PortKey,
     pub(crate) local: SocketAddr,
     /// `local` is IPv4 (the family every destination must have).
@@ -222,7 +221,7 @@ pub(crate) struct UdpPort<P> {
 
 impl<P: DatagramProtocol> UdpPort<P> {
     pub(crate) fn new(
-        socket: UdpSocket,
+        socket: PortSocket,
         key: PortKey,
         local: SocketAddr,
         protocol: P,
@@ -278,8 +277,7 @@ impl<P: DatagramProtocol> UdpPort<P> {
     /// once any is dropped (noting where the count stands: an adopted socket may have
     /// dropped already), and the error queue.
     fn with_kernel_reports(mut self) -> Self {
-        let fd = self.core.socket.as_raw_fd();
-        if let Err(e) = sys::enable_drop_count(fd)
+        if let Err(e) = self.core.socket.enable_drop_count()
             && e.kind() != std::io::ErrorKind::Unsupported
         {
             debug!(
@@ -287,7 +285,7 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 self.core.prefix, self.core.local
             );
         }
-        self.core.drops_seen = sys::drops_or_log(fd);
+        self.core.drops_seen = self.core.socket.drops();
         self.core.set_error_queue(true);
         self
     }
@@ -610,7 +608,7 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
             );
         }
         self.core.discard_pending();
-        if let Some(now) = sys::drops_or_log(self.core.socket.as_raw_fd()) {
+        if let Some(now) = self.core.socket.drops() {
             self.core.note_drops(now);
         }
         info!(
@@ -647,7 +645,7 @@ fn read_until_budget<P: DatagramProtocol>(
         // budget has room for (at least one).
         let by_bytes = (budget_bytes - st.bytes).div_ceil(t.core.max_packet_size.max(1));
         let want = (budget - st.count).min(t.core.batch_size).min(by_bytes);
-        let got = match recv_batch.recv(&t.core.socket, want, t.core.max_packet_size) {
+        let got = match t.core.socket.recv(recv_batch, want, t.core.max_packet_size) {
             Ok(got) => got,
             Err(e) => {
                 st.count += 1;
@@ -878,11 +876,8 @@ impl PortCore {
         loop {
             // A datagram written before `connect` to another address still goes there
             // (Linux takes a destination on a connected UDP socket), never to the peer.
-            let sent = if self.peer.is_some_and(|p| is_peer(&p, &addr)) {
-                self.socket.send(data)
-            } else {
-                self.socket.send_to(data, addr)
-            };
+            let to_peer = self.peer.is_some_and(|p| is_peer(&p, &addr));
+            let sent = self.socket.send_one(data, addr, to_peer);
             match sent {
                 Ok(_) => {
                     self.stats.datagrams_sent += 1;
@@ -1025,9 +1020,8 @@ impl PortCore {
             return 0;
         }
         let mut icmp = 0;
-        let fd = self.socket.as_raw_fd();
         for _ in 0..ERROR_QUEUE_READS {
-            match sys::read_queued_error(fd) {
+            match self.socket.read_queued_error() {
                 Ok(Some(q)) if !q.icmp => {
                     // A local error (the kernel queues one when a send fails at once, as
                     // EMSGSIZE): the call that met it returned or reported it already.
@@ -1127,7 +1121,7 @@ impl PortCore {
     /// connected port learns of refusals from its calls, as in Twisted).
     pub(crate) fn set_error_queue(&mut self, on: bool) {
         let v6 = self.local.is_ipv6();
-        match sys::set_recv_errors(self.socket.as_raw_fd(), v6, on) {
+        match self.socket.set_recv_errors(v6, on) {
             Ok(()) => self.error_queue = on,
             Err(e) if e.kind() == std::io::ErrorKind::Unsupported => self.error_queue = false,
             Err(e) => {
@@ -1155,11 +1149,9 @@ impl PortCore {
         // earlier datagram and consumed by the call that met it, so the call is retried.
         let mut retries = 0;
         while next < out.len() {
-            let sent = if self.segmentation {
-                out.send_segmented(&self.socket, next, connected)
-            } else {
-                out.send(&self.socket, next, connected)
-            };
+            let sent = self
+                .socket
+                .send_batch(&mut out, next, connected, self.segmentation);
             match sent {
                 Err(e) if retries < STALE_RETRIES && self.stale_error(&e) => retries += 1,
                 Err(e)
@@ -1266,12 +1258,7 @@ impl PortCore {
         if want == self.writable_registered {
             return;
         }
-        let interest = if want {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        match registry.reregister(&mut self.socket, self.key.token(), interest) {
+        match self.socket.reregister(registry, self.key, want) {
             Ok(()) => self.writable_registered = want,
             Err(e) => warn!("{} on {}: reregister: {e}", self.prefix, self.local),
         }
@@ -1315,7 +1302,7 @@ impl PortCore {
     pub(crate) fn current_stats(&self) -> PortStats {
         let mut stats = self.stats;
         if let Some(seen) = self.drops_seen
-            && let Some(now) = sys::drops_or_log(self.socket.as_raw_fd())
+            && let Some(now) = self.socket.drops()
             && let Some(new) = new_drops(seen, now)
         {
             stats.kernel_dropped += u64::from(new);

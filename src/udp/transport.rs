@@ -258,7 +258,8 @@ impl<'a> UdpTransport<'a> {
     /// [`Error::SocketOption`] if the kernel refuses.
     #[doc(alias = "setBroadcastAllowed")]
     pub fn set_broadcast_allowed(&mut self, allowed: bool) -> Result<()> {
-        self.sock()
+        self.core
+            .socket
             .set_broadcast(allowed)
             .map_err(|source| Error::SocketOption {
                 option: "SO_BROADCAST",
@@ -273,7 +274,8 @@ impl<'a> UdpTransport<'a> {
     /// [`Error::SocketOption`] if the kernel refuses.
     #[doc(alias = "getBroadcastAllowed")]
     pub fn broadcast_allowed(&self) -> Result<bool> {
-        self.sock()
+        self.core
+            .socket
             .broadcast()
             .map_err(|source| Error::SocketOption {
                 option: "SO_BROADCAST",
@@ -356,12 +358,18 @@ impl<'a> UdpTransport<'a> {
         self.reactor.is_pending(call)
     }
 
+    /// The reactor's time now: [`Reactor::now`].
+    pub fn now(&self) -> std::time::Instant {
+        self.reactor.now()
+    }
+
     /// The reactor: listen on new ports, schedule reactor-level timers, stop it.
     pub fn reactor(&mut self) -> &mut Reactor {
         self.reactor
     }
 
-    pub(crate) fn sock(&self) -> SockRef<'_> {
-        SockRef::from(&self.core.socket)
+    /// The socket, for options; "unsupported" for an in-memory port.
+    pub(crate) fn sock(&self) -> std::io::Result<SockRef<'_>> {
+        self.core.socket.sock_ref()
     }
 }

@@ -1,0 +1,636 @@
+//! The in-memory network behind [`Simulation`](super::Simulation): sockets bound to
+//! addresses, datagrams in flight with their arrival times, per-link loss, duplication,
+//! reordering and delay drawn from one seeded generator, and the kernel's side of a
+//! socket as the port sees it (receive queue, pending error, error queue, drop count).
+//!
+//! It answers what the kernel would: a read of an empty queue is `EAGAIN`; an ICMP
+//! refusal leaves the error pending for the next call and, with the error queue on, an
+//! entry naming the destination, and reading that entry clears the pending error as the
+//! kernel does; a `sendmmsg` that meets a pending error after its first message returns
+//! the count and loses the error. Scripted answers come first.
+
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::sys::{QueuedError, RecvBatch, SendBatch};
+use crate::token::PortKey;
+
+use super::{Link, Sent};
+
+/// What a socket's receive queue holds at most, in payload bytes plus [`RX_OVERHEAD`]
+/// per datagram (about Linux's default receive buffer); past it arrivals are dropped
+/// and counted, as the kernel counts them.
+pub(crate) const RX_LIMIT: usize = 212_992;
+/// What each queued datagram costs against [`RX_LIMIT`] besides its payload.
+const RX_OVERHEAD: usize = 256;
+/// The first port number handed out for port 0.
+const FIRST_EPHEMERAL: u16 = 49_152;
+
+/// A scripted answer for the next call of one kind (read or send) on one socket.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Answer {
+    /// The call fails with this errno.
+    Error(i32),
+    /// The call handles at most this many datagrams (then `EAGAIN` for a read with
+    /// nothing handled, a short count for a send).
+    Limit(usize),
+}
+
+/// The kernel's side of one in-memory socket.
+#[derive(Debug)]
+struct SockState {
+    key: PortKey,
+    /// Sender, bytes, and the drop count when it was queued.
+    rx: VecDeque<(SocketAddr, Vec<u8>, u32)>,
+    rx_charge: usize,
+    rx_limit: usize,
+    pending_error: Option<i32>,
+    error_queue_on: bool,
+    error_queue: VecDeque<QueuedError>,
+    peer: Option<SocketAddr>,
+    drops: u32,
+    send_blocked: bool,
+    want_writable: bool,
+    recv_script: VecDeque<Answer>,
+    send_script: VecDeque<Answer>,
+    broadcast: bool,
+}
+
+/// A datagram on its way.
+#[derive(Debug)]
+struct Flight {
+    from: SocketAddr,
+    to: SocketAddr,
+    data: Vec<u8>,
+}
+
+/// Readiness of one socket for a reactor turn.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Readiness {
+    pub(crate) key: PortKey,
+    pub(crate) readable: bool,
+    pub(crate) writable: bool,
+    pub(crate) error: bool,
+}
+
+/// The whole network: sockets, links, datagrams in flight, the log of every write.
+#[derive(Debug)]
+pub(crate) struct Network {
+    pub(crate) clock: Rc<Cell<Instant>>,
+    /// Virtual time zero.
+    start: Instant,
+    rng: SplitMix,
+    /// Ordered, so that sockets are served in the same order on every run.
+    sockets: BTreeMap<SocketAddr, SockState>,
+    flights: BinaryHeap<Reverse<(Instant, u64)>>,
+    flight_data: HashMap<u64, Flight>,
+    next_flight: u64,
+    links: HashMap<(SocketAddr, SocketAddr), Link>,
+    pub(crate) default_link: Link,
+    pub(crate) refuse_unbound: bool,
+    pub(crate) sent: Vec<Sent>,
+    pub(crate) lost: u64,
+    pub(crate) duplicated: u64,
+    next_port: u16,
+}
+
+impl Network {
+    pub(crate) fn new(seed: u64, clock: Rc<Cell<Instant>>) -> Network {
+        Network {
+            start: clock.get(),
+            clock,
+            rng: SplitMix(seed),
+            sockets: BTreeMap::new(),
+            flights: BinaryHeap::new(),
+            flight_data: HashMap::new(),
+            next_flight: 0,
+            links: HashMap::new(),
+            default_link: Link::default(),
+            refuse_unbound: false,
+            sent: Vec::new(),
+            lost: 0,
+            duplicated: 0,
+            next_port: FIRST_EPHEMERAL,
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.clock.get()
+    }
+
+    /// Binds a socket for port `key` at `addr` (port 0: the next free one from 49152);
+    /// `EADDRINUSE` if a socket holds that address (or a wildcard of its port).
+    pub(crate) fn bind(&mut self, addr: SocketAddr, key: PortKey) -> io::Result<SocketAddr> {
+        let mut addr = addr;
+        if addr.port() == 0 {
+            let mut tries = 0u32;
+            loop {
+                let port = self.next_port;
+                self.next_port = self.next_port.checked_add(1).unwrap_or(FIRST_EPHEMERAL);
+                addr.set_port(port);
+                if !self.taken(addr) {
+                    break;
+                }
+                tries += 1;
+                if tries > u32::from(u16::MAX) {
+                    return Err(io::Error::from_raw_os_error(libc::EADDRINUSE));
+                }
+            }
+        } else if self.taken(addr) {
+            return Err(io::Error::from_raw_os_error(libc::EADDRINUSE));
+        }
+        self.sockets.insert(
+            addr,
+            SockState {
+                key,
+                rx: VecDeque::new(),
+                rx_charge: 0,
+                rx_limit: RX_LIMIT,
+                pending_error: None,
+                error_queue_on: false,
+                error_queue: VecDeque::new(),
+                peer: None,
+                drops: 0,
+                send_blocked: false,
+                want_writable: false,
+                recv_script: VecDeque::new(),
+                send_script: VecDeque::new(),
+                broadcast: false,
+            },
+        );
+        Ok(addr)
+    }
+
+    fn taken(&self, addr: SocketAddr) -> bool {
+        let wildcard = SocketAddr::new(unspecified(&addr), addr.port());
+        self.sockets.contains_key(&addr)
+            || self.sockets.contains_key(&wildcard)
+            || (addr.ip().is_unspecified()
+                && self
+                    .sockets
+                    .keys()
+                    .any(|a| a.port() == addr.port() && a.is_ipv4() == addr.is_ipv4()))
+    }
+
+    pub(crate) fn unbind(&mut self, addr: SocketAddr) {
+        self.sockets.remove(&addr);
+    }
+
+    /// The socket that receives what is sent to `to`: bound to it, or to its port on the
+    /// wildcard address of its family.
+    fn receiver(&self, to: SocketAddr) -> Option<SocketAddr> {
+        if self.sockets.contains_key(&to) {
+            return Some(to);
+        }
+        let wildcard = SocketAddr::new(unspecified(&to), to.port());
+        self.sockets.contains_key(&wildcard).then_some(wildcard)
+    }
+
+    pub(crate) fn set_link(&mut self, from: SocketAddr, to: SocketAddr, link: Link) {
+        self.links.insert((from, to), link);
+    }
+
+    /// Puts a datagram on its way from `from` to `to` as the link between them says (lost,
+    /// duplicated, delayed, held back), and logs it when `log` (a write, not an injection).
+    pub(crate) fn transmit(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8], log: bool) {
+        let now = self.now();
+        if log {
+            self.sent.push(Sent {
+                at: now.duration_since(self.start),
+                from,
+                to,
+                data: data.to_vec(),
+            });
+        }
+        let link = self
+            .links
+            .get(&(from, to))
+            .copied()
+            .unwrap_or(self.default_link);
+        if link.loss > 0.0 && self.rng.chance(link.loss) {
+            self.lost += 1;
+            return;
+        }
+        let copies = if link.duplicate > 0.0 && self.rng.chance(link.duplicate) {
+            self.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut delay = link.delay + self.rng.below(link.jitter);
+            if link.reorder > 0.0 && self.rng.chance(link.reorder) {
+                // Held back behind what is sent after it within a delay and a jitter.
+                delay += link.delay + link.jitter + Duration::from_nanos(1);
+            }
+            self.launch(
+                now + delay,
+                Flight {
+                    from,
+                    to,
+                    data: data.to_vec(),
+                },
+            );
+        }
+    }
+
+    fn launch(&mut self, at: Instant, flight: Flight) {
+        let id = self.next_flight;
+        self.next_flight += 1;
+        self.flight_data.insert(id, flight);
+        self.flights.push(Reverse((at, id)));
+    }
+
+    /// When the next datagram in flight arrives.
+    pub(crate) fn next_arrival(&self) -> Option<Instant> {
+        self.flights.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Hands every datagram due by now to its socket (or drops it, or refuses it).
+    pub(crate) fn deliver_due(&mut self) {
+        let now = self.now();
+        while let Some(Reverse((at, id))) = self.flights.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.flights.pop();
+            let Some(flight) = self.flight_data.remove(&id) else {
+                continue;
+            };
+            self.arrive(flight);
+        }
+    }
+
+    fn arrive(&mut self, f: Flight) {
+        let Some(at) = self.receiver(f.to) else {
+            if self.refuse_unbound {
+                self.icmp_error(f.from, f.to, libc::ECONNREFUSED);
+            }
+            return;
+        };
+        let Some(s) = self.sockets.get_mut(&at) else {
+            return;
+        };
+        if s.peer.is_some_and(|p| p != f.from) {
+            // A connected socket takes its peer's datagrams only.
+            return;
+        }
+        let charge = f.data.len() + RX_OVERHEAD;
+        if s.rx_charge + charge > s.rx_limit {
+            s.drops = s.drops.wrapping_add(1);
+            return;
+        }
+        s.rx_charge += charge;
+        s.rx.push_back((f.from, f.data, s.drops));
+    }
+
+    /// Queues a datagram at the socket bound to `to` now, as if it had just arrived.
+    pub(crate) fn inject(&mut self, to: SocketAddr, from: SocketAddr, data: &[u8]) {
+        self.arrive(Flight {
+            from,
+            to,
+            data: data.to_vec(),
+        });
+    }
+
+    /// An ICMP error at the socket bound to `at`, about a datagram it sent to `about`:
+    /// pending for its next call when connected to `about`, and with its error queue on
+    /// also queued with the destination; ignored otherwise (as the kernel ignores ICMP
+    /// errors for an unconnected socket without `IP_RECVERR`).
+    pub(crate) fn icmp_error(&mut self, at: SocketAddr, about: SocketAddr, errno: i32) {
+        let Some(s) = self.sockets.get_mut(&at) else {
+            return;
+        };
+        if s.peer == Some(about) {
+            s.pending_error = Some(errno);
+        } else if s.error_queue_on {
+            s.error_queue.push_back(QueuedError {
+                dest: Some(about),
+                errno,
+                reporter: Some(about.ip()),
+                icmp: true,
+            });
+            s.pending_error = Some(errno);
+        }
+    }
+
+    pub(crate) fn add_drops(&mut self, at: SocketAddr, n: u32) {
+        if let Some(s) = self.sockets.get_mut(&at) {
+            s.drops = s.drops.wrapping_add(n);
+        }
+    }
+
+    pub(crate) fn script(&mut self, at: SocketAddr, recv: bool, answer: Answer) -> bool {
+        let Some(s) = self.sockets.get_mut(&at) else {
+            return false;
+        };
+        if recv {
+            s.recv_script.push_back(answer);
+        } else {
+            s.send_script.push_back(answer);
+        }
+        true
+    }
+
+    pub(crate) fn set_send_blocked(&mut self, at: SocketAddr, blocked: bool) -> bool {
+        match self.sockets.get_mut(&at) {
+            Some(s) => {
+                s.send_blocked = blocked;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn set_rx_limit(&mut self, at: SocketAddr, limit: usize) -> bool {
+        match self.sockets.get_mut(&at) {
+            Some(s) => {
+                s.rx_limit = limit;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn queued(&self, at: SocketAddr) -> Option<usize> {
+        self.sockets.get(&at).map(|s| s.rx.len())
+    }
+
+    /// Whether any socket has something for its port to do.
+    pub(crate) fn any_ready(&self) -> bool {
+        let now = self.now();
+        self.next_arrival().is_some_and(|at| at <= now)
+            || self.sockets.values().any(|s| {
+                !s.rx.is_empty()
+                    || !s.recv_script.is_empty()
+                    || s.pending_error.is_some()
+                    || !s.error_queue.is_empty()
+                    || (s.want_writable && !s.send_blocked)
+            })
+    }
+
+    /// Every socket with something for its port to do (level-triggered).
+    pub(crate) fn readiness(&self, into: &mut Vec<Readiness>) {
+        for s in self.sockets.values() {
+            let error = s.pending_error.is_some() || !s.error_queue.is_empty();
+            let readable = !s.rx.is_empty() || !s.recv_script.is_empty() || error;
+            let writable = s.want_writable && !s.send_blocked;
+            if readable || writable {
+                into.push(Readiness {
+                    key: s.key,
+                    readable,
+                    writable,
+                    error,
+                });
+            }
+        }
+    }
+
+    fn state(&mut self, at: SocketAddr) -> io::Result<&mut SockState> {
+        self.sockets
+            .get_mut(&at)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+    }
+
+    // ----- the calls a port makes ------------------------------------------------------
+
+    pub(crate) fn recv(
+        &mut self,
+        at: SocketAddr,
+        batch: &mut RecvBatch,
+        count: usize,
+        max: usize,
+    ) -> io::Result<usize> {
+        let s = self.state(at)?;
+        let mut count = count;
+        match s.recv_script.pop_front() {
+            Some(Answer::Error(errno)) => return Err(io::Error::from_raw_os_error(errno)),
+            Some(Answer::Limit(n)) => count = count.min(n),
+            None => {}
+        }
+        if let Some(errno) = s.pending_error.take() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        let taken: Vec<_> = s.rx.drain(..count.min(s.rx.len())).collect();
+        for (_, data, _) in &taken {
+            s.rx_charge -= data.len() + RX_OVERHEAD;
+        }
+        if taken.is_empty() {
+            return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+        }
+        let mut it = taken.iter();
+        Ok(batch.fill(count, max, || it.next().map(|(f, d, n)| (*f, &d[..], *n))))
+    }
+
+    /// One send of `data` to `to` (`None`: the peer).
+    pub(crate) fn send_one(
+        &mut self,
+        at: SocketAddr,
+        data: &[u8],
+        to: Option<SocketAddr>,
+    ) -> io::Result<usize> {
+        let s = self.state(at)?;
+        match s.send_script.pop_front() {
+            Some(Answer::Error(errno)) => return Err(io::Error::from_raw_os_error(errno)),
+            Some(Answer::Limit(0)) => return Err(io::Error::from_raw_os_error(libc::EAGAIN)),
+            Some(Answer::Limit(_)) | None => {}
+        }
+        if let Some(errno) = s.pending_error.take() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        if s.send_blocked {
+            return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+        }
+        let Some(to) = to.or(s.peer) else {
+            return Err(io::Error::from_raw_os_error(libc::EDESTADDRREQ));
+        };
+        if is_broadcast(&to) && !s.broadcast {
+            return Err(io::Error::from_raw_os_error(libc::EACCES));
+        }
+        let from = source(at, to);
+        self.transmit(from, to, data, true);
+        Ok(data.len())
+    }
+
+    /// A batch send of datagrams `from..` of `out`.
+    pub(crate) fn send_batch(
+        &mut self,
+        at: SocketAddr,
+        out: &mut SendBatch,
+        from: usize,
+        connected: bool,
+    ) -> io::Result<usize> {
+        let handed = out.messages_from(from);
+        let mut limit = handed;
+        {
+            let s = self.state(at)?;
+            match s.send_script.pop_front() {
+                Some(Answer::Error(errno)) => return Err(io::Error::from_raw_os_error(errno)),
+                Some(Answer::Limit(n)) => limit = limit.min(n),
+                None => {}
+            }
+        }
+        let mut sent = 0;
+        while sent < limit {
+            let (data, addr) = out.get(from + sent);
+            let to = (!connected).then_some(addr);
+            match self.send_one_unscripted(at, data, to) {
+                Ok(_) => sent += 1,
+                Err(e) if sent == 0 => return Err(e),
+                // sendmmsg reports the count; the error of the message after is lost.
+                Err(_) => break,
+            }
+        }
+        if sent == 0 && handed > 0 {
+            return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+        }
+        out.note_sent(handed, sent);
+        Ok(sent)
+    }
+
+    fn send_one_unscripted(
+        &mut self,
+        at: SocketAddr,
+        data: &[u8],
+        to: Option<SocketAddr>,
+    ) -> io::Result<usize> {
+        let s = self.state(at)?;
+        let script = std::mem::take(&mut s.send_script);
+        let out = self.send_one(at, data, to);
+        if let Ok(s) = self.state(at) {
+            s.send_script = script;
+        }
+        out
+    }
+
+    pub(crate) fn connect(&mut self, at: SocketAddr, peer: SocketAddr) -> io::Result<()> {
+        let s = self.state(at)?;
+        s.peer = Some(peer);
+        Ok(())
+    }
+
+    pub(crate) fn peer(&self, at: SocketAddr) -> Option<SocketAddr> {
+        self.sockets.get(&at).and_then(|s| s.peer)
+    }
+
+    pub(crate) fn take_error(&mut self, at: SocketAddr) -> io::Result<Option<io::Error>> {
+        let s = self.state(at)?;
+        Ok(s.pending_error.take().map(io::Error::from_raw_os_error))
+    }
+
+    pub(crate) fn read_queued_error(&mut self, at: SocketAddr) -> io::Result<Option<QueuedError>> {
+        let s = self.state(at)?;
+        let entry = s.error_queue.pop_front();
+        if entry.is_some() {
+            // The kernel's pending error becomes the next entry's, or none.
+            s.pending_error = s.error_queue.front().map(|e| e.errno);
+        }
+        Ok(entry)
+    }
+
+    pub(crate) fn set_error_queue(&mut self, at: SocketAddr, on: bool) -> io::Result<()> {
+        let s = self.state(at)?;
+        s.error_queue_on = on;
+        if !on {
+            s.error_queue.clear();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn drops(&self, at: SocketAddr) -> Option<u32> {
+        self.sockets.get(&at).map(|s| s.drops)
+    }
+
+    pub(crate) fn set_want_writable(&mut self, at: SocketAddr, want: bool) {
+        if let Some(s) = self.sockets.get_mut(&at) {
+            s.want_writable = want;
+        }
+    }
+
+    pub(crate) fn set_broadcast(&mut self, at: SocketAddr, on: bool) -> io::Result<()> {
+        self.state(at)?.broadcast = on;
+        Ok(())
+    }
+
+    pub(crate) fn broadcast(&mut self, at: SocketAddr) -> io::Result<bool> {
+        Ok(self.state(at)?.broadcast)
+    }
+}
+
+/// The address a socket bound to `at` sends from when it sends to `to`: its own, or for
+/// a wildcard bind the loopback address of its family.
+fn source(at: SocketAddr, to: SocketAddr) -> SocketAddr {
+    if !at.ip().is_unspecified() {
+        return at;
+    }
+    let ip = match to.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    SocketAddr::new(ip, at.port())
+}
+
+fn unspecified(addr: &SocketAddr) -> IpAddr {
+    match addr {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+fn is_broadcast(addr: &SocketAddr) -> bool {
+    matches!(addr.ip(), IpAddr::V4(ip) if ip.is_broadcast())
+}
+
+/// The socket of one in-memory port: its address on a shared [`Network`].
+pub(crate) struct MemSocket {
+    pub(crate) net: Rc<RefCell<Network>>,
+    pub(crate) addr: SocketAddr,
+}
+
+impl std::fmt::Debug for MemSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MemSocket({})", self.addr)
+    }
+}
+
+impl Drop for MemSocket {
+    fn drop(&mut self) {
+        if let Ok(mut net) = self.net.try_borrow_mut() {
+            net.unbind(self.addr);
+        }
+    }
+}
+
+/// SplitMix64: a small, well-mixed, seeded generator (the draws of one seed are the same
+/// on every run and platform).
+#[derive(Debug, Clone)]
+pub(crate) struct SplitMix(pub(crate) u64);
+
+impl SplitMix {
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// True with probability `p` (0.0 ..= 1.0).
+    fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    /// A duration uniformly in `0..=max`.
+    fn below(&mut self, max: Duration) -> Duration {
+        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(self.next_u64() % nanos.saturating_add(1))
+    }
+}

@@ -1,0 +1,206 @@
+//! The seam between a port's logic and its socket: every call the port makes of the
+//! kernel goes through [`PortSocket`], a kernel socket or an in-memory one
+//! ([`crate::testing`]). The choice is made once per call (one `match` on a system call's
+//! worth of work, a whole batch for reads and gathered writes), never per datagram.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+use mio::{Interest, Registry};
+use socket2::SockRef;
+
+use crate::sys::{self, QueuedError, RecvBatch, SendBatch};
+use crate::testing::network::MemSocket;
+use crate::token::PortKey;
+
+/// A port's socket.
+#[derive(Debug)]
+pub(crate) enum PortSocket {
+    Kernel(mio::net::UdpSocket),
+    Memory(MemSocket),
+}
+
+fn in_memory() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "not available on an in-memory socket",
+    )
+}
+
+impl PortSocket {
+    /// Reads up to `count` datagrams of up to `max` bytes into `batch`.
+    #[inline]
+    pub(crate) fn recv(
+        &mut self,
+        batch: &mut RecvBatch,
+        count: usize,
+        max: usize,
+    ) -> io::Result<usize> {
+        match self {
+            PortSocket::Kernel(s) => batch.recv(s, count, max),
+            PortSocket::Memory(m) => m.net.borrow_mut().recv(m.addr, batch, count, max),
+        }
+    }
+
+    /// Sends datagrams `from..` of `out` (segmented runs with `segmented`).
+    #[inline]
+    pub(crate) fn send_batch(
+        &mut self,
+        out: &mut SendBatch,
+        from: usize,
+        connected: bool,
+        segmented: bool,
+    ) -> io::Result<usize> {
+        match self {
+            PortSocket::Kernel(s) if segmented => out.send_segmented(s, from, connected),
+            PortSocket::Kernel(s) => out.send(s, from, connected),
+            PortSocket::Memory(m) => m.net.borrow_mut().send_batch(m.addr, out, from, connected),
+        }
+    }
+
+    /// Sends one datagram to `addr`, or to the peer when `to_peer`.
+    pub(crate) fn send_one(
+        &mut self,
+        data: &[u8],
+        addr: SocketAddr,
+        to_peer: bool,
+    ) -> io::Result<usize> {
+        match self {
+            PortSocket::Kernel(s) if to_peer => s.send(data),
+            PortSocket::Kernel(s) => s.send_to(data, addr),
+            PortSocket::Memory(m) => {
+                let to = (!to_peer).then_some(addr);
+                m.net.borrow_mut().send_one(m.addr, data, to)
+            }
+        }
+    }
+
+    pub(crate) fn connect(&mut self, addr: SocketAddr) -> io::Result<()> {
+        match self {
+            PortSocket::Kernel(s) => s.connect(addr),
+            PortSocket::Memory(m) => m.net.borrow_mut().connect(m.addr, addr),
+        }
+    }
+
+    pub(crate) fn peer_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            PortSocket::Kernel(s) => s.peer_addr(),
+            PortSocket::Memory(m) => m
+                .net
+                .borrow()
+                .peer(m.addr)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOTCONN)),
+        }
+    }
+
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            PortSocket::Kernel(s) => s.local_addr(),
+            PortSocket::Memory(m) => Ok(m.addr),
+        }
+    }
+
+    /// The pending error (`SO_ERROR`), cleared by reading it.
+    pub(crate) fn take_error(&mut self) -> io::Result<Option<io::Error>> {
+        match self {
+            PortSocket::Kernel(s) => s.take_error(),
+            PortSocket::Memory(m) => m.net.borrow_mut().take_error(m.addr),
+        }
+    }
+
+    /// The next entry of the error queue.
+    pub(crate) fn read_queued_error(&mut self) -> io::Result<Option<QueuedError>> {
+        match self {
+            PortSocket::Kernel(s) => sys::read_queued_error(s.as_raw_fd()),
+            PortSocket::Memory(m) => m.net.borrow_mut().read_queued_error(m.addr),
+        }
+    }
+
+    /// Turns the error queue on or off (`IP_RECVERR`).
+    pub(crate) fn set_recv_errors(&mut self, v6: bool, on: bool) -> io::Result<()> {
+        match self {
+            PortSocket::Kernel(s) => sys::set_recv_errors(s.as_raw_fd(), v6, on),
+            PortSocket::Memory(m) => m.net.borrow_mut().set_error_queue(m.addr, on),
+        }
+    }
+
+    /// Asks the kernel to attach its drop count to datagrams (`SO_RXQ_OVFL`).
+    pub(crate) fn enable_drop_count(&mut self) -> io::Result<()> {
+        match self {
+            PortSocket::Kernel(s) => sys::enable_drop_count(s.as_raw_fd()),
+            PortSocket::Memory(_) => Ok(()),
+        }
+    }
+
+    /// The socket's drop count now, where the OS tells it.
+    pub(crate) fn drops(&self) -> Option<u32> {
+        match self {
+            PortSocket::Kernel(s) => sys::drops_or_log(s.as_raw_fd()),
+            PortSocket::Memory(m) => m.net.borrow().drops(m.addr),
+        }
+    }
+
+    /// The socket for setting options; in memory only `SO_BROADCAST` exists (see
+    /// [`set_broadcast`](Self::set_broadcast)), the rest are "unsupported".
+    pub(crate) fn sock_ref(&self) -> io::Result<SockRef<'_>> {
+        match self {
+            PortSocket::Kernel(s) => Ok(SockRef::from(s)),
+            PortSocket::Memory(_) => Err(in_memory()),
+        }
+    }
+
+    pub(crate) fn set_broadcast(&mut self, on: bool) -> io::Result<()> {
+        match self {
+            PortSocket::Kernel(s) => s.set_broadcast(on),
+            PortSocket::Memory(m) => m.net.borrow_mut().set_broadcast(m.addr, on),
+        }
+    }
+
+    pub(crate) fn broadcast(&self) -> io::Result<bool> {
+        match self {
+            PortSocket::Kernel(s) => s.broadcast(),
+            PortSocket::Memory(m) => m.net.borrow_mut().broadcast(m.addr),
+        }
+    }
+
+    pub(crate) fn register(&mut self, registry: &Registry, key: PortKey) -> io::Result<()> {
+        match self {
+            PortSocket::Kernel(s) => registry.register(s, key.token(), Interest::READABLE),
+            PortSocket::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Readable always; writable too while `writable`.
+    pub(crate) fn reregister(
+        &mut self,
+        registry: &Registry,
+        key: PortKey,
+        writable: bool,
+    ) -> io::Result<()> {
+        match self {
+            PortSocket::Kernel(s) => {
+                let interest = if writable {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                registry.reregister(s, key.token(), interest)
+            }
+            PortSocket::Memory(m) => {
+                m.net.borrow_mut().set_want_writable(m.addr, writable);
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        match self {
+            PortSocket::Kernel(s) => registry.deregister(s),
+            PortSocket::Memory(m) => {
+                m.net.borrow_mut().set_want_writable(m.addr, false);
+                Ok(())
+            }
+        }
+    }
+}
