@@ -150,15 +150,11 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod error;
-mod handle;
 mod protocol;
 mod reactor;
-mod signals;
 #[allow(unsafe_code)]
 mod sys;
 pub mod testing;
-mod timer;
-mod token;
 mod udp;
 
 pub use error::{Error, Result};
@@ -170,10 +166,10 @@ pub use error::{Error, Result};
 pub mod bench_support {
     pub use crate::sys::{Datagram, RecvBatch, SendBatch, pin_to_cpu};
 }
-pub use handle::ReactorHandle;
 pub use protocol::{DatagramProtocol, Responder, from_fn, respond};
+pub use reactor::handle::ReactorHandle;
+pub use reactor::timer::DelayedCall;
 pub use reactor::{ListeningPort, Reactor};
-pub use timer::DelayedCall;
 pub use udp::options::{
     DEFAULT_BATCH_SIZE, DEFAULT_MAX_PACKET_SIZE, DEFAULT_READ_BUDGET, DEFAULT_READ_BUDGET_BYTES,
     DEFAULT_SEND_QUEUE_LIMIT, DEFAULT_WRITE_HIGH, DEFAULT_WRITE_LOW,

@@ -39,6 +39,7 @@ pub(crate) use kernel_reports::{
 
 pub(crate) use imp::{
     classify, dup_cloexec, inspect_socket, interface_exists, interface_index, is_icmp_error,
+    option_unsupported,
 };
 pub(crate) use imp::{
     multicast_all_v4, multicast_all_v6, set_multicast_all_v4, set_multicast_all_v6, signal_ignored,

@@ -281,6 +281,11 @@ pub(crate) fn is_icmp_error(err: &io::Error) -> bool {
 }
 
 /// Sorts an I/O error into what a port does about it.
+/// Whether a socket option failed because the kernel lacks it (`ENOPROTOOPT`).
+pub(crate) fn option_unsupported(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::ENOPROTOOPT)
+}
+
 pub(crate) fn classify(err: &io::Error) -> ErrorClass {
     match err.raw_os_error() {
         Some(libc::ECONNREFUSED) => ErrorClass::Refused,

@@ -7,12 +7,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
+use log::debug;
 use mio::{Interest, Registry};
-use socket2::SockRef;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
+use crate::reactor::token::PortKey;
 use crate::sys::{self, QueuedError, RecvBatch, SendBatch};
 use crate::testing::network::MemSocket;
-use crate::token::PortKey;
+use crate::udp::options::ListenOptions;
 
 /// A port's socket.
 #[derive(Debug)]
@@ -203,4 +205,39 @@ impl PortSocket {
             }
         }
     }
+}
+
+/// A non-blocking, close-on-exec UDP socket bound to `addr` with the options applied.
+pub(crate) fn bind_socket(
+    addr: SocketAddr,
+    opts: &ListenOptions,
+) -> std::io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
+    if opts.listen_multiple {
+        socket.set_reuse_address(true)?;
+        match socket.set_reuse_port(true) {
+            // Old kernels lack SO_REUSEPORT; REUSEADDR alone still shares multicast ports.
+            Err(e) if sys::option_unsupported(&e) => {
+                debug!("SO_REUSEPORT unsupported, sharing {addr} with SO_REUSEADDR alone");
+            }
+            other => other?,
+        }
+    }
+    apply_buffer_sizes(&socket, opts)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+pub(crate) fn apply_buffer_sizes(socket: &Socket, opts: &ListenOptions) -> std::io::Result<()> {
+    // The kernel takes an int and caps it at its own maximum; a larger request must
+    // not wrap into a tiny buffer.
+    let cap = |n: usize| n.min(i32::MAX as usize);
+    if let Some(n) = opts.recv_buffer_size {
+        socket.set_recv_buffer_size(cap(n))?;
+    }
+    if let Some(n) = opts.send_buffer_size {
+        socket.set_send_buffer_size(cap(n))?;
+    }
+    Ok(())
 }

@@ -9,9 +9,9 @@ use socket2::SockRef;
 
 use crate::error::{Error, Result};
 use crate::protocol::short_type_name;
-use crate::reactor::Reactor;
+use crate::reactor::timer::DelayedCall;
+use crate::reactor::{Lifecycle, Reactor};
 use crate::sys;
-use crate::timer::DelayedCall;
 use crate::udp::addr::{PeerAddr, same_family};
 use crate::udp::port::{PortCore, PortStats, PortTimerFn, once};
 
@@ -56,7 +56,7 @@ impl fmt::Debug for UdpTransport<'_> {
         f.debug_struct("UdpTransport")
             .field("local", &self.core.local)
             .field("peer", &self.core.peer)
-            .field("closing", &self.core.closing)
+            .field("closing", &self.is_closing())
             .finish()
     }
 }
@@ -206,17 +206,14 @@ impl<'a> UdpTransport<'a> {
     /// nothing.
     #[doc(alias = "stopListening")]
     pub fn stop_listening(&mut self) {
-        if !self.core.closing {
-            self.core.closing = true;
-            // At once in the reactor too: its timers cancelled, is_listening false.
-            self.reactor.request_close(self.core.key);
-        }
+        // At once: its timers cancelled, is_listening false, no datagram delivered after.
+        self.reactor.request_close(self.core.key);
     }
 
     /// Whether [`stop_listening`](Self::stop_listening) was called (or the port is being
     /// torn down).
     pub fn is_closing(&self) -> bool {
-        self.core.closing || self.reactor.close_requested(self.core.key)
+        self.reactor.lifecycle(self.core.key) != Lifecycle::Open
     }
 
     /// The port's counters. On Linux this asks the kernel for its drop count
@@ -333,10 +330,6 @@ impl<'a> UdpTransport<'a> {
                 port: name,
                 requested: short_type_name::<P>(),
             });
-        }
-        if self.core.closing {
-            // Its timers are cancelled when the stop takes effect: never one that cannot run.
-            return Err(Error::PortClosed);
         }
         let boxed: PortTimerFn<P> = Box::new(f);
         self.reactor

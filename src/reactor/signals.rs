@@ -21,8 +21,8 @@ use mio::{Interest, Registry};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::error::{Error, Result};
+use crate::reactor::token;
 use crate::sys;
-use crate::token;
 
 /// One reactor's signal pipe, and whether that reactor is inside `run` handling signals.
 pub(crate) struct SignalWatch {

@@ -1,0 +1,261 @@
+//! The receive path: batches read until the budget is spent, each datagram delivered
+//! (or counted: truncated, from another peer, read after a stop), the drop count.
+
+use super::*;
+
+/// Where a dispatch of received datagrams stands; kept outside the panic guard, so that
+/// after a panicking hook the dispatch goes on with the next datagram.
+#[derive(Default)]
+pub(super) struct ReadState {
+    /// Datagrams (and errors) read so far this dispatch, against the budget.
+    pub(super) count: usize,
+    /// Payload bytes read so far this dispatch, against the byte budget.
+    pub(super) bytes: usize,
+    /// The batch being delivered: how many were asked for and read, and how many of them
+    /// were handed on (or are being).
+    pub(super) want: usize,
+    pub(super) got: usize,
+    pub(super) next: usize,
+    pub(super) in_batch: bool,
+    /// The reactor's stop count when the batch was read.
+    pub(super) stops: u64,
+}
+
+impl ReadState {
+    /// The datagrams of the batch being delivered that are not handed on yet.
+    pub(super) fn left(&self) -> u64 {
+        if self.in_batch {
+            (self.got - self.next) as u64
+        } else {
+            0
+        }
+    }
+}
+
+/// Reads datagrams, a batch per system call, until the socket is drained or the budget
+/// is spent, dispatching each batch and then sending the writes it gathered; returns
+/// whether the budget ran out first (data may be left). Called again after a panicking
+/// hook, it goes on where `st` says.
+pub(super) fn read_until_budget<P: DatagramProtocol>(
+    p: &mut P,
+    t: &mut UdpTransport<'_>,
+    recv_batch: &mut RecvBatch,
+    st: &mut ReadState,
+) -> bool {
+    if st.in_batch && !finish_batch(p, t, recv_batch, st) {
+        return false;
+    }
+    let (budget, budget_bytes) = (t.core.read_budget, t.core.read_budget_bytes);
+    while st.count < budget && st.bytes < budget_bytes {
+        if must_stop(t) {
+            return false;
+        }
+        st.stops = t.reactor.stops_asked();
+        // Bounded by bytes too: no more datagrams of the largest size than the byte
+        // budget has room for (at least one).
+        let by_bytes = (budget_bytes - st.bytes).div_ceil(t.core.max_packet_size.max(1));
+        let want = (budget - st.count).min(t.core.batch_size).min(by_bytes);
+        let got = match t.core.socket.recv(recv_batch, want, t.core.max_packet_size) {
+            Ok(got) => got,
+            Err(e) => {
+                st.count += 1;
+                match sys::classify(&e) {
+                    ErrorClass::WouldBlock => return false,
+                    // An ICMP error for an earlier datagram: the error queue (read at
+                    // once) says which destination it was about.
+                    _ if t.core.stale_error(&e) => report_pending(p, t),
+                    ErrorClass::Refused => read_refused(p, t),
+                    _ => {
+                        t.core.stats.recv_errors += 1;
+                        debug!("{} on {}: recv: {e}", t.core.prefix, t.core.local);
+                    }
+                }
+                continue;
+            }
+        };
+        st.want = want;
+        st.got = got;
+        st.next = 0;
+        st.in_batch = true;
+        if !finish_batch(p, t, recv_batch, st) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Delivers the rest of the batch read last, sends the writes it gathered and reports
+/// what they met; returns whether to read on (the batch was full and no stop came).
+#[inline]
+pub(super) fn finish_batch<P: DatagramProtocol>(
+    p: &mut P,
+    t: &mut UdpTransport<'_>,
+    recv_batch: &mut RecvBatch,
+    st: &mut ReadState,
+) -> bool {
+    let mut next = st.next;
+    // Going on after a hook that asked for a stop and then panicked: none of the rest.
+    let mut stopped = next > 0 && t.reactor.stops_asked() != st.stops && must_stop(t);
+    // Counted against the budgets once the batch is done; going on after a panic, the
+    // datagrams handed on before it count too.
+    let mut bytes: usize = recv_batch
+        .datagrams_from(0)
+        .take(next)
+        .map(|d| d.data.len())
+        .sum();
+    let rest = if stopped { st.got } else { next };
+    for d in recv_batch.datagrams_from(rest) {
+        next += 1;
+        // Where to go on from if this datagram's hook panics.
+        st.next = next;
+        bytes += d.data.len();
+        deliver(p, t, d);
+        // Flow control at once, after the hook whose write crossed a mark.
+        tell_flow(p, t);
+        // `stop_listening`, `Reactor::stop` and closing a port by handle all change
+        // the count: one comparison per datagram while nothing of the kind happens.
+        if t.reactor.stops_asked() != st.stops && must_stop(t) {
+            // Read but not delivered (the port is closing), and counted.
+            stopped = true;
+            break;
+        }
+    }
+    if stopped {
+        t.core.stats.dropped_at_stop += st.left();
+    }
+    st.count += st.next;
+    st.bytes += bytes;
+    st.in_batch = false;
+    if let Some(count) = recv_batch.drop_count() {
+        t.core.note_drops(count);
+    }
+    t.core.flush_out();
+    report_pending(p, t);
+    // Fewer than asked for: the socket was drained, and the next datagram to arrive
+    // raises a new readiness event.
+    !stopped && st.got >= st.want
+}
+
+/// Whether the port may deliver no more: it is closing, or the reactor is stopping.
+pub(super) fn must_stop(t: &UdpTransport<'_>) -> bool {
+    t.reactor.lifecycle(t.core.key) != Lifecycle::Open || t.reactor.is_stopping()
+}
+
+/// Hands one received datagram to the protocol (or counts it, if cut short or from an
+/// address that is not IP).
+#[inline(always)]
+pub(super) fn deliver<P: DatagramProtocol>(
+    p: &mut P,
+    t: &mut UdpTransport<'_>,
+    d: sys::Datagram<'_>,
+) {
+    // One arm per family, so that each builds only its own kind of address for the
+    // call (merged, the two would go through a field-by-field copy of both layouts).
+    match d.from {
+        Some(from @ SocketAddr::V4(_)) => deliver_from(p, t, d.data, d.truncated, d.len, from),
+        Some(from @ SocketAddr::V6(_)) => deliver_from(p, t, d.data, d.truncated, d.len, from),
+        None => t.core.stats.recv_errors += 1,
+    }
+}
+
+#[inline(always)]
+pub(super) fn deliver_from<P: DatagramProtocol>(
+    p: &mut P,
+    t: &mut UdpTransport<'_>,
+    data: &[u8],
+    truncated: bool,
+    len: usize,
+    from: SocketAddr,
+) {
+    if let Some(peer) = t.core.peer
+        && !is_peer(&peer, &from)
+    {
+        // Queued before `connect`: not the peer's, so not delivered.
+        t.core.stats.not_from_peer += 1;
+        return;
+    }
+    if truncated {
+        t.core.on_truncated(from, len);
+        if t.core.deliver_truncated {
+            p.datagram_truncated(t, data, len, from);
+        }
+        return;
+    }
+    t.core.stats.datagrams_received += 1;
+    t.core.stats.bytes_received += data.len() as u64;
+    p.datagram_received(t, data, from);
+}
+
+/// A refusal read from the socket: the kernel reports ICMP port unreachable only on
+/// connected sockets (without `IP_RECVERR`), and the error is consumed.
+pub(super) fn read_refused<P: DatagramProtocol>(p: &mut P, t: &mut UdpTransport<'_>) {
+    if let Some(peer) = t.core.peer {
+        t.core.stats.refused += 1;
+        debug!("{} on {}: refused by {peer}", t.core.prefix, t.core.local);
+        // As from report_pending: this hook's writes are sent at once.
+        t.core.park_out();
+        t.core.reporting = Some("connection_refused");
+        p.connection_refused(t);
+        t.core.reporting = None;
+        t.core.unpark_out();
+    }
+}
+
+/// How long between two truncation warnings of one port.
+pub(super) const WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+impl PortCore {
+    pub(super) fn on_truncated(&mut self, from: SocketAddr, len: usize) {
+        self.stats.truncated += 1;
+        let what = if self.deliver_truncated {
+            "delivered cut short to datagram_truncated"
+        } else {
+            "dropped"
+        };
+        let now = Instant::now();
+        let due = self
+            .last_truncation_warning
+            .is_none_or(|last| now.duration_since(last) >= WARN_INTERVAL);
+        if due {
+            self.last_truncation_warning = Some(now);
+            warn!(
+                "{} on {}: datagram of {len} bytes from {from} longer than max packet size {}, {what} ({} so far)",
+                self.prefix, self.local, self.max_packet_size, self.stats.truncated
+            );
+        } else {
+            trace!(
+                "{} on {}: datagram of {len} bytes from {from} {what}",
+                self.prefix, self.local
+            );
+        }
+    }
+
+    /// Takes in the socket's drop count as the kernel reported it.
+    pub(crate) fn note_drops(&mut self, count: u32) {
+        let seen = self.drops_seen.unwrap_or(0);
+        if let Some(new) = new_drops(seen, count) {
+            self.stats.kernel_dropped += u64::from(new);
+            self.drops_seen = Some(count);
+        }
+    }
+
+    /// The counters, with the kernel's drop count as it stands now.
+    pub(crate) fn current_stats(&self) -> PortStats {
+        let mut stats = self.stats;
+        if let Some(seen) = self.drops_seen
+            && let Some(now) = self.socket.drops()
+            && let Some(new) = new_drops(seen, now)
+        {
+            stats.kernel_dropped += u64::from(new);
+        }
+        stats
+    }
+}
+
+/// How many drops the kernel's count `now` adds to `seen`, or `None` if it adds none: the
+/// count only grows (modulo 2^32), but a datagram queued before the port opened carries
+/// the count of its time, which may be below the baseline read at opening.
+pub(super) fn new_drops(seen: u32, now: u32) -> Option<u32> {
+    let new = now.wrapping_sub(seen);
+    (new != 0 && new <= u32::MAX / 2).then_some(new)
+}

@@ -1,0 +1,365 @@
+//! The send path: writes sent at once, gathered for one `sendmmsg`, or queued while the
+//! kernel's buffer is full, with the queue's charge and flow-control marks.
+
+use super::*;
+
+/// What one entry of the send queue is charged besides its payload, against the flow
+/// control marks and the queue's bound: what it costs in memory, at least (48 bytes in
+/// the queue's ring buffer, as much again while that buffer is half empty after growing,
+/// and up to 32 bytes the allocator adds to the payload's block).
+pub(crate) const QUEUE_ENTRY_OVERHEAD: usize = 128;
+
+/// What a datagram of `len` bytes is charged once queued.
+#[inline(always)]
+pub(super) fn charge(len: usize) -> usize {
+    len + QUEUE_ENTRY_OVERHEAD
+}
+
+/// What the datagrams gathered in `out` would be charged once queued.
+#[inline(always)]
+pub(super) fn gathered_charge(out: &SendBatch) -> usize {
+    out.total_bytes() + out.len() * QUEUE_ENTRY_OVERHEAD
+}
+
+/// The high-water mark of a port: the one asked for, lowered if need be to leave room
+/// below the queue's bound for one more datagram of the largest size, so that a producer
+/// that stops once paused never meets the bound.
+pub(super) fn write_high(opts: &ListenOptions, local: &SocketAddr) -> usize {
+    let room = opts
+        .send_queue_limit
+        .saturating_sub(charge(max_datagram(local)));
+    opts.write_high.min(room)
+}
+
+impl PortCore {
+    /// Sends one datagram now, or queues it if the kernel's buffer is full.
+    ///
+    /// The common case (an unconnected port dispatching a batch, nothing queued, an
+    /// address of the port's family, a length UDP can carry) is the few tests here, inlined
+    /// into the protocol's callback; everything else is [`send_checked`](Self::send_checked).
+    #[inline]
+    pub(crate) fn send(&mut self, data: &[u8], addr: SocketAddr) -> Result<()> {
+        if self.peer.is_none() && addr.is_ipv4() == self.local_is_v4 && self.gather(data, addr) {
+            return Ok(());
+        }
+        self.send_checked(data, addr)
+    }
+
+    /// Sends one datagram to the connected peer: [`send`](Self::send) without the address.
+    #[inline]
+    pub(crate) fn send_connected(&mut self, data: &[u8]) -> Result<()> {
+        let Some(peer) = self.peer else {
+            return Err(Error::NotConnected);
+        };
+        if self.gather(data, peer) {
+            return Ok(());
+        }
+        self.send_checked(data, peer)
+    }
+
+    /// Adds the datagram to the batch being gathered, if there is one, nothing is queued
+    /// before it and UDP can carry it (sending the batch once full); false otherwise.
+    #[inline(always)]
+    pub(super) fn gather(&mut self, data: &[u8], addr: SocketAddr) -> bool {
+        if data.len() > self.max_send || !self.queue.is_empty() {
+            return false;
+        }
+        let Some(out) = self.out.as_mut() else {
+            return false;
+        };
+        out.push(data, addr);
+        // Sent at once when the batch is full, or when what it holds would count past the
+        // high-water mark once queued: then the kernel says at once whether it takes them,
+        // and what it does not take is queued and pauses the producer in time.
+        if out.len() >= self.batch_size || gathered_charge(out) > self.write_high {
+            self.flush_out();
+        }
+        true
+    }
+
+    /// [`send`](Self::send) with every check: connected ports, queued data, writes
+    /// outside a dispatch batch, and the errors.
+    #[inline(never)]
+    pub(super) fn send_checked(&mut self, data: &[u8], addr: SocketAddr) -> Result<()> {
+        if !same_family(&addr, &self.local) {
+            return Err(Error::AddressFamilyMismatch {
+                address: addr,
+                local: self.local,
+            });
+        }
+        if data.len() > self.max_send {
+            return Err(Error::MessageTooLong {
+                len: data.len(),
+                max: self.max_send,
+            });
+        }
+        if let Some(peer) = self.peer.filter(|p| !is_peer(p, &addr)) {
+            return Err(Error::WrongPeer {
+                peer,
+                requested: addr,
+            });
+        }
+        if !self.queue.is_empty() {
+            return self.enqueue(data, addr);
+        }
+        if self.gather(data, addr) {
+            return Ok(());
+        }
+        match self.send_now(data, addr) {
+            Err(e) if sys::classify(&e) == ErrorClass::WouldBlock => self.enqueue(data, addr),
+            Err(e) => self.send_failed(e, data.len(), addr),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    pub(super) fn send_now(&mut self, data: &[u8], addr: SocketAddr) -> std::io::Result<()> {
+        let mut retries = 0;
+        loop {
+            // A datagram written before `connect` to another address still goes there
+            // (Linux takes a destination on a connected UDP socket), never to the peer.
+            let to_peer = self.peer.is_some_and(|p| is_peer(&p, &addr));
+            let sent = self.socket.send_one(data, addr, to_peer);
+            match sent {
+                Ok(_) => {
+                    self.stats.datagrams_sent += 1;
+                    self.stats.bytes_sent += data.len() as u64;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // An earlier datagram's ICMP error, not this one's: the call that met it
+                // cleared it, so once more (another can only be raised by a datagram sent
+                // meanwhile, so a few tries are plenty).
+                Err(e) if retries < STALE_RETRIES && self.stale_error(&e) => retries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub(super) fn send_failed(
+        &mut self,
+        e: std::io::Error,
+        len: usize,
+        addr: SocketAddr,
+    ) -> Result<()> {
+        match sys::classify(&e) {
+            ErrorClass::Refused => {
+                let peer = self.peer.unwrap_or(addr);
+                if self.peer.is_some() {
+                    self.stats.refused += 1;
+                    self.refused_pending += 1;
+                }
+                Err(Error::ConnectionRefused { peer })
+            }
+            ErrorClass::TooLong => Err(Error::MessageTooLong {
+                len,
+                max: max_datagram(&self.local),
+            }),
+            _ => {
+                self.stats.send_errors += 1;
+                Err(Error::Send { addr, source: e })
+            }
+        }
+    }
+
+    /// Queues a datagram the kernel's full buffer did not take, unless the queue is at
+    /// its bound: each entry is charged its payload and [`QUEUE_ENTRY_OVERHEAD`].
+    pub(super) fn enqueue(&mut self, data: &[u8], addr: SocketAddr) -> Result<()> {
+        if self.queue_charge + charge(data.len()) > self.queue_limit {
+            self.stats.send_dropped += 1;
+            return Err(Error::SendQueueFull {
+                len: data.len(),
+                queued: self.queue_charge,
+            });
+        }
+        self.queue_entry(data, addr);
+        Ok(())
+    }
+
+    /// Queues a datagram already accepted (gathered by `write`, then not taken by the
+    /// kernel). Gathered writes are sent before they could count past the high-water mark
+    /// and only while the queue is empty, so this stays below the bound.
+    pub(super) fn queue_entry(&mut self, data: &[u8], addr: SocketAddr) {
+        self.stats.send_queued += 1;
+        self.queue_charge += charge(data.len());
+        self.queue.push_back((data.into(), addr));
+        if self.queue_charge > self.write_high {
+            self.write_paused = true;
+        }
+    }
+
+    /// Sends queued datagrams until the kernel's buffer is full again.
+    pub(crate) fn flush_queue(&mut self) {
+        while let Some((data, addr)) = self.queue.pop_front() {
+            match self.send_now(&data, addr) {
+                Err(e) if sys::classify(&e) == ErrorClass::WouldBlock => {
+                    self.queue.push_front((data, addr));
+                    break;
+                }
+                Err(e) => self.later_send_failed(e, data.len(), addr),
+                Ok(()) => {}
+            }
+            self.queue_charge -= charge(data.len());
+        }
+        if self.queue.is_empty() && self.queue.capacity() > QUEUE_KEPT_CAPACITY {
+            // A burst's ring buffer is not kept for ever.
+            self.queue.shrink_to(QUEUE_KEPT_CAPACITY);
+        }
+        if self.write_paused && self.queue_charge <= self.write_low {
+            self.write_paused = false;
+        }
+    }
+
+    /// A send that failed after `write` returned (from the send queue or the gathered
+    /// batch): counted, and a refusal reported, as a direct send's would be; a too-long
+    /// datagram has no caller left to tell, so it counts as an error.
+    pub(super) fn later_send_failed(&mut self, e: std::io::Error, len: usize, addr: SocketAddr) {
+        debug!("{} on {}: send to {addr}: {e}", self.prefix, self.local);
+        let kept = copy_io_error(&e);
+        match self.send_failed(e, len, addr) {
+            // Told through connection_refused.
+            Err(Error::ConnectionRefused { .. }) if self.peer.is_some() => {}
+            Err(error) => {
+                if let Error::MessageTooLong { .. } = error {
+                    self.stats.send_errors += 1;
+                }
+                self.keep_error(Error::Send { addr, source: kept }, addr);
+            }
+            Ok(()) => {}
+        }
+    }
+
+    /// Sends the writes gathered during a dispatch, with as few `sendmmsg` calls as the
+    /// batch size allows; what the kernel's full buffer does not take goes to the send
+    /// queue, in order.
+    pub(crate) fn flush_out(&mut self) {
+        let Some(mut out) = self.out.take() else {
+            return;
+        };
+        let connected = self.peer.is_some();
+        let mut next = 0;
+        // Stale errors met since the last datagram the kernel took: each was raised by an
+        // earlier datagram and consumed by the call that met it, so the call is retried.
+        let mut retries = 0;
+        while next < out.len() {
+            let sent = self
+                .socket
+                .send_batch(&mut out, next, connected, self.segmentation);
+            match sent {
+                Err(e) if retries < STALE_RETRIES && self.stale_error(&e) => retries += 1,
+                Err(e)
+                    if self.segmentation
+                        && out.first_run() > 1
+                        && sys::segmentation_refused(&e) =>
+                {
+                    // The kernel, route or device cannot segment: the same datagrams go
+                    // again one per message, and so does everything after.
+                    debug!(
+                        "{} on {}: segmented send refused ({e}); sending one datagram per message",
+                        self.prefix, self.local
+                    );
+                    self.segmentation = false;
+                }
+                Ok(0) => {
+                    // Not expected with datagrams left; never spin on it.
+                    self.stats.send_dropped += (out.len() - next) as u64;
+                    break;
+                }
+                Ok(sent) => {
+                    self.stats.datagrams_sent += sent as u64;
+                    self.stats.bytes_sent += out.bytes(next, next + sent) as u64;
+                    next += sent;
+                    retries = 0;
+                    if out.was_short() && self.error_queue {
+                        // The next message failed and sendmmsg kept its error to itself:
+                        // on loopback, an ICMP error raised by a message of this very call
+                        // (its entry is in the error queue; the datagram is sent again).
+                        self.error_queue_pending = true;
+                    }
+                }
+                Err(e) if sys::classify(&e) == ErrorClass::WouldBlock => {
+                    for i in next..out.len() {
+                        let (data, addr) = out.get(i);
+                        self.queue_entry(data, addr);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    let (data, addr) = out.get(next);
+                    self.later_send_failed(e, data.len(), addr);
+                    next += 1;
+                }
+            }
+        }
+        out.clear();
+        self.out = Some(out);
+        if self.error_queue_pending {
+            self.read_error_queue();
+        }
+    }
+
+    /// Takes back the lent send batch, empty.
+    pub(super) fn take_out(&mut self) -> Option<Box<SendBatch>> {
+        self.unpark_out();
+        self.flush_out();
+        self.out.take()
+    }
+
+    /// Sends what is gathered and stops gathering (writes go out at once) until
+    /// [`unpark_out`](Self::unpark_out).
+    pub(super) fn park_out(&mut self) {
+        if self.out.as_ref().is_some_and(|out| !out.is_empty()) {
+            self.flush_out();
+        }
+        if self.out.is_some() {
+            self.parked_out = self.out.take();
+        }
+    }
+
+    /// Gathers writes again, if [`park_out`](Self::park_out) stopped it (also after a
+    /// panic in between).
+    pub(super) fn unpark_out(&mut self) {
+        if let Some(out) = self.parked_out.take() {
+            self.out = Some(out);
+        }
+    }
+
+    /// What waits to be handed to the kernel, as charged against the flow-control marks
+    /// and the queue's bound: the send queue's entries and the writes gathered for the
+    /// batch being dispatched, each its payload and [`QUEUE_ENTRY_OVERHEAD`].
+    pub(crate) fn charged_bytes(&self) -> usize {
+        self.queue_charge + self.out.as_deref().map_or(0, gathered_charge)
+    }
+
+    /// Whether the send queue is between its high- and low-water marks, coming down.
+    pub(crate) fn write_paused(&self) -> bool {
+        self.write_paused
+    }
+
+    /// Asks for WRITABLE events while the queue holds data, and stops asking once it is empty.
+    pub(crate) fn sync_interest(&mut self, registry: &Registry) {
+        let want = !self.queue.is_empty();
+        if want == self.writable_registered {
+            return;
+        }
+        match self.socket.reregister(registry, self.key, want) {
+            Ok(()) => self.writable_registered = want,
+            Err(e) => warn!("{} on {}: reregister: {e}", self.prefix, self.local),
+        }
+    }
+}
+
+/// How often a send meeting an earlier datagram's ICMP error is retried without the
+/// kernel taking anything in between.
+pub(super) const STALE_RETRIES: u32 = 8;
+
+/// The send queue's ring buffer is shrunk back to this many entries once it empties.
+pub(super) const QUEUE_KEPT_CAPACITY: usize = 1024;
+
+/// A copy of an I/O error (they are not `Clone`): the same OS error, or the same kind and
+/// message.
+pub(super) fn copy_io_error(e: &std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(e.kind(), e.to_string()),
+    }
+}

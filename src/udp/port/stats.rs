@@ -1,0 +1,86 @@
+//! A port's counters.
+
+use std::fmt;
+
+/// A port's counters, readable at any time with
+/// [`UdpTransport::stats`] or [`Reactor::port_stats`](crate::Reactor::port_stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PortStats {
+    /// Datagrams delivered to `datagram_received`.
+    pub datagrams_received: u64,
+    /// Payload bytes delivered to `datagram_received`.
+    pub bytes_received: u64,
+    /// Datagrams handed to the kernel.
+    pub datagrams_sent: u64,
+    /// Payload bytes handed to the kernel.
+    pub bytes_sent: u64,
+    /// Datagrams longer than the receive buffer, dropped rather than delivered cut short.
+    pub truncated: u64,
+    /// Datagrams the kernel refused to send (other than a full buffer).
+    pub send_errors: u64,
+    /// Datagrams dropped because the send queue was at its bound, or left in the queue
+    /// when the port closed.
+    pub send_dropped: u64,
+    /// Datagrams queued because the kernel's send buffer was full.
+    pub send_queued: u64,
+    /// Errors read from the socket other than refusals (e.g. an ICMP host unreachable).
+    pub recv_errors: u64,
+    /// Refusals (ICMP port unreachable) reported to a connected port, each with one
+    /// `connection_refused` call. A refusal met by a send (rather than read by the
+    /// reactor) also means that datagram was not sent.
+    pub refused: u64,
+    /// Datagrams the kernel dropped before the port could read them (its receive buffer
+    /// was full), since the port opened: read with `SO_RXQ_OVFL` as datagrams arrive and
+    /// with `SO_MEMINFO` whenever the counters are read (Linux; 0 elsewhere).
+    pub kernel_dropped: u64,
+    /// Errors the kernel reported for earlier datagrams of an unconnected port (ICMP
+    /// unreachable, read from its error queue), each passed to `error_received` unless
+    /// counted in `errors_unreported` too. It counts errors, not datagrams: a run of
+    /// replies sent segmented (see `ListenOptions::segmentation`) that meets a closed port
+    /// on this host is answered with one ICMP error for the run.
+    pub unreachable: u64,
+    /// Errors counted above (`unreachable`, `send_errors`, `refused`) that no hook was told
+    /// of: more than 1024 waiting at once, still waiting when `stop_protocol` had run (no
+    /// hook is called after it), or an ICMP error whose details the kernel had dropped
+    /// (its error queue was full).
+    pub errors_unreported: u64,
+    /// Hooks (and port timers) that panicked: each cost only its own event, unless
+    /// [`ListenOptions::close_on_panic`](crate::ListenOptions::close_on_panic) is set.
+    pub panics: u64,
+    /// Datagrams from another address than the connected peer, read after `connect`
+    /// (they reached the socket before it), dropped.
+    pub not_from_peer: u64,
+    /// Datagrams read in the batch during which the port's stop (or the reactor's) was
+    /// asked for, after that point, and so not delivered.
+    pub dropped_at_stop: u64,
+}
+
+impl fmt::Display for PortStats {
+    /// One line for logs: what came in, what went out, and what was lost where.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "received {} datagrams ({} bytes), sent {} ({} bytes); dropped: {} truncated, \
+             {} by the kernel, {} at the send queue, {} from another peer, {} at stop; {} send errors, \
+             {} receive errors, {} refused, {} unreachable, {} errors unreported, \
+             {} panics, {} queued",
+            self.datagrams_received,
+            self.bytes_received,
+            self.datagrams_sent,
+            self.bytes_sent,
+            self.truncated,
+            self.kernel_dropped,
+            self.send_dropped,
+            self.not_from_peer,
+            self.dropped_at_stop,
+            self.send_errors,
+            self.recv_errors,
+            self.refused,
+            self.unreachable,
+            self.errors_unreported,
+            self.panics,
+            self.send_queued,
+        )
+    }
+}
