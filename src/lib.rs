@@ -55,6 +55,31 @@
 //! # }
 //! ```
 //!
+//! # Testing a protocol without sockets or waits
+//!
+//! [`testing::Simulation`] is a reactor on a virtual clock whose ports live on an
+//! in-memory network: the protocol runs unmodified, time jumps to the next timer, and
+//! the test injects datagrams, refusals and errors and reads back every write.
+//!
+//! ```
+//! use std::time::Duration;
+//! use twine::{ListenOptions, from_fn, testing::Simulation};
+//!
+//! let mut sim = Simulation::new(1)?;
+//! let echo = sim.listen_udp_with(
+//!     ListenOptions::new(7).interface("127.0.0.1"),
+//!     from_fn(|t, data, from| {
+//!         let _ = t.write(data, from);
+//!     }),
+//! )?;
+//! let client = "127.0.0.1:5000".parse()?;
+//! sim.inject(echo.local_addr(), client, b"ping");
+//! sim.advance(Duration::from_secs(30))?; // no real wait
+//! let sent = sim.take_sent();
+//! assert_eq!((sent[0].to, &sent[0].data[..]), (client, &b"ping"[..]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Guarantees
 //!
 //! - **`start_protocol` first, `stop_protocol` last, each once.** `start_protocol` runs
