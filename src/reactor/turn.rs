@@ -215,6 +215,11 @@ impl Reactor {
         }
     }
 
+    /// The earliest deadline of any timer (those that repeat every turn included).
+    pub(crate) fn next_timer(&mut self) -> Option<Instant> {
+        self.timers.next_deadline()
+    }
+
     /// With a manual clock, the wait before this turn's poll passes at once: the clock
     /// moves on by it and the poll does not sleep (unless nothing at all is scheduled:
     /// then only a call from another thread can bring work, and the poll waits for it).

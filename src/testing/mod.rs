@@ -221,6 +221,8 @@ pub struct Simulation {
     net: Rc<RefCell<Network>>,
     clock: Rc<Cell<Instant>>,
     start: Instant,
+    /// The instant of the last turn run: time moves on only after a turn at each instant.
+    turned_at: Option<Instant>,
 }
 
 impl fmt::Debug for Simulation {
@@ -263,6 +265,7 @@ impl Simulation {
             net,
             clock,
             start,
+            turned_at: None,
         })
     }
 
@@ -297,7 +300,7 @@ impl Simulation {
     ///
     /// As [`advance`](Self::advance).
     pub fn step(&mut self) -> Result<bool> {
-        if !self.reactor.has_work_now() && self.due_now().is_none() {
+        if !self.reactor.has_work_now() && !self.due_now() {
             let Some(next) = self.reactor.next_event() else {
                 return Ok(false);
             };
@@ -329,11 +332,13 @@ impl Simulation {
         self.run_to(target, done)
     }
 
-    /// A timer due now, if any (one-shot or repeating with a non-zero interval).
-    fn due_now(&mut self) -> Option<Instant> {
-        self.reactor
-            .next_event()
-            .filter(|&at| at <= self.clock.get())
+    /// Whether a timer is due now: one that does not run every turn, or (until a turn has
+    /// run at this instant) any timer, one repeating every turn included.
+    fn due_now(&mut self) -> bool {
+        let now = self.clock.get();
+        self.reactor.next_event().is_some_and(|at| at <= now)
+            || (self.turned_at != Some(now)
+                && self.reactor.next_timer().is_some_and(|at| at <= now))
     }
 
     /// Turns until virtual time reaches `target` with nothing left due at it, or `done`.
@@ -349,7 +354,7 @@ impl Simulation {
                 return Ok(true);
             }
             let now = self.clock.get();
-            if now >= target && !self.reactor.has_work_now() && self.due_now().is_none() {
+            if now >= target && !self.reactor.has_work_now() && !self.due_now() {
                 return Ok(false);
             }
             if at_instant >= MAX_TURNS_PER_INSTANT {
@@ -370,8 +375,15 @@ impl Simulation {
                 self.clock.set(next);
                 at_instant = 0;
             }
-            let wait = target.saturating_duration_since(self.clock.get());
+            // A turn at each instant before time moves on (what is due at it runs there).
+            let now = self.clock.get();
+            let wait = if self.turned_at == Some(now) {
+                target.saturating_duration_since(now)
+            } else {
+                Duration::ZERO
+            };
             self.reactor.iterate(wait)?;
+            self.turned_at = Some(self.clock.get());
             if self.clock.get() == last {
                 at_instant += 1;
             } else {

@@ -17,8 +17,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::reactor::token::PortKey;
 use crate::sys::{QueuedError, RecvBatch, SendBatch};
-use crate::token::PortKey;
 
 use super::{Link, Sent};
 
@@ -267,7 +267,12 @@ impl Network {
     }
 
     fn arrive(&mut self, f: Flight) {
-        let Some(at) = self.receiver(f.to) else {
+        // A connected socket takes its peer's datagrams only: for anyone else's, the
+        // kernel finds no socket, as if none were bound (and answers with a refusal).
+        let taker = self
+            .receiver(f.to)
+            .filter(|at| self.sockets[at].peer.is_none_or(|p| p == f.from));
+        let Some(at) = taker else {
             if self.refuse_unbound {
                 self.icmp_error(f.from, f.to, libc::ECONNREFUSED);
             }
@@ -276,10 +281,6 @@ impl Network {
         let Some(s) = self.sockets.get_mut(&at) else {
             return;
         };
-        if s.peer.is_some_and(|p| p != f.from) {
-            // A connected socket takes its peer's datagrams only.
-            return;
-        }
         let charge = f.data.len() + RX_OVERHEAD;
         if s.rx_charge + charge > s.rx_limit {
             s.drops = s.drops.wrapping_add(1);
@@ -298,23 +299,35 @@ impl Network {
         });
     }
 
-    /// An ICMP error at the socket bound to `at`, about a datagram it sent to `about`:
-    /// pending for its next call when connected to `about`, and with its error queue on
-    /// also queued with the destination; ignored otherwise (as the kernel ignores ICMP
-    /// errors for an unconnected socket without `IP_RECVERR`).
+    /// An ICMP error at the socket that sends from `at` (bound to it, or to its port on the
+    /// wildcard address), about a datagram it sent to `about`, as Linux's `__udp4_lib_err`/`__udp6_lib_err` take it:
+    ///
+    /// - a socket connected to another address than `about` is not the one the error is
+    ///   for (the kernel matches the offending datagram's addresses), and hears nothing;
+    /// - with the error queue on (`IP_RECVERR`), an entry naming `about` is queued and the
+    ///   error is pending for the next call, connected or not;
+    /// - else only a connected socket hears of it, and only of a hard error (port or
+    ///   protocol unreachable, fragmentation needed): host and network unreachable are
+    ///   soft errors, which the kernel drops there;
+    /// - an unconnected socket without the error queue hears nothing.
     pub(crate) fn icmp_error(&mut self, at: SocketAddr, about: SocketAddr, errno: i32) {
-        let Some(s) = self.sockets.get_mut(&at) else {
+        // The socket that sent from `at`: bound to it, or to its port on the wildcard
+        // address (whose datagrams leave from a concrete address, see `source`).
+        let Some(s) = self.receiver(at).and_then(|a| self.sockets.get_mut(&a)) else {
             return;
         };
-        if s.peer == Some(about) {
-            s.pending_error = Some(errno);
-        } else if s.error_queue_on {
+        if s.peer.is_some_and(|peer| peer != about) {
+            return;
+        }
+        if s.error_queue_on {
             s.error_queue.push_back(QueuedError {
                 dest: Some(about),
                 errno,
                 reporter: Some(about.ip()),
                 icmp: true,
             });
+            s.pending_error = Some(errno);
+        } else if s.peer.is_some() && hard_icmp_error(errno) {
             s.pending_error = Some(errno);
         }
     }
@@ -416,15 +429,22 @@ impl Network {
         if let Some(errno) = s.pending_error.take() {
             return Err(io::Error::from_raw_os_error(errno));
         }
-        let taken: Vec<_> = s.rx.drain(..count.min(s.rx.len())).collect();
-        for (_, data, _) in &taken {
-            s.rx_charge -= data.len() + RX_OVERHEAD;
-        }
-        if taken.is_empty() {
+        if count == 0 || s.rx.is_empty() {
             return Err(io::Error::from_raw_os_error(libc::EAGAIN));
         }
-        let mut it = taken.iter();
-        Ok(batch.fill(count, max, || it.next().map(|(f, d, n)| (*f, &d[..], *n))))
+        // The batch is filled from the front of the queue, and only what it took is
+        // dequeued: as the kernel, never a datagram the call cannot return (the batch may
+        // hold fewer than `count`).
+        let mut queued = s.rx.iter();
+        let filled = batch.fill(count, max, || {
+            queued
+                .next()
+                .map(|(from, data, drops)| (*from, &data[..], *drops))
+        });
+        for (_, data, _) in s.rx.drain(..filled) {
+            s.rx_charge -= data.len() + RX_OVERHEAD;
+        }
+        Ok(filled)
     }
 
     /// One send of `data` to `to` (`None`: the peer).
@@ -575,6 +595,19 @@ fn source(at: SocketAddr, to: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, at.port())
 }
 
+/// Whether an ICMP error with this errno is one the kernel reports to a connected UDP
+/// socket without `IP_RECVERR` (its table's "fatal" ones). The errno stands for the ICMP
+/// code here, as [`IcmpError`](super::IcmpError) maps them: port unreachable
+/// (`ECONNREFUSED`), protocol unreachable (`ENOPROTOOPT`) and fragmentation needed
+/// (`EMSGSIZE`, with path MTU discovery on, the default) are hard; network and host
+/// unreachable (`ENETUNREACH`, `EHOSTUNREACH`) are soft.
+fn hard_icmp_error(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ECONNREFUSED | libc::ENOPROTOOPT | libc::EMSGSIZE
+    )
+}
+
 fn unspecified(addr: &SocketAddr) -> IpAddr {
     match addr {
         SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -632,5 +665,107 @@ impl SplitMix {
             return Duration::ZERO;
         }
         Duration::from_nanos(self.next_u64() % nanos.saturating_add(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net_with_socket() -> (Network, SocketAddr) {
+        let mut net = Network::new(1, Rc::new(Cell::new(Instant::now())));
+        let key = PortKey {
+            index: 0,
+            generation: 0,
+        };
+        let at = net.bind("127.0.0.1:0".parse().unwrap(), key).unwrap();
+        (net, at)
+    }
+
+    /// Refusals reach the socket that sent, bound to the wildcard address too (its
+    /// datagrams leave from 127.0.0.1), for a datagram to an address where nothing
+    /// listens and for one to a socket connected to another peer (which does not take
+    /// it).
+    #[test]
+    fn refusals_reach_a_wildcard_sender_and_cover_ports_connected_elsewhere() {
+        let mut net = Network::new(1, Rc::new(Cell::new(Instant::now())));
+        net.refuse_unbound = true;
+        let key = |index| PortKey {
+            index,
+            generation: 0,
+        };
+        let wild = net.bind("0.0.0.0:0".parse().unwrap(), key(0)).unwrap();
+        net.set_error_queue(wild, true).unwrap();
+        let busy = net.bind("127.0.0.2:0".parse().unwrap(), key(1)).unwrap();
+        net.connect(busy, "127.0.0.3:9".parse().unwrap()).unwrap();
+        let nobody: SocketAddr = "127.0.0.9:9".parse().unwrap();
+        for to in [nobody, busy] {
+            net.send_one(wild, b"x", Some(to)).unwrap();
+            net.deliver_due();
+            let q = net.read_queued_error(wild).unwrap().expect("refused");
+            assert_eq!((q.dest, q.errno), (Some(to), libc::ECONNREFUSED));
+        }
+        assert_eq!(net.queued(busy), Some(0));
+    }
+
+    /// A read into a batch with room for fewer datagrams than asked for dequeues only
+    /// what the batch took: the rest stays queued, in order, for the next read.
+    #[test]
+    fn recv_dequeues_only_what_the_batch_holds() {
+        let (mut net, at) = net_with_socket();
+        let from: SocketAddr = "127.0.0.2:9".parse().unwrap();
+        for i in 0..3u8 {
+            net.inject(at, from, &[i]);
+        }
+        let mut batch = RecvBatch::default();
+        batch.reserve(2, 16);
+        assert_eq!(net.recv(at, &mut batch, 3, 16).unwrap(), 2);
+        let first: Vec<Vec<u8>> = batch.datagrams().map(|d| d.data.to_vec()).collect();
+        assert_eq!(first, [[0], [1]]);
+        assert_eq!(net.queued(at), Some(1));
+        assert_eq!(net.recv(at, &mut batch, 3, 16).unwrap(), 1);
+        assert_eq!(batch.get(0).data, [2]);
+        let err = net.recv(at, &mut batch, 3, 16).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EAGAIN));
+    }
+
+    /// ICMP errors as Linux takes them for UDP: a connected socket without the error
+    /// queue hears only hard errors about its peer; with the queue on, every error is
+    /// queued and pending; a socket connected elsewhere hears nothing.
+    #[test]
+    fn icmp_errors_follow_the_kernel() {
+        let (mut net, at) = net_with_socket();
+        let peer: SocketAddr = "127.0.0.3:9".parse().unwrap();
+        let other: SocketAddr = "127.0.0.4:9".parse().unwrap();
+        net.connect(at, peer).unwrap();
+        for soft in [libc::EHOSTUNREACH, libc::ENETUNREACH] {
+            net.icmp_error(at, peer, soft);
+            assert!(net.take_error(at).unwrap().is_none(), "soft {soft}");
+        }
+        for hard in [libc::ECONNREFUSED, libc::EMSGSIZE, libc::ENOPROTOOPT] {
+            net.icmp_error(at, peer, hard);
+            let e = net
+                .take_error(at)
+                .unwrap()
+                .expect("hard errors are pending");
+            assert_eq!(e.raw_os_error(), Some(hard));
+        }
+        net.icmp_error(at, other, libc::ECONNREFUSED);
+        assert!(net.take_error(at).unwrap().is_none(), "not about the peer");
+
+        net.set_error_queue(at, true).unwrap();
+        net.icmp_error(at, peer, libc::EHOSTUNREACH);
+        let e = net
+            .take_error(at)
+            .unwrap()
+            .expect("pending with IP_RECVERR");
+        assert_eq!(e.raw_os_error(), Some(libc::EHOSTUNREACH));
+        let q = net.read_queued_error(at).unwrap().expect("queued");
+        assert_eq!((q.dest, q.errno), (Some(peer), libc::EHOSTUNREACH));
+        net.icmp_error(at, other, libc::EHOSTUNREACH);
+        assert!(
+            net.read_queued_error(at).unwrap().is_none(),
+            "not about the peer"
+        );
     }
 }

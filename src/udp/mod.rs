@@ -11,3 +11,5 @@ pub use addr::{Interface, IntoInterface, IpLiteral, PeerAddr};
 pub use options::ListenOptions;
 pub use port::PortStats;
 pub use transport::UdpTransport;
+#[cfg(test)]
+mod seam_tests;

@@ -120,10 +120,10 @@ impl<'a> UdpTransport<'a> {
     ///
     /// Writes made before, to other addresses, still go there (gathered ones are sent
     /// first). On a connected port the kernel's error queue is off, as Twisted's ports
-    /// have it: a refusal is told through `connection_refused`, and another ICMP error
-    /// about an earlier datagram (host or network unreachable) comes back as the next
-    /// send's own [`Error::Send`], since the kernel gives no way to tell the two apart
-    /// there.
+    /// have it: a refusal is told through `connection_refused`, and the hard ICMP errors
+    /// Linux reports to a connected socket (protocol unreachable, fragmentation needed)
+    /// come back as the next call's own error; host and network unreachable are not
+    /// reported to a connected socket at all there.
     ///
     /// # Errors
     ///

@@ -150,10 +150,14 @@ impl PortCore {
                 }
                 Err(Error::ConnectionRefused { peer })
             }
-            ErrorClass::TooLong => Err(Error::MessageTooLong {
-                len,
-                max: max_datagram(&self.local),
-            }),
+            ErrorClass::TooLong => {
+                // The kernel's own refusal (the path, or the interface, allows less).
+                self.stats.send_errors += 1;
+                Err(Error::MessageTooLong {
+                    len,
+                    max: max_datagram(&self.local),
+                })
+            }
             _ => {
                 self.stats.send_errors += 1;
                 Err(Error::Send { addr, source: e })
@@ -219,9 +223,6 @@ impl PortCore {
             // Told through connection_refused.
             Err(Error::ConnectionRefused { .. }) if self.peer.is_some() => {}
             Err(error) => {
-                if let Error::MessageTooLong { .. } = error {
-                    self.stats.send_errors += 1;
-                }
                 self.keep_error(Error::Send { addr, source: kept }, addr);
             }
             Ok(()) => {}
