@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use twine::{DatagramProtocol, ListenOptions, ListeningPort, Reactor, UdpTransport};
 
-struct ChatClient {
+/// The chat client's protocol: hello, messages, heartbeats, `quit` on stop.
+pub struct ChatClient {
     server: SocketAddr,
     /// Said right after `hello`.
     messages: Vec<String>,
@@ -32,7 +33,26 @@ struct ChatClient {
 }
 
 impl ChatClient {
-    fn say(&self, t: &mut UdpTransport<'_>, text: &str) {
+    /// A client of `server` that says `hello` and then sends a heartbeat every
+    /// `interval`, with no limit.
+    pub fn new(server: SocketAddr, interval: Duration) -> ChatClient {
+        ChatClient {
+            server,
+            messages: Vec::new(),
+            interval,
+            heartbeats: None,
+            sent_heartbeats: 0,
+            server_gone: false,
+        }
+    }
+
+    /// The heartbeats sent so far.
+    pub fn heartbeats_sent(&self) -> u32 {
+        self.sent_heartbeats
+    }
+
+    /// Sends `text` to the server as a message.
+    pub fn say(&self, t: &mut UdpTransport<'_>, text: &str) {
         if let Err(e) = t.send(text.as_bytes()) {
             log::warn!("sending {text:?}: {e}");
         }
@@ -119,13 +139,11 @@ fn forward_stdin(reactor: &Reactor, port: ListeningPort<ChatClient>) {
 fn main() -> Result<(), twine::Error> {
     common::init(&["--interval", "--heartbeats"]);
     let server = common::addr_arg(0, "127.0.0.1:9995");
+    let interval = common::seconds_flag("--interval", Duration::from_secs(5));
     let client = ChatClient {
-        server,
         messages: common::positional().into_iter().skip(1).collect(),
-        interval: common::seconds_flag("--interval", Duration::from_secs(5)),
         heartbeats: common::optional_flag("--heartbeats"),
-        sent_heartbeats: 0,
-        server_gone: false,
+        ..ChatClient::new(server, interval)
     };
     let quit_at_once = client.heartbeats == Some(0);
     let mut reactor = Reactor::new()?;

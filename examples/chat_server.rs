@@ -2,7 +2,8 @@
 //! `ack MESSAGE`; heartbeats (`^hb^`) keep a client known without a reply; clients
 //! not heard from within `--expire` seconds are dropped; and on stop (Ctrl-C) every
 //! client still known is told `bye bye`. The Python original checked expiry in a thread;
-//! here it is a repeating call on the port.
+//! here it is a repeating call on the port. Times come from the reactor's clock
+//! (`UdpTransport::now`), so that `tests/simulated.rs` tests expiry in virtual time.
 //!
 //! Protocol (datagrams; a trailing newline is ignored, so `nc` works):
 //! - `^hb^`: heartbeat, records the sender's last-seen time (and makes it known); no reply;
@@ -25,13 +26,38 @@ use twine::{DatagramProtocol, ListenOptions, Reactor, UdpTransport};
 
 const HEARTBEAT: &[u8] = b"^hb^";
 
-struct ChatServer {
+/// The chat server's protocol: known clients, acks, heartbeats and expiry.
+pub struct ChatServer {
     expire: Duration,
-    /// Known clients and when each was last heard from.
+    /// Known clients and when each was last heard from (reactor time).
     clients: BTreeMap<SocketAddr, Instant>,
 }
 
 impl ChatServer {
+    /// A server that forgets clients silent for `expire`.
+    pub fn new(expire: Duration) -> ChatServer {
+        ChatServer {
+            expire,
+            clients: BTreeMap::new(),
+        }
+    }
+
+    /// The clients known now, in address order.
+    pub fn clients(&self) -> Vec<SocketAddr> {
+        self.clients.keys().copied().collect()
+    }
+
+    /// When `addr` was last heard from (reactor time), if it is known.
+    pub fn last_seen(&self, addr: SocketAddr) -> Option<Instant> {
+        self.clients.get(&addr).copied()
+    }
+
+    /// How often expiry is checked: four times per expiry interval, so that a client is
+    /// dropped at most a quarter interval late.
+    pub fn check_interval(&self) -> Duration {
+        (self.expire / 4).max(Duration::from_millis(10))
+    }
+
     /// Sends `data` to every known client.
     fn tell_all(&self, t: &mut UdpTransport<'_>, data: &[u8]) {
         for addr in self.clients.keys() {
@@ -41,9 +67,8 @@ impl ChatServer {
         }
     }
 
-    /// Drops the clients not heard from within `expire`.
-    fn expire(&mut self) {
-        let now = Instant::now();
+    /// Drops the clients not heard from within `expire` of `now`.
+    fn expire(&mut self, now: Instant) {
         self.clients.retain(|addr, seen| {
             let alive = now.duration_since(*seen) < self.expire;
             if !alive {
@@ -59,10 +84,8 @@ impl ChatServer {
 
 impl DatagramProtocol for ChatServer {
     fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
-        // Checked four times per expiry interval: a client is dropped at most a quarter
-        // interval late.
-        let check = (self.expire / 4).max(Duration::from_millis(10));
-        if let Err(e) = t.call_every(check, |me: &mut ChatServer, _| me.expire()) {
+        let check = self.check_interval();
+        if let Err(e) = t.call_every(check, |me: &mut ChatServer, t| me.expire(t.now())) {
             log::error!("scheduling expiry: {e}");
             t.reactor().stop();
         }
@@ -74,7 +97,7 @@ impl DatagramProtocol for ChatServer {
         match message {
             HEARTBEAT => {
                 log::debug!("heartbeat from {from}");
-                if self.clients.insert(from, Instant::now()).is_none() {
+                if self.clients.insert(from, t.now()).is_none() {
                     log::info!("{from} joined (by heartbeat)");
                 }
             }
@@ -84,7 +107,7 @@ impl DatagramProtocol for ChatServer {
                 }
             }
             _ => {
-                if self.clients.insert(from, Instant::now()).is_none() {
+                if self.clients.insert(from, t.now()).is_none() {
                     log::info!("{from} joined");
                 }
                 log::info!("{from} says {:?}", String::from_utf8_lossy(message));
@@ -105,11 +128,7 @@ fn main() -> Result<(), twine::Error> {
     let addr = common::addr_arg(0, "127.0.0.1:9995");
     let expire = common::seconds_flag("--expire", Duration::from_secs(30));
     let mut reactor = Reactor::new()?;
-    let server = ChatServer {
-        expire,
-        clients: BTreeMap::new(),
-    };
-    let port = reactor.listen_udp_with(ListenOptions::from(addr), server)?;
+    let port = reactor.listen_udp_with(ListenOptions::from(addr), ChatServer::new(expire))?;
     let text = format!(
         "listening on {} (expiry after {expire:?})",
         port.local_addr()

@@ -215,16 +215,14 @@ impl PortCore {
 
     /// A send that failed after `write` returned (from the send queue or the gathered
     /// batch): counted, and a refusal reported, as a direct send's would be; a too-long
-    /// datagram has no caller left to tell, so it counts as an error.
+    /// datagram has no caller left to tell, so it reaches `error_received` as an error.
     pub(super) fn later_send_failed(&mut self, e: std::io::Error, len: usize, addr: SocketAddr) {
         debug!("{} on {}: send to {addr}: {e}", self.prefix, self.local);
         let kept = copy_io_error(&e);
         match self.send_failed(e, len, addr) {
             // Told through connection_refused.
             Err(Error::ConnectionRefused { .. }) if self.peer.is_some() => {}
-            Err(error) => {
-                self.keep_error(Error::Send { addr, source: kept }, addr);
-            }
+            Err(_) => self.keep_error(Error::Send { addr, source: kept }, addr),
             Ok(()) => {}
         }
     }
