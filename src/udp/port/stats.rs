@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// A port's counters, readable at any time with
-/// [`UdpTransport::stats`] or [`Reactor::port_stats`](crate::Reactor::port_stats).
+/// [`UdpTransport::stats`](crate::UdpTransport::stats) or [`Reactor::port_stats`](crate::Reactor::port_stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PortStats {
