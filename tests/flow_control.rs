@@ -26,7 +26,11 @@ const SIZE: usize = 1000;
 const TOTAL: u32 = 600;
 const HIGH: usize = 20 * SIZE;
 const LOW: usize = 5 * SIZE;
-const LIMIT: usize = 60 * SIZE;
+/// The hard bound: room above `HIGH` for one datagram of the largest size UDP carries
+/// (65,507 bytes plus the entry's 128), else the port lowers the high mark to leave that
+/// room (to 0 for a bound of 60,000) and the marks asserted below would not be the ones
+/// in effect.
+const LIMIT: usize = 100 * SIZE;
 /// Datagrams written per tick while not paused: past the high mark in one tick, but
 /// never from below it to past the hard bound.
 const PER_TICK: u32 = 25;
