@@ -10,8 +10,7 @@
 //! the count and loses the error. Scripted answers come first.
 
 use std::cell::{Cell, RefCell};
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
@@ -61,6 +60,22 @@ struct SockState {
     broadcast: bool,
 }
 
+impl SockState {
+    /// What the socket's port has to do now, if anything: read (datagrams, a scripted
+    /// answer, or an error to take), send (it asked to, and its buffer has room).
+    fn readiness(&self) -> Option<Readiness> {
+        let error = self.pending_error.is_some() || !self.error_queue.is_empty();
+        let readable = !self.rx.is_empty() || !self.recv_script.is_empty() || error;
+        let writable = self.want_writable && !self.send_blocked;
+        (readable || writable).then_some(Readiness {
+            key: self.key,
+            readable,
+            writable,
+            error,
+        })
+    }
+}
+
 /// A datagram on its way.
 #[derive(Debug)]
 struct Flight {
@@ -87,8 +102,8 @@ pub(crate) struct Network {
     rng: SplitMix,
     /// Ordered, so that sockets are served in the same order on every run.
     sockets: BTreeMap<SocketAddr, SockState>,
-    flights: BinaryHeap<Reverse<(Instant, u64)>>,
-    flight_data: HashMap<u64, Flight>,
+    /// Datagrams in flight by arrival time, then by when they were sent.
+    flights: BTreeMap<(Instant, u64), Flight>,
     next_flight: u64,
     links: HashMap<(SocketAddr, SocketAddr), Link>,
     pub(crate) default_link: Link,
@@ -106,8 +121,7 @@ impl Network {
             clock,
             rng: SplitMix(seed),
             sockets: BTreeMap::new(),
-            flights: BinaryHeap::new(),
-            flight_data: HashMap::new(),
+            flights: BTreeMap::new(),
             next_flight: 0,
             links: HashMap::new(),
             default_link: Link::default(),
@@ -242,27 +256,21 @@ impl Network {
     fn launch(&mut self, at: Instant, flight: Flight) {
         let id = self.next_flight;
         self.next_flight += 1;
-        self.flight_data.insert(id, flight);
-        self.flights.push(Reverse((at, id)));
+        self.flights.insert((at, id), flight);
     }
 
     /// When the next datagram in flight arrives.
     pub(crate) fn next_arrival(&self) -> Option<Instant> {
-        self.flights.peek().map(|Reverse((at, _))| *at)
+        self.flights.first_key_value().map(|(&(at, _), _)| at)
     }
 
     /// Hands every datagram due by now to its socket (or drops it, or refuses it).
     pub(crate) fn deliver_due(&mut self) {
         let now = self.now();
-        while let Some(Reverse((at, id))) = self.flights.peek().copied() {
-            if at > now {
-                break;
+        while self.next_arrival().is_some_and(|at| at <= now) {
+            if let Some((_, flight)) = self.flights.pop_first() {
+                self.arrive(flight);
             }
-            self.flights.pop();
-            let Some(flight) = self.flight_data.remove(&id) else {
-                continue;
-            };
-            self.arrive(flight);
         }
     }
 
@@ -332,76 +340,48 @@ impl Network {
         }
     }
 
-    pub(crate) fn add_drops(&mut self, at: SocketAddr, n: u32) {
-        if let Some(s) = self.sockets.get_mut(&at) {
-            s.drops = s.drops.wrapping_add(n);
-        }
+    /// Runs `f` on the socket bound to `at`; false if there is none.
+    fn with_socket(&mut self, at: SocketAddr, f: impl FnOnce(&mut SockState)) -> bool {
+        self.sockets.get_mut(&at).map(f).is_some()
+    }
+
+    pub(crate) fn add_drops(&mut self, at: SocketAddr, n: u32) -> bool {
+        self.with_socket(at, |s| s.drops = s.drops.wrapping_add(n))
     }
 
     pub(crate) fn script(&mut self, at: SocketAddr, recv: bool, answer: Answer) -> bool {
-        let Some(s) = self.sockets.get_mut(&at) else {
-            return false;
-        };
-        if recv {
-            s.recv_script.push_back(answer);
-        } else {
-            s.send_script.push_back(answer);
-        }
-        true
+        self.with_socket(at, |s| {
+            let script = if recv {
+                &mut s.recv_script
+            } else {
+                &mut s.send_script
+            };
+            script.push_back(answer);
+        })
     }
 
     pub(crate) fn set_send_blocked(&mut self, at: SocketAddr, blocked: bool) -> bool {
-        match self.sockets.get_mut(&at) {
-            Some(s) => {
-                s.send_blocked = blocked;
-                true
-            }
-            None => false,
-        }
+        self.with_socket(at, |s| s.send_blocked = blocked)
     }
 
     pub(crate) fn set_rx_limit(&mut self, at: SocketAddr, limit: usize) -> bool {
-        match self.sockets.get_mut(&at) {
-            Some(s) => {
-                s.rx_limit = limit;
-                true
-            }
-            None => false,
-        }
+        self.with_socket(at, |s| s.rx_limit = limit)
     }
 
     pub(crate) fn queued(&self, at: SocketAddr) -> Option<usize> {
         self.sockets.get(&at).map(|s| s.rx.len())
     }
 
-    /// Whether any socket has something for its port to do.
+    /// Whether any socket has something for its port to do, or a datagram is due.
     pub(crate) fn any_ready(&self) -> bool {
         let now = self.now();
         self.next_arrival().is_some_and(|at| at <= now)
-            || self.sockets.values().any(|s| {
-                !s.rx.is_empty()
-                    || !s.recv_script.is_empty()
-                    || s.pending_error.is_some()
-                    || !s.error_queue.is_empty()
-                    || (s.want_writable && !s.send_blocked)
-            })
+            || self.sockets.values().any(|s| s.readiness().is_some())
     }
 
     /// Every socket with something for its port to do (level-triggered).
     pub(crate) fn readiness(&self, into: &mut Vec<Readiness>) {
-        for s in self.sockets.values() {
-            let error = s.pending_error.is_some() || !s.error_queue.is_empty();
-            let readable = !s.rx.is_empty() || !s.recv_script.is_empty() || error;
-            let writable = s.want_writable && !s.send_blocked;
-            if readable || writable {
-                into.push(Readiness {
-                    key: s.key,
-                    readable,
-                    writable,
-                    error,
-                });
-            }
-        }
+        into.extend(self.sockets.values().filter_map(SockState::readiness));
     }
 
     fn state(&mut self, at: SocketAddr) -> io::Result<&mut SockState> {
@@ -447,19 +427,31 @@ impl Network {
         Ok(filled)
     }
 
-    /// One send of `data` to `to` (`None`: the peer).
+    /// One send of `data` to `to` (`None`: the peer): its scripted answer first.
     pub(crate) fn send_one(
         &mut self,
         at: SocketAddr,
         data: &[u8],
         to: Option<SocketAddr>,
     ) -> io::Result<usize> {
-        let s = self.state(at)?;
-        match s.send_script.pop_front() {
+        match self.state(at)?.send_script.pop_front() {
             Some(Answer::Error(errno)) => return Err(io::Error::from_raw_os_error(errno)),
             Some(Answer::Limit(0)) => return Err(io::Error::from_raw_os_error(libc::EAGAIN)),
             Some(Answer::Limit(_)) | None => {}
         }
+        self.send_datagram(at, data, to)
+    }
+
+    /// What the kernel does with one datagram sent from `at`: a pending error is
+    /// returned (and cleared) instead, a full buffer is `EAGAIN`, a broadcast needs
+    /// `SO_BROADCAST`; else it is logged and put on its way.
+    fn send_datagram(
+        &mut self,
+        at: SocketAddr,
+        data: &[u8],
+        to: Option<SocketAddr>,
+    ) -> io::Result<usize> {
+        let s = self.state(at)?;
         if let Some(errno) = s.pending_error.take() {
             return Err(io::Error::from_raw_os_error(errno));
         }
@@ -486,20 +478,16 @@ impl Network {
         connected: bool,
     ) -> io::Result<usize> {
         let handed = out.messages_from(from);
-        let mut limit = handed;
-        {
-            let s = self.state(at)?;
-            match s.send_script.pop_front() {
-                Some(Answer::Error(errno)) => return Err(io::Error::from_raw_os_error(errno)),
-                Some(Answer::Limit(n)) => limit = limit.min(n),
-                None => {}
-            }
-        }
+        let limit = match self.state(at)?.send_script.pop_front() {
+            Some(Answer::Error(errno)) => return Err(io::Error::from_raw_os_error(errno)),
+            Some(Answer::Limit(n)) => handed.min(n),
+            None => handed,
+        };
         let mut sent = 0;
         while sent < limit {
             let (data, addr) = out.get(from + sent);
             let to = (!connected).then_some(addr);
-            match self.send_one_unscripted(at, data, to) {
+            match self.send_datagram(at, data, to) {
                 Ok(_) => sent += 1,
                 Err(e) if sent == 0 => return Err(e),
                 // sendmmsg reports the count; the error of the message after is lost.
@@ -511,21 +499,6 @@ impl Network {
         }
         out.note_sent(handed, sent);
         Ok(sent)
-    }
-
-    fn send_one_unscripted(
-        &mut self,
-        at: SocketAddr,
-        data: &[u8],
-        to: Option<SocketAddr>,
-    ) -> io::Result<usize> {
-        let s = self.state(at)?;
-        let script = std::mem::take(&mut s.send_script);
-        let out = self.send_one(at, data, to);
-        if let Ok(s) = self.state(at) {
-            s.send_script = script;
-        }
-        out
     }
 
     pub(crate) fn connect(&mut self, at: SocketAddr, peer: SocketAddr) -> io::Result<()> {
