@@ -795,6 +795,52 @@ fn upper_server_upper_cases_ascii_letters_only() {
     assert!(server.interrupt().success);
 }
 
+// ----- retry_client ---------------------------------------------------------------------
+
+/// retry_client asks the time server, prints its answer as `answer: <ctime of now>` and
+/// exits 0 by itself.
+#[test]
+fn retry_client_prints_the_time_servers_answer_and_exits_0() {
+    let (server, addr) = serve("time_server", &[]);
+    let end = Running::example("retry_client", &[&addr.to_string()]).finish();
+    let lines = &end.lines;
+    assert!(
+        end.success,
+        "retry_client exits 0 once answered; log: {lines:#?}"
+    );
+    let answers: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("answer: "))
+        .collect();
+    assert_eq!(answers.len(), 1, "{lines:#?}");
+    assert_ctime_now(answers[0]);
+    assert_lines(&end, "giving up", 0);
+    assert!(server.interrupt().success);
+}
+
+/// Against a port where nothing listens, retry_client logs the refusals, sends its
+/// `--tries 3` tries with the timeout doubling from `--timeout 0.05`, gives up and exits
+/// with code 1.
+#[test]
+fn retry_client_gives_up_on_a_dead_address_with_exit_code_1() {
+    let dead = dead_addr().to_string();
+    let args = [dead.as_str(), "--timeout", "0.05", "--tries", "3"];
+    let end = Running::example("retry_client", &args).finish();
+    let lines = &end.lines;
+    assert_eq!(end.code, Some(1), "{lines:#?}");
+    for (n, wait) in [(1, "50ms"), (2, "100ms"), (3, "200ms")] {
+        assert_lines(&end, &format!("try {n} of 3 to {dead}, waiting {wait}"), 1);
+    }
+    assert_lines(&end, "try 4 ", 0);
+    assert!(!end.lines_with("refused try").is_empty(), "{lines:#?}");
+    assert_lines(
+        &end,
+        &format!("no answer from {dead} after 3 tries; giving up"),
+        1,
+    );
+    assert_lines(&end, "answer: ", 0);
+}
+
 // ----- all six: Ctrl-C and bad arguments ------------------------------------------------
 
 /// Each of the four servers, once it has answered a request, exits 0 on Ctrl-C and
