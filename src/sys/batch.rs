@@ -12,8 +12,8 @@ use std::mem;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
+use super::platform::{self as imp, Mmsg};
 use super::unix::{sockaddr_to_std, std_to_sockaddr};
-use imp::Mmsg;
 
 /// A reusable set of receive buffers, filled by one `recvmmsg` call: one buffer cut into
 /// slots of the size each call asks for, so that it holds `capacity` datagrams of `slot`
@@ -123,7 +123,7 @@ impl RecvBatch {
         let count = self.lay_out(count, max);
         self.used = 0;
         self.filled_drops = None;
-        let got = imp::recv(fd.as_raw_fd(), &mut self.hdrs[..count])?;
+        let got = imp::recv_mmsg(fd.as_raw_fd(), &mut self.hdrs[..count])?;
         self.used = got;
         Ok(got)
     }
@@ -230,28 +230,21 @@ impl RecvBatch {
         if self.filled_drops.is_some() {
             return self.filled_drops;
         }
-        let name = super::kernel_reports::SO_RXQ_OVFL?;
+        let name = imp::SO_RXQ_OVFL?;
         let last = self.hdrs[..self.used].last()?;
         if last.msg_hdr.msg_controllen == 0 {
             return None;
         }
         let mut found = None;
-        // SAFETY: the header describes its own control buffer, into which the kernel
-        // wrote `msg_controllen` bytes of well-formed control messages; CMSG_FIRSTHDR and
-        // CMSG_NXTHDR stay inside that length.
-        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&last.msg_hdr) };
-        while !cmsg.is_null() {
-            // SAFETY: a non-null cmsg from CMSG_FIRSTHDR/NXTHDR points at a whole header,
-            // and an SO_RXQ_OVFL message carries a u32 (read unaligned).
-            unsafe {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == name {
-                    found = Some(std::ptr::read_unaligned(
-                        libc::CMSG_DATA(cmsg).cast::<u32>(),
-                    ));
-                }
-                cmsg = libc::CMSG_NXTHDR(&last.msg_hdr, cmsg);
+        let mut visit = |cmsg: &libc::cmsghdr, data: *const u8| {
+            if cmsg.cmsg_level == libc::SOL_SOCKET && cmsg.cmsg_type == name {
+                // SAFETY: an SO_RXQ_OVFL message carries a u32 (read unaligned).
+                found = Some(unsafe { std::ptr::read_unaligned(data.cast::<u32>()) });
             }
-        }
+        };
+        // SAFETY: the header describes its own control buffer, into which the kernel
+        // wrote `msg_controllen` bytes of control messages.
+        unsafe { super::cmsg::for_each(&last.msg_hdr, &mut visit) };
         found
     }
 }
@@ -381,7 +374,7 @@ impl SendBatch {
     /// With `connected`, no destination is given (the socket's peer is used).
     pub fn send(&mut self, fd: &impl AsRawFd, from: usize, connected: bool) -> io::Result<usize> {
         let messages = self.prepare(from, connected, false);
-        let sent = imp::send(fd.as_raw_fd(), &mut self.hdrs[..messages])?;
+        let sent = imp::send_mmsg(fd.as_raw_fd(), &mut self.hdrs[..messages])?;
         self.short = sent < messages;
         Ok(sent)
     }
@@ -417,7 +410,7 @@ impl SendBatch {
         connected: bool,
     ) -> io::Result<usize> {
         let messages = self.prepare(from, connected, imp::SEGMENTATION);
-        let sent = imp::send(fd.as_raw_fd(), &mut self.hdrs[..messages])?;
+        let sent = imp::send_mmsg(fd.as_raw_fd(), &mut self.hdrs[..messages])?;
         self.short = sent < messages;
         Ok(self.segments[..sent].iter().sum())
     }
@@ -516,16 +509,6 @@ impl SendBatch {
     }
 }
 
-/// Whether an error from [`SendBatch::send_segmented`] says the kernel, the route or the
-/// device cannot segment (so the same datagrams should go again with `send`) rather than
-/// that the datagrams themselves failed.
-pub fn segmentation_refused(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMSGSIZE | libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
-    )
-}
-
 /// The most datagrams one segmented message carries (the kernel's `UDP_MAX_SEGMENTS` of
 /// older kernels; newer ones allow more).
 const MAX_SEGMENTS: usize = 64;
@@ -564,116 +547,6 @@ impl SegmentCmsg {
 
 /// Linux's `UDP_SEGMENT` (`linux/udp.h`); the value is only used on Linux.
 const UDP_SEGMENT: libc::c_int = 103;
-
-#[cfg(target_os = "linux")]
-mod imp {
-    use std::io;
-    use std::os::fd::RawFd;
-
-    /// The kernel's `struct mmsghdr`.
-    pub(super) type Mmsg = libc::mmsghdr;
-
-    /// The kernel segments datagrams (`UDP_SEGMENT`, Linux 4.18 and later).
-    pub(super) const SEGMENTATION: bool = true;
-
-    /// `recvmmsg` into the prepared headers.
-    pub(super) fn recv(fd: RawFd, hdrs: &mut [Mmsg]) -> io::Result<usize> {
-        loop {
-            // SAFETY: every header points at a live name buffer and one live iovec over a
-            // slot of the batch's buffer, with their lengths; `hdrs.len()` headers exist.
-            let n = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    hdrs.as_mut_ptr(),
-                    hdrs.len() as libc::c_uint,
-                    // Each header's msg_len is then the datagram's whole length.
-                    libc::MSG_TRUNC,
-                    std::ptr::null_mut(),
-                )
-            };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
-    }
-
-    /// `sendmmsg` of the prepared headers.
-    pub(super) fn send(fd: RawFd, hdrs: &mut [Mmsg]) -> io::Result<usize> {
-        loop {
-            // SAFETY: every header points at a live iovec over the batch's data (and a
-            // live address or none), with their lengths; `hdrs.len()` headers exist.
-            let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as libc::c_uint, 0) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-mod imp {
-    //! One `recvmsg`/`sendmsg` per datagram, with the semantics of the Linux calls: the
-    //! count done so far, or the error if the first one failed.
-
-    use std::io;
-    use std::os::fd::RawFd;
-
-    /// No `UDP_SEGMENT` here: `send_segmented` sends one datagram per message.
-    pub(super) const SEGMENTATION: bool = false;
-
-    /// Linux's `struct mmsghdr`, for the same preparation code.
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    pub(super) struct Mmsg {
-        pub(super) msg_hdr: libc::msghdr,
-        pub(super) msg_len: libc::c_uint,
-    }
-
-    fn one(ret: isize) -> io::Result<usize> {
-        if ret >= 0 {
-            Ok(ret as usize)
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    fn each(
-        hdrs: &mut [Mmsg],
-        mut call: impl FnMut(&mut libc::msghdr) -> isize,
-    ) -> io::Result<usize> {
-        let mut done = 0;
-        while done < hdrs.len() {
-            match one(call(&mut hdrs[done].msg_hdr)) {
-                Ok(n) => {
-                    hdrs[done].msg_len = n as libc::c_uint;
-                    done += 1;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if done == 0 => return Err(e),
-                Err(_) => break,
-            }
-        }
-        Ok(done)
-    }
-
-    pub(super) fn recv(fd: RawFd, hdrs: &mut [Mmsg]) -> io::Result<usize> {
-        // SAFETY: each header is prepared as for recvmmsg (see RecvBatch::recv).
-        each(hdrs, |h| unsafe { libc::recvmsg(fd, h, 0) })
-    }
-
-    pub(super) fn send(fd: RawFd, hdrs: &mut [Mmsg]) -> io::Result<usize> {
-        // SAFETY: each header is prepared as for sendmmsg (see SendBatch::send).
-        each(hdrs, |h| unsafe { libc::sendmsg(fd, h, 0) })
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -732,7 +605,7 @@ mod tests {
         socket2::SockRef::from(&rx)
             .set_recv_buffer_size(16 * 1024)
             .expect("rcvbuf");
-        super::super::kernel_reports::enable_drop_count(rx.as_raw_fd()).expect("SO_RXQ_OVFL");
+        super::super::platform::enable_drop_count(rx.as_raw_fd()).expect("SO_RXQ_OVFL");
         let to = rx.local_addr().expect("addr");
         let mut ring = RecvBatch::default();
         ring.reserve(64, 512);
@@ -754,8 +627,7 @@ mod tests {
         tx.send_to(b"after", to).expect("send");
         assert_eq!(ring.recv(&rx, 64, 512).expect("recv"), 1);
         assert_eq!(ring.drop_count(), Some((BURST - queued) as u32));
-        let meminfo =
-            super::super::kernel_reports::socket_drops(rx.as_raw_fd()).expect("SO_MEMINFO");
+        let meminfo = super::super::platform::socket_drops(rx.as_raw_fd()).expect("SO_MEMINFO");
         assert_eq!(meminfo as usize, BURST - queued);
     }
 

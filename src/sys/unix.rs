@@ -1,19 +1,42 @@
-//! POSIX: `recvmsg` with `MSG_TRUNC` detection, socket inspection for adoption, `dup`.
+//! What every Unix shares: the one wrapper of a system call's return, socket address
+//! conversion, socket inspection for adoption, `dup`, interfaces, signal dispositions.
 
 use std::io;
 use std::mem::{self, MaybeUninit};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use super::ErrorClass;
 use crate::error::Error;
 
-/// Turns a libc `-1` return into `io::Error::last_os_error()`.
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
+/// A system call's return type, whose `-1` means failure with `errno` set.
+pub(super) trait SysRet: Copy + PartialEq {
+    const FAILED: Self;
+}
+
+impl SysRet for libc::c_int {
+    const FAILED: Self = -1;
+}
+
+impl SysRet for isize {
+    const FAILED: Self = -1;
+}
+
+/// The one wrapper of a system call's return: `-1` becomes `io::Error::last_os_error()`.
+pub(super) fn cvt<T: SysRet>(ret: T) -> io::Result<T> {
+    if ret == T::FAILED {
         Err(io::Error::last_os_error())
     } else {
         Ok(ret)
+    }
+}
+
+/// [`cvt`] of a call made again for as long as a signal interrupts it (`EINTR`).
+pub(super) fn retrying<T: SysRet>(mut call: impl FnMut() -> T) -> io::Result<T> {
+    loop {
+        match cvt(call()) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            done => return done,
+        }
     }
 }
 
@@ -108,30 +131,6 @@ fn zeroed_sin6() -> libc::sockaddr_in6 {
     unsafe { mem::zeroed() }
 }
 
-/// Pins the calling thread to CPU `cpu` (`sched_setaffinity`); for benchmarks.
-#[cfg(target_os = "linux")]
-pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
-    // SAFETY: cpu_set_t is a plain bit set; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
-    if cpu >= 8 * mem::size_of::<libc::cpu_set_t>() {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    // SAFETY: `cpu` is within the set's size, checked above.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the given size.
-    cvt(unsafe { libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &set) })?;
-    Ok(())
-}
-
-/// Pinning is Linux-only: elsewhere this says so.
-#[cfg(not(target_os = "linux"))]
-pub fn pin_to_cpu(_cpu: usize) -> io::Result<()> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "CPU pinning is Linux-only",
-    ))
-}
-
 /// Checks, without changing anything, that `fd` is an open, bound IPv4 or IPv6 datagram
 /// socket, and returns its bound address.
 pub(crate) fn inspect_socket(fd: RawFd) -> Result<SocketAddr, Error> {
@@ -195,57 +194,6 @@ pub(crate) fn interface_index(name: &str) -> io::Result<u32> {
     }
 }
 
-/// `IP_MULTICAST_ALL` and `IPV6_MULTICAST_ALL`: Linux only; elsewhere "unsupported".
-#[cfg(target_os = "linux")]
-mod multicast_all {
-    use socket2::SockRef;
-    use std::io;
-
-    pub(crate) fn multicast_all_v4(sock: &SockRef<'_>) -> io::Result<bool> {
-        sock.multicast_all_v4()
-    }
-
-    pub(crate) fn set_multicast_all_v4(sock: &SockRef<'_>, on: bool) -> io::Result<()> {
-        sock.set_multicast_all_v4(on)
-    }
-
-    pub(crate) fn multicast_all_v6(sock: &SockRef<'_>) -> io::Result<bool> {
-        sock.multicast_all_v6()
-    }
-
-    pub(crate) fn set_multicast_all_v6(sock: &SockRef<'_>, on: bool) -> io::Result<()> {
-        sock.set_multicast_all_v6(on)
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-mod multicast_all {
-    use socket2::SockRef;
-    use std::io;
-
-    fn unsupported() -> io::Error {
-        io::Error::new(io::ErrorKind::Unsupported, "IP_MULTICAST_ALL is Linux-only")
-    }
-
-    pub(crate) fn multicast_all_v4(_: &SockRef<'_>) -> io::Result<bool> {
-        Err(unsupported())
-    }
-
-    pub(crate) fn set_multicast_all_v4(_: &SockRef<'_>, _: bool) -> io::Result<()> {
-        Err(unsupported())
-    }
-
-    pub(crate) fn multicast_all_v6(_: &SockRef<'_>) -> io::Result<bool> {
-        Err(unsupported())
-    }
-
-    pub(crate) fn set_multicast_all_v6(_: &SockRef<'_>, _: bool) -> io::Result<()> {
-        Err(unsupported())
-    }
-}
-
-pub(crate) use multicast_all::*;
-
 /// Whether `signal` is ignored (`SIG_IGN`) right now.
 pub(crate) fn signal_ignored(signal: libc::c_int) -> bool {
     // SAFETY: an all-zero sigaction is a valid out-parameter.
@@ -262,39 +210,6 @@ pub(crate) fn interface_exists(index: u32) -> bool {
     !unsafe { libc::if_indextoname(index, name.as_mut_ptr()) }.is_null()
 }
 
-/// Whether an error is one the kernel raises for an ICMP error (unreachable, time
-/// exceeded, parameter problem, fragmentation needed) about an earlier datagram.
-pub(crate) fn is_icmp_error(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(
-            libc::ECONNREFUSED
-                | libc::EHOSTUNREACH
-                | libc::ENETUNREACH
-                | libc::EHOSTDOWN
-                | libc::ENOPROTOOPT
-                | libc::EMSGSIZE
-                | libc::EPROTO
-                | libc::EOPNOTSUPP
-        )
-    )
-}
-
-/// Sorts an I/O error into what a port does about it.
-/// Whether a socket option failed because the kernel lacks it (`ENOPROTOOPT`).
-pub(crate) fn option_unsupported(err: &io::Error) -> bool {
-    err.raw_os_error() == Some(libc::ENOPROTOOPT)
-}
-
-pub(crate) fn classify(err: &io::Error) -> ErrorClass {
-    match err.raw_os_error() {
-        Some(libc::ECONNREFUSED) => ErrorClass::Refused,
-        Some(libc::EMSGSIZE) => ErrorClass::TooLong,
-        _ if err.kind() == io::ErrorKind::WouldBlock => ErrorClass::WouldBlock,
-        _ => ErrorClass::Other,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,15 +217,5 @@ mod tests {
     #[test]
     fn sigusr2_is_not_ignored_by_default() {
         assert!(!signal_ignored(libc::SIGUSR2));
-    }
-
-    #[test]
-    fn classifies_errno() {
-        let e = |n| io::Error::from_raw_os_error(n);
-        assert_eq!(classify(&e(libc::ECONNREFUSED)), ErrorClass::Refused);
-        assert_eq!(classify(&e(libc::EMSGSIZE)), ErrorClass::TooLong);
-        assert_eq!(classify(&e(libc::EAGAIN)), ErrorClass::WouldBlock);
-        assert_eq!(classify(&e(libc::ENOBUFS)), ErrorClass::Other);
-        assert_eq!(classify(&e(libc::EACCES)), ErrorClass::Other);
     }
 }

@@ -335,7 +335,7 @@ impl Network {
                 icmp: true,
             });
             s.pending_error = Some(errno);
-        } else if s.peer.is_some() && hard_icmp_error(errno) {
+        } else if s.peer.is_some() && crate::sys::is_hard_icmp_error(errno) {
             s.pending_error = Some(errno);
         }
     }
@@ -566,19 +566,6 @@ fn source(at: SocketAddr, to: SocketAddr) -> SocketAddr {
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
     };
     SocketAddr::new(ip, at.port())
-}
-
-/// Whether an ICMP error with this errno is one the kernel reports to a connected UDP
-/// socket without `IP_RECVERR` (its table's "fatal" ones). The errno stands for the ICMP
-/// code here, as [`IcmpError`](super::IcmpError) maps them: port unreachable
-/// (`ECONNREFUSED`), protocol unreachable (`ENOPROTOOPT`) and fragmentation needed
-/// (`EMSGSIZE`, with path MTU discovery on, the default) are hard; network and host
-/// unreachable (`ENETUNREACH`, `EHOSTUNREACH`) are soft.
-fn hard_icmp_error(errno: i32) -> bool {
-    matches!(
-        errno,
-        libc::ECONNREFUSED | libc::ENOPROTOOPT | libc::EMSGSIZE
-    )
 }
 
 fn unspecified(addr: &SocketAddr) -> IpAddr {

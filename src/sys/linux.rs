@@ -1,0 +1,265 @@
+//! Linux: `recvmmsg`/`sendmmsg`, `UDP_SEGMENT`, the receive-queue drop count
+//! (`SO_RXQ_OVFL`, `SO_MEMINFO`), the error queue (`IP_RECVERR`), `IP_MULTICAST_ALL`, CPU
+//! pinning. `other_unix.rs` has the same names for every other Unix.
+
+use std::io;
+use std::mem;
+use std::os::fd::RawFd;
+
+use socket2::SockRef;
+
+use super::QueuedError;
+use super::errno::{ErrorClass, classify};
+use super::unix::{cvt, retrying, sockaddr_to_std};
+
+/// The kernel's `struct mmsghdr`.
+pub(super) type Mmsg = libc::mmsghdr;
+
+/// The kernel segments datagrams (`UDP_SEGMENT`, Linux 4.18 and later).
+pub(super) const SEGMENTATION: bool = true;
+
+/// `recvmmsg` into the prepared headers (`MSG_TRUNC`: each header's `msg_len` is then the
+/// datagram's whole length); `EINTR` retried.
+pub(super) fn recv_mmsg(fd: RawFd, hdrs: &mut [Mmsg]) -> io::Result<usize> {
+    let n = retrying(|| {
+        // SAFETY: every header points at a live name buffer and one live iovec over a
+        // slot of the batch's buffer, with their lengths; `hdrs.len()` headers exist.
+        unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                hdrs.len() as libc::c_uint,
+                libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+            )
+        }
+    })?;
+    Ok(n as usize)
+}
+
+/// `sendmmsg` of the prepared headers; `EINTR` retried.
+pub(super) fn send_mmsg(fd: RawFd, hdrs: &mut [Mmsg]) -> io::Result<usize> {
+    let n = retrying(|| {
+        // SAFETY: every header points at a live iovec over the batch's data (and a live
+        // address or none), with their lengths; `hdrs.len()` headers exist.
+        unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as libc::c_uint, 0) }
+    })?;
+    Ok(n as usize)
+}
+
+/// Whether the target uses `asm-generic/socket.h`'s option numbers (libc does not export
+/// the two below for Linux).
+const GENERIC_SOCKET_H: bool = cfg!(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
+));
+
+/// `SO_RXQ_OVFL`'s option and control-message type, where its number is known.
+pub(super) const SO_RXQ_OVFL: Option<libc::c_int> = if GENERIC_SOCKET_H { Some(40) } else { None };
+/// `SO_MEMINFO`, where its number is known.
+const SO_MEMINFO: Option<libc::c_int> = if GENERIC_SOCKET_H { Some(55) } else { None };
+
+fn unsupported() -> io::Error {
+    io::Error::from(io::ErrorKind::Unsupported)
+}
+
+fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` is a live c_int and its size is passed; the kernel only reads it.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// Has the kernel attach its receive-queue drop count to every datagram read once any
+/// was dropped (`SO_RXQ_OVFL`).
+pub(crate) fn enable_drop_count(fd: RawFd) -> io::Result<()> {
+    let name = SO_RXQ_OVFL.ok_or_else(unsupported)?;
+    set_int(fd, libc::SOL_SOCKET, name, 1)
+}
+
+/// The socket's drop count now (`SO_MEMINFO`'s `SK_MEMINFO_DROPS`).
+pub(crate) fn socket_drops(fd: RawFd) -> io::Result<u32> {
+    let name = SO_MEMINFO.ok_or_else(unsupported)?;
+    // SK_MEMINFO_VARS is 9 today; room for more, which the kernel may fill.
+    let mut info = [0u32; 16];
+    let mut len = mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes; the kernel writes at most that much and
+    // updates `len`.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    let at = libc::SK_MEMINFO_DROPS as usize;
+    if (len as usize) < (at + 1) * mem::size_of::<u32>() {
+        return Err(unsupported());
+    }
+    Ok(info[at])
+}
+
+/// Turns the error queue on or off (`IP_RECVERR`, and `IPV6_RECVERR` on an IPv6 socket,
+/// which may also carry IPv4-mapped traffic). Off empties the queue.
+pub(crate) fn set_recv_errors(fd: RawFd, v6: bool, on: bool) -> io::Result<()> {
+    let value = libc::c_int::from(on);
+    if v6 {
+        set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVERR, value)?;
+        // A dual-stack socket reports IPv4 errors under IP_RECVERR; a v6-only one may
+        // refuse it, which changes nothing.
+        let _ = set_int(fd, libc::IPPROTO_IP, libc::IP_RECVERR, value);
+        Ok(())
+    } else {
+        set_int(fd, libc::IPPROTO_IP, libc::IP_RECVERR, value)
+    }
+}
+
+/// Control-message room for one extended error and its offender's address.
+#[repr(C, align(8))]
+struct Control([u8; 256]);
+
+/// Reads one error from the socket's error queue, without blocking: `None` when the
+/// queue is empty.
+pub(crate) fn read_queued_error(fd: RawFd) -> io::Result<Option<QueuedError>> {
+    // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
+    let mut name: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut control = Control([0; 256]);
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg.msg_controllen = control.0.len() as _;
+    let read = retrying(|| {
+        // SAFETY: every pointer in `msg` points at a live local buffer of the length given
+        // with it; MSG_ERRQUEUE never blocks.
+        unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) }
+    });
+    match read {
+        Ok(_) => {}
+        Err(e) if classify(&e) == ErrorClass::WouldBlock => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    // SAFETY: the kernel wrote `msg_namelen` bytes of the destination's address (zeroed
+    // before, so the rest is initialised).
+    let dest = unsafe { sockaddr_to_std(&name, msg.msg_namelen) };
+    let mut found = None;
+    // SAFETY: `msg` describes `control`, into which the kernel just wrote
+    // `msg_controllen` bytes of control messages.
+    unsafe {
+        super::cmsg::for_each(&msg, |cmsg, data| {
+            if let Some(error) = extended_error(cmsg, data, dest) {
+                found = Some(error);
+            }
+        });
+    }
+    // A queued entry without an extended error (not expected): report what is known.
+    Ok(Some(found.unwrap_or(QueuedError {
+        dest,
+        errno: 0,
+        reporter: None,
+        icmp: false,
+    })))
+}
+
+/// The error an `IP_RECVERR`/`IPV6_RECVERR` control message carries (`None` for any other
+/// message), with the reporter's address for an ICMP error.
+fn extended_error(
+    cmsg: &libc::cmsghdr,
+    data: *const u8,
+    dest: Option<std::net::SocketAddr>,
+) -> Option<QueuedError> {
+    let (level, kind) = (cmsg.cmsg_level, cmsg.cmsg_type);
+    let is_error = (level == libc::IPPROTO_IP && kind == libc::IP_RECVERR)
+        || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_RECVERR);
+    if !is_error {
+        return None;
+    }
+    let ee_at = data.cast::<libc::sock_extended_err>();
+    // SAFETY: an IP_RECVERR/IPV6_RECVERR message carries a sock_extended_err followed by
+    // the offender's address (SO_EE_OFFENDER); read unaligned, as the data need not be
+    // aligned for the struct.
+    let ee = unsafe { std::ptr::read_unaligned(ee_at) };
+    let icmp = ee.ee_origin == libc::SO_EE_ORIGIN_ICMP || ee.ee_origin == libc::SO_EE_ORIGIN_ICMP6;
+    let reporter = if icmp {
+        // SAFETY: as above; the offender follows the struct inside the message, and is
+        // copied out into a zeroed storage (at most the message's rest) before reading.
+        unsafe {
+            let off = libc::SO_EE_OFFENDER(ee_at);
+            let mut storage: libc::sockaddr_storage = mem::zeroed();
+            // `cmsg_len` is a size_t with glibc and a socklen_t with musl.
+            #[allow(clippy::unnecessary_cast)]
+            let message_end = (cmsg as *const libc::cmsghdr as usize) + cmsg.cmsg_len as usize;
+            let room = message_end.saturating_sub(off as usize);
+            let n = room.min(mem::size_of::<libc::sockaddr_storage>());
+            std::ptr::copy_nonoverlapping(
+                off.cast::<u8>(),
+                (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                n,
+            );
+            sockaddr_to_std(&storage, n as libc::socklen_t).map(|a| a.ip())
+        }
+    } else {
+        None
+    };
+    Some(QueuedError {
+        dest,
+        errno: ee.ee_errno as i32,
+        reporter,
+        icmp,
+    })
+}
+
+/// `IP_MULTICAST_ALL`.
+pub(crate) fn multicast_all_v4(sock: &SockRef<'_>) -> io::Result<bool> {
+    sock.multicast_all_v4()
+}
+
+pub(crate) fn set_multicast_all_v4(sock: &SockRef<'_>, on: bool) -> io::Result<()> {
+    sock.set_multicast_all_v4(on)
+}
+
+/// `IPV6_MULTICAST_ALL`.
+pub(crate) fn multicast_all_v6(sock: &SockRef<'_>) -> io::Result<bool> {
+    sock.multicast_all_v6()
+}
+
+pub(crate) fn set_multicast_all_v6(sock: &SockRef<'_>, on: bool) -> io::Result<()> {
+    sock.set_multicast_all_v6(on)
+}
+
+/// Pins the calling thread to CPU `cpu` (`sched_setaffinity`); for benchmarks.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit set; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+    if cpu >= 8 * mem::size_of::<libc::cpu_set_t>() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: `cpu` is within the set's size, checked above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the given size.
+    cvt(unsafe { libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &set) })?;
+    Ok(())
+}
