@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use twine::{DatagramProtocol, PortStats, Reactor, UdpTransport};
 use util::procfs::softnet_dropped;
-use util::{DEADLINE, client, drive, init_logging, logs_about, loopback};
+use util::{DEADLINE, client, drive, init_logging, logs_about, loopback, reactor};
 
 /// What a protocol saw: whole datagrams (length) and cut ones (kept length, whole length).
 #[derive(Default)]
@@ -60,7 +60,7 @@ fn send_one_long(to: SocketAddr) -> UdpSocket {
 #[test]
 fn a_long_datagram_is_dropped_and_counted_by_default() {
     init_logging();
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let seen = Rc::new(RefCell::new(Seen::default()));
     let port = reactor
         .listen_udp_with(loopback(), Watcher(seen.clone()))
@@ -91,7 +91,7 @@ fn a_long_datagram_is_dropped_and_counted_by_default() {
 #[test]
 fn deliver_truncated_hands_the_first_bytes_and_the_whole_length() {
     init_logging();
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let seen = Rc::new(RefCell::new(Seen::default()));
     let port = reactor
         .listen_udp_with(loopback().deliver_truncated(true), Watcher(seen.clone()))
@@ -119,7 +119,7 @@ fn deliver_truncated_hands_the_first_bytes_and_the_whole_length() {
 fn kernel_drops_are_counted_so_that_every_datagram_is_accounted_for() {
     init_logging();
     const SENT: u64 = 2000;
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let seen = Rc::new(RefCell::new(Seen::default()));
     let port = reactor
         .listen_udp_with(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use twine::{DatagramProtocol, Error, ListenOptions, ListeningPort, Reactor, UdpTransport};
 use util::{
     DEADLINE, Event, Events, OnStart, Recorder, client, client_on, count, datagrams, dead_addr_on,
-    drive, drive_for, drive_recv, init_logging, listen_loopback, with,
+    drive, drive_for, drive_recv, init_logging, listen_loopback, reactor, with,
 };
 
 fn on_start<F: FnMut(&mut UdpTransport<'_>) + 'static>(start: F) -> (OnStart<F>, Events) {
@@ -84,7 +84,7 @@ fn assert_port_works_again(
 #[test]
 fn connect_in_start_protocol_then_send_reaches_the_peer() {
     init_logging();
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let peer = client();
     let peer_addr = peer.local_addr().unwrap();
     let (proto, _events) = on_start(move |t| t.connect(peer_addr).expect("connect in start"));
@@ -98,7 +98,7 @@ fn connect_in_start_protocol_then_send_reaches_the_peer() {
 /// On a connected port, `write(data, peer)` with the peer's own address reaches the peer.
 #[test]
 fn write_to_the_connected_peer_reaches_it() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let peer = client();
     let peer_addr = peer.local_addr().unwrap();
     let (rec, _events) = Recorder::new();
@@ -120,7 +120,7 @@ fn write_to_the_connected_peer_reaches_it() {
 /// `peer_addr()` is `None` before `connect` and the peer's address after it.
 #[test]
 fn peer_addr_reports_the_connected_peer() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let peer = client();
     let peer_addr = peer.local_addr().unwrap();
     let (rec, _events) = Recorder::new();
@@ -136,7 +136,7 @@ fn peer_addr_reports_the_connected_peer() {
 /// On a connected port, `write` to any other address is `WrongPeer` and sends nothing.
 #[test]
 fn write_to_another_address_on_a_connected_port_is_wrong_peer() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let peer = client();
     let peer_addr = peer.local_addr().unwrap();
     let other = client();
@@ -165,7 +165,7 @@ fn write_to_another_address_on_a_connected_port_is_wrong_peer() {
 /// A second `connect` is `AlreadyConnected` naming the first peer, which stays the peer.
 #[test]
 fn second_connect_is_already_connected_and_the_first_peer_is_kept() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let first = client();
     let first_addr = first.local_addr().unwrap();
     let second_addr = client().local_addr().unwrap();
@@ -193,7 +193,7 @@ fn second_connect_is_already_connected_and_the_first_peer_is_kept() {
 /// `connect` to a literal works.
 #[test]
 fn connect_with_a_hostname_is_invalid_address_and_leaves_the_port_unconnected() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let peer = client();
     let peer_addr = peer.local_addr().unwrap();
     let (rec, _events) = Recorder::new();
@@ -230,7 +230,7 @@ fn connect_with_a_hostname_is_invalid_address_and_leaves_the_port_unconnected() 
 /// stays unconnected, on an IPv4 port and on an IPv6 one.
 #[test]
 fn connect_to_the_other_family_is_address_family_mismatch() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (rec, _events) = Recorder::new();
     let v4 = listen_loopback(&mut reactor, rec);
     let v6_peer: SocketAddr = "[::1]:9".parse().unwrap();
@@ -256,7 +256,7 @@ fn connect_to_the_other_family_is_address_family_mismatch() {
 /// A connected port delivers its peer's datagrams and not those of another sender.
 #[test]
 fn connected_port_delivers_only_the_peers_datagrams() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let peer = client();
     let peer_addr = peer.local_addr().unwrap();
     let stranger = client();
@@ -277,7 +277,7 @@ fn connected_port_delivers_only_the_peers_datagrams() {
 /// `send` on a port that is not connected is `NotConnected`, and nothing is sent.
 #[test]
 fn send_on_an_unconnected_port_is_not_connected() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (rec, _events) = Recorder::new();
     let port = listen_loopback(&mut reactor, rec);
     let err = with(&mut reactor, &port, |t| t.send(b"nowhere")).unwrap_err();
@@ -290,7 +290,7 @@ fn send_on_an_unconnected_port_is_not_connected() {
 #[test]
 fn refusal_read_by_the_reactor_calls_connection_refused_once_and_the_port_keeps_working() {
     init_logging();
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let dead = dead_addr_on(DEAD_IP);
     let (rec, events) = Recorder::new();
     let port = listen_loopback(&mut reactor, rec);
@@ -316,7 +316,7 @@ fn refusal_read_by_the_reactor_calls_connection_refused_once_and_the_port_keeps_
 /// the peer) and `connection_refused` is called once, as soon as the hook returns.
 #[test]
 fn refused_send_in_a_hook_returns_connection_refused_and_calls_the_hook_once_it_returns() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let dead = dead_addr_on(DEAD_IP);
     let seen: Rc<RefCell<Option<(usize, SocketAddr, usize)>>> = Rc::default();
     let (rec, events) = Recorder::new();
@@ -351,7 +351,7 @@ fn refused_send_in_a_hook_returns_connection_refused_and_calls_the_hook_once_it_
 /// `connection_refused` is called once, as soon as the `with_port` closure returns.
 #[test]
 fn refused_send_from_with_port_calls_connection_refused_once_it_returns() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let dead = dead_addr_on(DEAD_IP);
     let (rec, events) = Recorder::new();
     let port = listen_loopback(&mut reactor, rec);
@@ -375,7 +375,7 @@ fn refused_send_from_with_port_calls_connection_refused_once_it_returns() {
 /// `PortStats::refused` counts every refusal, and each one calls `connection_refused`.
 #[test]
 fn port_stats_refused_counts_each_refusal() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let dead = dead_addr_on(DEAD_IP);
     let (rec, events) = Recorder::new();
     let port = listen_loopback(&mut reactor, rec);
@@ -399,7 +399,7 @@ fn port_stats_refused_counts_each_refusal() {
 /// no `connection_refused`, nothing counted, and its writes keep succeeding.
 #[test]
 fn unconnected_port_writing_to_a_dead_address_gets_no_connection_refused() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let dead = dead_addr_on(DEAD_IP);
     let (rec, events) = Recorder::new();
     let port = listen_loopback(&mut reactor, rec);
@@ -425,7 +425,7 @@ fn unconnected_port_writing_to_a_dead_address_gets_no_connection_refused() {
 /// an IPv6 address where nothing listens calls `connection_refused`.
 #[test]
 fn connected_ipv6_port_talks_to_its_peer_and_hears_refusals() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let peer = client_on("::1");
     let peer_addr = peer.local_addr().unwrap();
     let (rec, events) = Recorder::new();

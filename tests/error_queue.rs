@@ -24,7 +24,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use twine::{DatagramProtocol, Error, ListeningPort, PortStats, Reactor, UdpTransport};
-use util::{DEADLINE, collect_then_linger, drive_for, init_logging, logs_about, loopback};
+use util::{DEADLINE, collect_then_linger, drive_for, init_logging, logs_about, loopback, reactor};
 
 /// One hook call, as a [`Probe`] saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -231,7 +231,7 @@ fn sorted(mut v: Vec<SocketAddr>) -> Vec<SocketAddr> {
 fn replies_to_departed_clients_in_one_batch_are_each_reported() {
     let _serial = serial();
     init_logging();
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     // The port serves a duplicate of this socket: reading its error queue reads the port's.
     let keep = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let (p, hooks) = Probe::echo();
@@ -300,7 +300,7 @@ fn live_clients_get_every_reply_among_departed_ones() {
     init_logging();
     const PAIRS: usize = 4800;
     const PER_ROUND: usize = 16;
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let (p, hooks) = Probe::echo();
     let port = util::listen_loopback(&mut reactor, p);
     let server = port.local_addr();
@@ -388,7 +388,7 @@ fn a_burst_after_many_departed_clients_is_fully_delivered() {
     const GONE_PER_ROUND: usize = 15;
     const GONE: usize = ROUNDS * GONE_PER_ROUND;
     const BURST: usize = 64;
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let (p, hooks) = Probe::echo();
     let port = util::listen_loopback(&mut reactor, p);
     let server = port.local_addr();
@@ -481,7 +481,7 @@ fn errors_from_thousands_of_writes_in_one_hook_are_all_accounted_for() {
     let _serial = serial();
     init_logging();
     const WRITES: usize = 5000;
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let keep = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let (p, hooks) = Probe::echo();
     let port = reactor.adopt_socket(&keep, p).expect("adopt");
@@ -543,7 +543,7 @@ fn sends_retried_after_a_refusal_blame_only_departed_clients() {
     init_logging();
     const CLIENTS: usize = 128;
     const GONE: [usize; 2] = [31, 63];
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let (p, hooks) = Probe::echo();
     let opts = loopback()
         .batch_size(CLIENTS)
@@ -690,7 +690,7 @@ fn after_stop(hooks: &Hooks) -> Vec<Hook> {
 fn no_error_received_after_stop_protocol(how: Stop) {
     let _serial = serial();
     init_logging();
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let p = Probe::default();
     let (hooks, bye_to, results) = (p.hooks.clone(), p.bye_to.clone(), p.bye_results.clone());
     let port = util::listen_loopback(&mut reactor, p);
@@ -738,7 +738,7 @@ fn no_error_received_after_stop_protocol_on_reactor_stop() {
 fn no_connection_refused_after_stop_protocol(how: Stop) {
     let _serial = serial();
     init_logging();
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let dead = closed_ports(1)[0];
     let p = Probe {
         connect_to: Some(dead),

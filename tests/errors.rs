@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use twine::{DatagramProtocol, Error, ListenOptions, ListeningPort, Reactor, UdpTransport};
-use util::{DEADLINE, drive, init_logging, loopback};
+use util::{DEADLINE, drive, init_logging, loopback, reactor};
 
 /// One error as `error_received` got it: the kind of `Error`, its errno kind, the
 /// address passed, and the reporter for an `Unreachable`.
@@ -107,7 +107,7 @@ fn listen(reactor: &mut Reactor, ip: &str, p: Probe) -> ListeningPort<Probe> {
 /// loopback, the live one gets its datagram, and the counters agree.
 fn names_the_refusing_destination(ip: &str) {
     init_logging();
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let live = UdpSocket::bind((ip, 0)).expect("bind");
     live.set_read_timeout(Some(DEADLINE)).expect("timeout");
     let (a, b) = (closed_port(ip), closed_port(ip));
@@ -160,7 +160,7 @@ fn an_unconnected_port_learns_which_destination_refused_over_ipv6() {
 #[test]
 fn errors_for_earlier_datagrams_never_cost_a_later_one() {
     init_logging();
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let nowhere = closed_port("127.0.0.1");
     // Direct writes from start_protocol: nowhere, then a live client, ten times.
     let live = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -233,7 +233,7 @@ fn errors_for_earlier_datagrams_never_cost_a_later_one() {
 #[test]
 fn a_gathered_write_refused_later_reaches_error_received() {
     init_logging();
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let zero: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let (p, log) = probe(vec![], vec![zero]);
     let port = listen(&mut reactor, "127.0.0.1", p);
@@ -268,7 +268,7 @@ fn thread_cpu_ticks() -> u64 {
 #[test]
 fn error_events_never_spin_the_loop() {
     init_logging();
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let targets: Vec<SocketAddr> = (0..50).map(|_| closed_port("127.0.0.1")).collect();
     let start = targets.iter().map(|&t| (b"x".to_vec(), t)).collect();
     let (p, log) = probe(start, vec![]);
@@ -308,7 +308,7 @@ fn a_connected_port_still_gets_connection_refused() {
             *self.errors.borrow_mut() += 1;
         }
     }
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let (refused, errors) = (Rc::new(RefCell::new(0)), Rc::new(RefCell::new(0)));
     let p = Connected {
         refused: refused.clone(),

@@ -15,10 +15,10 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use twine::{DatagramProtocol, Reactor, UdpTransport, from_fn};
+use twine::{DatagramProtocol, UdpTransport, from_fn};
 use util::process::{Netns, child_run};
 use util::sequence::{numbered, sequence_sink};
-use util::{drive, init_logging, loopback};
+use util::{drive, init_logging, loopback, reactor};
 
 const CHILD_FLAG: &str = "TWINE_FLOW_CONTROL_TEST_CHILD";
 
@@ -113,7 +113,7 @@ fn inner_paused_and_resumed() {
     if !child_run(CHILD_FLAG) {
         return;
     }
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let (receiver, received) = sequence_sink(&mut reactor);
     let state = Rc::new(RefCell::new(State::default()));
     let sender = reactor
@@ -171,7 +171,7 @@ fn inner_paused_and_resumed() {
 #[test]
 fn nothing_pauses_while_the_kernel_takes_every_datagram() {
     init_logging();
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let sink = reactor
         .listen_udp_with(loopback().recv_buffer_size(4 << 20), from_fn(|_, _, _| {}))
         .expect("sink");

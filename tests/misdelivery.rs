@@ -17,7 +17,9 @@ use std::time::Duration;
 use twine::{DatagramProtocol, ListeningPort, PortStats, Reactor, UdpTransport, from_fn};
 use util::process::{Netns, child_run};
 use util::sequence::{numbered, sequence_sink};
-use util::{DEADLINE, collect_then_linger, drive_for, init_logging, listen_loopback, loopback};
+use util::{
+    DEADLINE, collect_then_linger, drive_for, init_logging, listen_loopback, loopback, reactor,
+};
 
 const CHILD_FLAG: &str = "TWINE_MISDELIVERY_TEST_CHILD";
 
@@ -123,7 +125,7 @@ fn switcher(
 #[test]
 fn writes_gathered_before_connect_reach_their_own_destinations() {
     init_logging();
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let (a, b, sender) = (peer(), peer(), peer());
     let (port, _delivered, calls) = switcher(&mut reactor, addr(&a), addr(&b));
     let server = port.local_addr();
@@ -166,7 +168,7 @@ fn writes_gathered_before_connect_reach_their_own_destinations() {
 #[test]
 fn datagrams_from_others_read_after_connect_in_the_same_batch_are_dropped() {
     init_logging();
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let (a, b, sender, third) = (peer(), peer(), peer(), peer());
     let (port, delivered, _calls) = switcher(&mut reactor, addr(&a), addr(&b));
     let server = port.local_addr();
@@ -209,7 +211,7 @@ fn datagrams_from_others_read_after_connect_in_the_same_batch_are_dropped() {
 #[test]
 fn datagrams_from_others_waiting_when_the_port_connects_are_dropped() {
     init_logging();
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let delivered = Arrivals::default();
     let sink = delivered.clone();
     let port = listen_loopback(
@@ -297,7 +299,7 @@ fn queued_writes_then_connect(in_hook: bool) {
     if !child_run(CHILD_FLAG) {
         return;
     }
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let (port_a, at_a) = sequence_sink(&mut reactor);
     let (port_b, at_b) = sequence_sink(&mut reactor);
     let (a, b) = (port_a.local_addr(), port_b.local_addr());

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use twine::{Error, Interface, IntoInterface, ListenOptions, ListeningPort, Reactor, UdpTransport};
 use util::process::{Netns, spawn_with_lines, wait_for_line};
-use util::{DEADLINE, Events, OnStart, Recorder, datagrams, drive, drive_for, init_logging, with};
+use util::{
+    DEADLINE, Events, OnStart, Recorder, datagrams, drive, drive_for, init_logging, reactor, with,
+};
 
 // Every test uses its own group: tests run in parallel, and on Linux a socket bound to a
 // port gets a group's datagrams to that port whenever any socket on the host joined the
@@ -63,7 +65,7 @@ fn times(events: &Events, data: &[u8]) -> usize {
 fn port_joined_in_start_protocol_receives_its_own_group_write() {
     init_logging();
     const GROUP: &str = "239.77.0.1";
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (rec, events) = Recorder::new();
     let proto = OnStart {
         rec,
@@ -93,7 +95,7 @@ fn port_joined_in_start_protocol_receives_its_own_group_write() {
 #[test]
 fn two_listeners_on_one_port_both_receive_one_group_datagram() {
     const GROUP: &str = "239.77.0.2";
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (first, first_events) = mc_listener(&mut reactor, 0);
     let number = first.local_addr().port();
     let (second, second_events) = mc_listener(&mut reactor, number);
@@ -116,7 +118,7 @@ fn two_listeners_on_one_port_both_receive_one_group_datagram() {
 #[test]
 fn listener_in_another_process_on_the_same_port_receives_the_group_datagram() {
     const GROUP: &str = "239.77.0.3";
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (here, here_events) = mc_listener(&mut reactor, 0);
     let number = here.local_addr().port();
     join(&mut reactor, &here, GROUP);
@@ -159,7 +161,7 @@ fn child_process_multicast_listener() {
         .parse()
         .expect("port number");
     let group = std::env::var("TWINE_MC_CHILD_GROUP").expect("group");
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (port, events) = mc_listener(&mut reactor, number);
     join(&mut reactor, &port, &group);
     println!("CHILD-READY");
@@ -179,7 +181,7 @@ fn leave_group_stops_delivery_of_that_group() {
     // stays is another group's, on the same port.
     const LEFT: &str = "239.77.0.4";
     const KEPT: &str = "239.77.0.5";
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (port, events) = mc_listener(&mut reactor, 0);
     let number = port.local_addr().port();
     join(&mut reactor, &port, LEFT);
@@ -208,7 +210,7 @@ fn leave_group_stops_delivery_of_that_group() {
 #[test]
 fn joined_port_still_receives_unicast() {
     const GROUP: &str = "239.77.0.6";
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (port, events) = mc_listener(&mut reactor, 0);
     join(&mut reactor, &port, GROUP);
     let client = util::client();
@@ -224,7 +226,7 @@ fn joined_port_still_receives_unicast() {
 /// off) and read back what was set.
 #[test]
 fn multicast_options_have_twisted_defaults_and_read_back_what_was_set() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (port, _events) = mc_listener(&mut reactor, 0);
     with(&mut reactor, &port, |t| {
         assert_eq!(t.ttl().unwrap(), 1);
@@ -261,7 +263,7 @@ fn multicast_options_have_twisted_defaults_and_read_back_what_was_set() {
 /// `set_ttl` past 255 is `InvalidOption` and leaves the TTL as it was.
 #[test]
 fn set_ttl_past_255_is_invalid_option() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (port, _events) = mc_listener(&mut reactor, 0);
     with(&mut reactor, &port, |t| {
         t.set_ttl(5).unwrap();
@@ -280,7 +282,7 @@ fn set_ttl_past_255_is_invalid_option() {
 /// `InvalidAddress`, and the setting is unchanged.
 #[test]
 fn ipv4_outgoing_interface_by_name_is_invalid_address() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (port, _events) = mc_listener(&mut reactor, 0);
     with(&mut reactor, &port, |t| {
         let err = t.set_outgoing_interface("lo").unwrap_err();
@@ -292,7 +294,7 @@ fn ipv4_outgoing_interface_by_name_is_invalid_address() {
 /// Joining a unicast address is `NotMulticast`, naming the address.
 #[test]
 fn joining_a_unicast_address_is_not_multicast() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (port, _events) = mc_listener(&mut reactor, 0);
     let err = with(&mut reactor, &port, |t| t.join_group("127.0.0.1", LO)).unwrap_err();
     assert!(
@@ -304,7 +306,7 @@ fn joining_a_unicast_address_is_not_multicast() {
 /// Joining an IPv6 group on an IPv4 port is `AddressFamilyMismatch`.
 #[test]
 fn joining_an_ipv6_group_on_an_ipv4_port_is_address_family_mismatch() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (port, _events) = mc_listener(&mut reactor, 0);
     let err = with(&mut reactor, &port, |t| t.join_group("ff02::1", "")).unwrap_err();
     assert!(
@@ -316,7 +318,7 @@ fn joining_an_ipv6_group_on_an_ipv4_port_is_address_family_mismatch() {
 /// A hostname as the group, or an unknown name as the interface, is `InvalidAddress`.
 #[test]
 fn joining_with_a_hostname_is_invalid_address() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (port, _events) = mc_listener(&mut reactor, 0);
     with(&mut reactor, &port, |t| {
         let err = t.join_group("all-systems.mcast.net", LO).unwrap_err();
@@ -335,7 +337,7 @@ fn joining_with_a_hostname_is_invalid_address() {
 #[test]
 fn joining_the_same_group_twice_is_a_multicast_error() {
     const GROUP: &str = "239.77.0.8";
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (port, _events) = mc_listener(&mut reactor, 0);
     join(&mut reactor, &port, GROUP);
     let err = with(&mut reactor, &port, |t| t.join_group(GROUP, LO)).unwrap_err();
@@ -349,7 +351,7 @@ fn joining_the_same_group_twice_is_a_multicast_error() {
 #[test]
 fn leaving_a_group_not_joined_is_a_multicast_error() {
     const GROUP: &str = "239.77.0.9";
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (port, _events) = mc_listener(&mut reactor, 0);
     let err = with(&mut reactor, &port, |t| t.leave_group(GROUP, LO)).unwrap_err();
     assert!(
@@ -362,7 +364,7 @@ fn leaving_a_group_not_joined_is_a_multicast_error() {
 /// `CannotListen`, naming the address, with or without `listen_multiple`.
 #[test]
 fn listen_multicast_on_a_port_held_without_sharing_is_cannot_listen() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let holder = UdpSocket::bind((LO, 0)).expect("bind the holder");
     let number = holder.local_addr().unwrap().port();
     for listen_multiple in [false, true] {
@@ -383,7 +385,7 @@ fn listen_multicast_on_a_port_held_without_sharing_is_cannot_listen() {
 /// loopback is on and the outgoing interface is any by default, and take an interface name.
 #[test]
 fn ipv6_port_ttl_is_the_multicast_hop_limit() {
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (rec, _events) = Recorder::new();
     let port = reactor
         .listen_udp_with(ListenOptions::new(0).interface("::1"), rec)
@@ -452,7 +454,7 @@ fn netns_inner_ipv6_multicast() {
     }
     const GROUP: &str = "ff15::7777";
     let d0 = NS_IF.interface().expect("d0 exists in the namespace");
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let opts = |port| {
         ListenOptions::new(port)
             .interface("::")
@@ -505,7 +507,7 @@ fn netns_inner_ipv4_loopback_off() {
         return;
     }
     const GROUP: &str = "239.77.9.1";
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (a, a_events) = mc_listener(&mut reactor, 0);
     let number = a.local_addr().port();
     let (b, b_events) = mc_listener(&mut reactor, number);
@@ -576,7 +578,7 @@ fn add_multicast_interface(ns: Netns) -> Result<Netns, String> {
 fn multicast_all_off_keeps_a_shared_port_to_its_own_groups() {
     const MINE: &str = "239.77.0.40";
     const THEIRS: &str = "239.77.0.41";
-    let mut reactor = Reactor::new().unwrap();
+    let mut reactor = reactor();
     let (picky, picky_events) = mc_listener(&mut reactor, 0);
     let number = picky.local_addr().port();
     let (open, open_events) = mc_listener(&mut reactor, number);

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::rc::Rc;
 use std::time::Duration;
 
-use twine::{DatagramProtocol, Error, Reactor, UdpTransport, from_fn};
+use twine::{DatagramProtocol, Error, UdpTransport, from_fn};
 use util::process::run_to_end;
 use util::{init_logging, logs_containing, loopback, reactor};
 
@@ -32,7 +32,7 @@ impl DatagramProtocol for Life {
 /// is out of its slot can neither be torn down half-way nor have its slot reused.
 #[test]
 fn nested_turn_from_with_port_is_reentrant() {
-    let mut r = Reactor::new().expect("reactor");
+    let mut r = reactor();
     let stopped = Rc::new(Cell::new(0));
     let port = r
         .listen_udp_with(
@@ -70,7 +70,7 @@ fn nested_turn_from_start_protocol_is_reentrant() {
         fn datagram_received(&mut self, _: &mut UdpTransport<'_>, _: &[u8], _: SocketAddr) {}
     }
     let refused = Rc::new(Cell::new(false));
-    let mut r = Reactor::new().expect("reactor");
+    let mut r = reactor();
     r.listen_udp_with(loopback(), Turner(refused.clone()))
         .expect("listen");
     assert!(refused.get());
@@ -107,8 +107,8 @@ fn no_datagram_is_delivered_after_reactor_stop() {
 /// the process).
 #[test]
 fn handle_from_another_reactor_reaches_nothing() {
-    let mut ra = Reactor::new().expect("reactor a");
-    let mut rb = Reactor::new().expect("reactor b");
+    let mut ra = reactor();
+    let mut rb = reactor();
     let pa = ra
         .listen_udp_with(loopback(), from_fn(|_, _, _| {}))
         .expect("a");
@@ -139,7 +139,7 @@ fn start_protocol_panic_leaves_no_port_timer() {
         }
         fn datagram_received(&mut self, _: &mut UdpTransport<'_>, _: &[u8], _: SocketAddr) {}
     }
-    let mut r = Reactor::new().expect("reactor");
+    let mut r = reactor();
     assert!(matches!(
         r.listen_udp_with(loopback(), P),
         Err(Error::StartPanicked { .. })
@@ -195,7 +195,7 @@ fn child_run_unwinds_then_sigint() {
             panic!("drop panics");
         }
     }
-    let mut r = Reactor::new().expect("reactor");
+    let mut r = reactor();
     let p = r.listen_udp_with(loopback(), Bomb).expect("listen");
     r.stop_listening(&p);
     let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.run())).is_err();
@@ -223,7 +223,7 @@ fn child_with_sigint_ignored() {
     if std::env::var_os(CHILD_FLAG).is_none() {
         return;
     }
-    let mut r = Reactor::new().expect("reactor");
+    let mut r = reactor();
     r.call_later(Duration::from_millis(10), |_| {
         signal_hook::low_level::raise(libc::SIGINT).expect("raise");
     });

@@ -10,10 +10,10 @@
 
 mod util;
 
-use twine::{Error, Reactor, from_fn};
+use twine::{Error, from_fn};
 use util::process::{Netns, child_run};
 use util::sequence::{numbered, sequence_sink};
-use util::{dead_addr, drive, loopback};
+use util::{dead_addr, drive, loopback, reactor};
 
 const CHILD_FLAG: &str = "TWINE_SEND_QUEUE_TEST_CHILD";
 
@@ -36,7 +36,7 @@ fn inner_full_kernel_buffer() {
     const WRITES: u32 = 300;
     const SIZE: usize = 1000;
     const LIMIT: usize = 50 * SIZE;
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let (receiver, received) = sequence_sink(&mut reactor);
     let sender = reactor
         .listen_udp_with(
@@ -122,7 +122,7 @@ fn inner_refusals_while_draining() {
         return;
     }
     let dead_addr = dead_addr();
-    let mut reactor = Reactor::new().expect("reactor");
+    let mut reactor = reactor();
     let (proto, events) = util::Recorder::new();
     let port = reactor
         .listen_udp_with(loopback().send_buffer_size(4096), proto)
