@@ -39,11 +39,10 @@ use crate::protocol::DatagramProtocol;
 use crate::reactor::handle::{ReactorHandle, Shared, ThreadCall};
 use crate::reactor::signals::SignalWatch;
 use crate::reactor::timer::{DelayedCall, TimerQueue};
-use crate::sys::{self, RecvBatch, SendBatch};
+use crate::sys;
 use crate::testing::network::{MemSocket, Network, Readiness};
 use crate::udp::ListenOptions;
-use crate::udp::options::DEFAULT_BATCH_SIZE;
-use crate::udp::port::{Port, PortStats, PortTimerFn, UdpPort, once, panic_message};
+use crate::udp::port::{Batches, Port, PortStats, PortTimerFn, UdpPort, once, panic_message};
 use crate::udp::socket::{PortSocket, apply_buffer_sizes, bind_socket};
 use crate::udp::transport::UdpTransport;
 use token::PortKey;
@@ -171,7 +170,7 @@ pub struct Reactor {
     /// dispatching a batch checks for one with a single compare per datagram.
     stops_asked: u64,
     /// The receive and send batches, lent to the port being read (`None` meanwhile).
-    batches: Option<(Box<RecvBatch>, Box<SendBatch>)>,
+    batches: Option<Batches>,
     /// Where the reactor's time comes from.
     clock: Clock,
     /// The in-memory network of a simulated reactor ([`crate::testing::Simulation`]),

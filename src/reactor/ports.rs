@@ -373,29 +373,6 @@ impl Reactor {
         self.teardown.push(key);
     }
 
-    /// Lends the batches to a port that reads up to `batch` datagrams of up to `max` bytes
-    /// per call; they grow (once) to fit it.
-    pub(crate) fn lend_batches(
-        &mut self,
-        batch: usize,
-        max: usize,
-    ) -> (Box<RecvBatch>, Box<SendBatch>) {
-        let (mut recv_batch, mut out) = self.batches.take().unwrap_or_else(|| {
-            (
-                Box::new(RecvBatch::default()),
-                Box::new(SendBatch::with_capacity(DEFAULT_BATCH_SIZE, 64 * 1024)),
-            )
-        });
-        recv_batch.reserve(batch, max);
-        out.reserve(batch);
-        (recv_batch, out)
-    }
-
-    /// Takes the lent batches back.
-    pub(crate) fn return_batches(&mut self, recv_batch: Box<RecvBatch>, out: Box<SendBatch>) {
-        self.batches = Some((recv_batch, out));
-    }
-
     /// Takes the port out of its slot, runs `f` with it and the whole reactor, puts it back.
     /// `None` if the port is gone or its own callback is running.
     pub(super) fn with_port_dyn<R>(

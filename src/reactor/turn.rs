@@ -258,13 +258,21 @@ impl Reactor {
         if self.stop_requested {
             return;
         }
+        // A port whose stop was asked for reads no more (what it has queued to send, and
+        // its error queue, are still served).
+        let readable = readable && self.lifecycle(key) == Lifecycle::Open;
         if readable {
             let turn = self.turns;
             if let Some(slot) = self.live_slot(key) {
                 slot.read_in_turn = turn;
             }
         }
-        if self.with_port_dyn(key, |p, r| p.on_ready(r, readable, writable, error)) == Some(true)
+        let mut batches = self.batches.take();
+        let more = self.with_port_dyn(key, |p, r| {
+            p.on_ready(r, &mut batches, readable, writable, error)
+        });
+        self.batches = batches;
+        if more == Some(true)
             && let Some(slot) = self.live_slot(key)
             && !slot.in_ready
         {

@@ -351,6 +351,18 @@ impl<'a> UdpTransport<'a> {
         self.reactor.is_pending(call)
     }
 
+    /// Whether the port may deliver no more: its stop was asked for, or the reactor's.
+    pub(crate) fn must_stop(&self) -> bool {
+        self.reactor.lifecycle(self.core.key) != Lifecycle::Open || self.reactor.is_stopping()
+    }
+
+    /// A count that changes whenever a stop is asked for (of any port, or the reactor):
+    /// while it is unchanged, [`must_stop`](Self::must_stop) is too.
+    #[inline]
+    pub(crate) fn stops_asked(&self) -> u64 {
+        self.reactor.stops_asked()
+    }
+
     /// The reactor's time now: [`Reactor::now`].
     pub fn now(&self) -> std::time::Instant {
         self.reactor.now()

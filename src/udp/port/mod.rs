@@ -22,11 +22,11 @@ use mio::Registry;
 
 use crate::error::{Error, Result};
 use crate::protocol::{DatagramProtocol, short_type_name};
+use crate::reactor::Reactor;
 use crate::reactor::token::PortKey;
-use crate::reactor::{Lifecycle, Reactor};
 use crate::sys::{self, ErrorClass, RecvBatch, SendBatch};
 use crate::udp::addr::{max_datagram, same_family};
-use crate::udp::options::ListenOptions;
+use crate::udp::options::{DEFAULT_BATCH_SIZE, ListenOptions};
 use crate::udp::socket::PortSocket;
 use crate::udp::transport::UdpTransport;
 
@@ -51,16 +51,36 @@ pub(crate) fn once<P>(
     }
 }
 
+/// The receive batch and the send batch the reactor lends to the port it serves: one pair
+/// for all its ports, so that their memory does not grow with the number of ports.
+pub(crate) type Batches = (Box<RecvBatch>, Box<SendBatch>);
+
+/// A first pair of batches, before any port asked for its sizes.
+fn new_batches() -> Batches {
+    (
+        Box::new(RecvBatch::default()),
+        Box::new(SendBatch::with_capacity(DEFAULT_BATCH_SIZE, 64 * 1024)),
+    )
+}
+
 /// What the reactor needs of a port, whatever its protocol type.
 pub(crate) trait Port: Any {
     fn core(&self) -> &PortCore;
     fn core_mut(&mut self) -> &mut PortCore;
     /// Runs `start_protocol`.
     fn start(&mut self, r: &mut Reactor);
-    /// Handles readiness: reads if `readable`, sends the queue if `writable`, and reads
-    /// the kernel's error queue if `error` (the kernel flagged an error). Returns whether
-    /// data may be left to read.
-    fn on_ready(&mut self, r: &mut Reactor, readable: bool, writable: bool, error: bool) -> bool;
+    /// Handles readiness: reads if `readable` (the reactor says so only of an open port),
+    /// with `batches` (the reactor's, lent for this call: taken, and put back before it
+    /// returns), sends the queue if `writable`, and reads the kernel's error queue if
+    /// `error` (the kernel flagged an error). Returns whether data may be left to read.
+    fn on_ready(
+        &mut self,
+        r: &mut Reactor,
+        batches: &mut Option<Batches>,
+        readable: bool,
+        writable: bool,
+        error: bool,
+    ) -> bool;
     /// Runs a port-scoped timer's closure; false if it panicked (the timer is then
     /// cancelled).
     fn fire_timer(&mut self, r: &mut Reactor, action: &mut Box<dyn Any>) -> bool;
@@ -317,20 +337,29 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
         }
     }
 
-    fn on_ready(&mut self, r: &mut Reactor, readable: bool, writable: bool, error: bool) -> bool {
+    fn on_ready(
+        &mut self,
+        r: &mut Reactor,
+        batches: &mut Option<Batches>,
+        readable: bool,
+        writable: bool,
+        error: bool,
+    ) -> bool {
         if error && self.core.error_queue {
             // The kernel queued an error (its flag may already be consumed by a send).
             self.core.error_queue_pending = true;
         }
-        let open = r.lifecycle(self.core.key) == Lifecycle::Open;
-        if !writable && !self.core.error_queue_pending && (!readable || !open) {
+        if !writable && !self.core.error_queue_pending && !readable {
             return false;
         }
-        let reading = readable && open;
+        let reading = readable;
         if reading {
             // The reactor's batches, lent for this dispatch and given back even if a hook
-            // panics (what was gathered before the panic is still sent).
-            let (recv_batch, out) = r.lend_batches(self.core.batch_size, self.core.max_packet_size);
+            // panics (what was gathered before the panic is still sent); they grow (once)
+            // to this port's batch and packet sizes.
+            let (mut recv_batch, mut out) = batches.take().unwrap_or_else(new_batches);
+            recv_batch.reserve(self.core.batch_size, self.core.max_packet_size);
+            out.reserve(self.core.batch_size);
             self.recv_batch = Some(recv_batch);
             self.core.out = Some(out);
         }
@@ -381,7 +410,7 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
             true
         });
         if let (Some(recv_batch), Some(out)) = (self.recv_batch.take(), self.core.take_out()) {
-            r.return_batches(recv_batch, out);
+            *batches = Some((recv_batch, out));
         }
         more
     }

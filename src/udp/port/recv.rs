@@ -47,10 +47,10 @@ pub(super) fn read_until_budget<P: DatagramProtocol>(
     }
     let (budget, budget_bytes) = (t.core.read_budget, t.core.read_budget_bytes);
     while st.count < budget && st.bytes < budget_bytes {
-        if must_stop(t) {
+        if t.must_stop() {
             return false;
         }
-        st.stops = t.reactor.stops_asked();
+        st.stops = t.stops_asked();
         // Bounded by bytes too: no more datagrams of the largest size than the byte
         // budget has room for (at least one).
         let by_bytes = (budget_bytes - st.bytes).div_ceil(t.core.max_packet_size.max(1));
@@ -95,7 +95,7 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
 ) -> bool {
     let mut next = st.next;
     // Going on after a hook that asked for a stop and then panicked: none of the rest.
-    let mut stopped = next > 0 && t.reactor.stops_asked() != st.stops && must_stop(t);
+    let mut stopped = next > 0 && t.stops_asked() != st.stops && t.must_stop();
     // Counted against the budgets once the batch is done; going on after a panic, the
     // datagrams handed on before it count too.
     let mut bytes: usize = recv_batch
@@ -114,7 +114,7 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
         tell_flow(p, t);
         // `stop_listening`, `Reactor::stop` and closing a port by handle all change
         // the count: one comparison per datagram while nothing of the kind happens.
-        if t.reactor.stops_asked() != st.stops && must_stop(t) {
+        if t.stops_asked() != st.stops && t.must_stop() {
             // Read but not delivered (the port is closing), and counted.
             stopped = true;
             break;
@@ -134,11 +134,6 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
     // Fewer than asked for: the socket was drained, and the next datagram to arrive
     // raises a new readiness event.
     !stopped && st.got >= st.want
-}
-
-/// Whether the port may deliver no more: it is closing, or the reactor is stopping.
-pub(super) fn must_stop(t: &UdpTransport<'_>) -> bool {
-    t.reactor.lifecycle(t.core.key) != Lifecycle::Open || t.reactor.is_stopping()
 }
 
 /// Hands one received datagram to the protocol (or counts it, if cut short or from an
