@@ -126,7 +126,7 @@ impl Reactor {
             .events
             .take()
             .unwrap_or_else(|| Events::with_capacity(1024));
-        let polled = self.poll.poll(&mut events, timeout);
+        let polled = self.poll_events(&mut events, timeout);
         if let Err(e) = polled {
             self.events = Some(events);
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -169,6 +169,37 @@ impl Reactor {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Polls for events, waiting at most `timeout` (`None`: until one comes); in latency
+    /// mode ([`set_spin`](Self::set_spin)) without blocking at first, until an event
+    /// comes, the spin is over or the timeout has passed, and only then blocking for
+    /// what is left of the timeout.
+    pub(super) fn poll_events(
+        &mut self,
+        events: &mut Events,
+        timeout: Option<Duration>,
+    ) -> std::io::Result<()> {
+        let spin = match timeout {
+            Some(wait) => self.spin.min(wait),
+            None => self.spin,
+        };
+        if spin.is_zero() || !matches!(self.clock, Clock::Real) {
+            return self.poll.poll(events, timeout);
+        }
+        let start = Instant::now();
+        loop {
+            self.poll.poll(events, Some(Duration::ZERO))?;
+            if !events.is_empty() {
+                return Ok(());
+            }
+            let spun = start.elapsed();
+            if spun >= spin {
+                let left = timeout.map(|wait| wait.saturating_sub(spun));
+                return self.poll.poll(events, left);
+            }
+            std::hint::spin_loop();
+        }
     }
 
     pub(super) fn poll_timeout(&mut self, max_wait: Option<Duration>) -> Option<Duration> {
