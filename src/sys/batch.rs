@@ -12,6 +12,7 @@ use std::mem;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
+use super::cmsg::{ControlMessages, ControlSpace};
 use super::platform::{self as imp, Mmsg};
 use super::unix::{sockaddr_to_std, std_to_sockaddr};
 
@@ -30,18 +31,15 @@ pub struct RecvBatch {
     names: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<Mmsg>,
-    /// Per header: room for the control messages the kernel attaches (the drop count).
-    controls: Vec<RecvControl>,
+    /// Per header: room for the control messages the kernel attaches, `control_words`
+    /// words each (as many as the options on need, see [`ControlSpace`]; 8-byte words, so
+    /// that each header's room is aligned for a `cmsghdr`).
+    controls: Vec<u64>,
+    control_words: usize,
     /// The drop count an in-memory socket attached to the last datagram it filled in
     /// (see [`fill`](Self::fill)); the kernel's comes in the control messages.
     filled_drops: Option<u32>,
 }
-
-/// Room for one datagram's control messages: `SO_RXQ_OVFL`'s count needs
-/// `CMSG_SPACE(4)`, 24 bytes on 64-bit Linux.
-#[derive(Clone, Copy)]
-#[repr(C, align(8))]
-struct RecvControl([u8; 32]);
 
 /// One datagram of a [`RecvBatch`].
 #[derive(Debug)]
@@ -53,7 +51,36 @@ pub struct Datagram<'a> {
     /// The sender, or `None` for an address that is neither IPv4 nor IPv6.
     pub from: Option<SocketAddr>,
     /// The datagram's whole length as sent (on Linux; elsewhere the length of `data`).
+    /// For a coalesced read (receive offload), the length of all its datagrams together.
     pub len: usize,
+    /// The kernel had more control messages for it than the room held, and dropped the
+    /// rest (`MSG_CTRUNC`).
+    pub control_truncated: bool,
+    /// The control messages the kernel attached.
+    control: &'a [u8],
+}
+
+impl Datagram<'_> {
+    /// The segment size of a coalesced read (receive offload, `UDP_GRO`): `data` is then
+    /// several datagrams of the sender's, each of this size but the last, which may be
+    /// shorter. `None` for a read of one datagram.
+    #[inline]
+    pub fn segment_size(&self) -> Option<usize> {
+        if !imp::RECEIVE_OFFLOAD || self.control.is_empty() {
+            return None;
+        }
+        ControlMessages::new(self.control)
+            .find(|m| m.level == libc::IPPROTO_UDP && m.kind == imp::UDP_GRO)
+            .and_then(|m| m.u32())
+            .map(|size| size as usize)
+            .filter(|&size| size > 0)
+    }
+
+    /// Whether the kernel attached any control message.
+    #[inline(always)]
+    pub fn has_control(&self) -> bool {
+        !self.control.is_empty()
+    }
 }
 
 impl std::fmt::Debug for RecvBatch {
@@ -92,13 +119,27 @@ impl RecvBatch {
             // The iovecs pointed into the old buffer.
             self.max = 0;
         }
-        if capacity <= self.capacity() {
+        self.grow(capacity, self.control_words);
+    }
+
+    /// Grows each datagram's room for control messages to what `control` names (never
+    /// shrinks). Allocates only when it grows.
+    pub fn reserve_control(&mut self, control: ControlSpace) {
+        self.grow(self.capacity(), control.bytes().div_ceil(8));
+    }
+
+    fn grow(&mut self, capacity: usize, words: usize) {
+        let words = words.max(1);
+        if capacity <= self.capacity() && words <= self.control_words {
             return;
         }
+        let capacity = capacity.max(self.capacity());
+        self.control_words = words.max(self.control_words);
         self.names = vec![zeroed(); capacity];
         self.iovs = vec![zeroed(); capacity];
         self.hdrs = vec![zeroed(); capacity];
-        self.controls = vec![RecvControl([0; 32]); capacity];
+        self.controls = vec![0; capacity * self.control_words];
+        let room = self.control_room();
         // Every header points at its own name, iovec and control room for as long as these
         // vectors live; `recv` lays the iovecs out over the buffer and only resets what
         // the kernel changed.
@@ -108,11 +149,24 @@ impl RecvBatch {
             hdr.msg_namelen = NAME_LEN;
             hdr.msg_iov = &mut self.iovs[i];
             hdr.msg_iovlen = 1;
-            hdr.msg_control = (&mut self.controls[i] as *mut RecvControl).cast();
-            hdr.msg_controllen = mem::size_of::<RecvControl>() as _;
+            hdr.msg_control = self.controls[i * self.control_words..].as_mut_ptr().cast();
+            hdr.msg_controllen = room as _;
         }
         self.max = 0;
         self.used = 0;
+    }
+
+    /// The bytes of control room each header has.
+    fn control_room(&self) -> usize {
+        self.control_words * 8
+    }
+
+    /// The control bytes the kernel wrote for header `i` (none if it wrote more than the
+    /// room: a length the walk could not trust).
+    #[inline(always)]
+    fn control_of(&self, i: usize) -> &[u8] {
+        let words = &self.controls[i * self.control_words..(i + 1) * self.control_words];
+        control_bytes(words, &self.hdrs[i])
     }
 
     /// Reads up to `count` datagrams (at most the capacity, and at most as many slots of
@@ -146,9 +200,10 @@ impl RecvBatch {
             }
             self.max = max;
         }
+        let room = self.control_room();
         for hdr in &mut self.hdrs[..self.used] {
             hdr.msg_hdr.msg_namelen = NAME_LEN;
-            hdr.msg_hdr.msg_controllen = mem::size_of::<RecvControl>() as _;
+            hdr.msg_hdr.msg_controllen = room as _;
         }
         count
     }
@@ -199,6 +254,7 @@ impl RecvBatch {
             &self.hdrs[i],
             &self.names[i],
             &self.bufs[start..start + self.max],
+            self.control_of(i),
         )
     }
 
@@ -215,11 +271,13 @@ impl RecvBatch {
     pub fn datagrams_from(&self, from: usize) -> impl Iterator<Item = Datagram<'_>> {
         let (used, slot) = (self.used, self.max.max(1));
         let from = from.min(used);
+        let words = self.control_words.max(1);
         self.hdrs[from..used]
             .iter()
             .zip(&self.names[from..used])
             .zip(self.bufs[(from * slot).min(self.bufs.len())..].chunks_exact(slot))
-            .map(|((m, name), slot)| datagram(m, name, slot))
+            .zip(self.controls[(from * words).min(self.controls.len())..].chunks_exact(words))
+            .map(|(((m, name), slot), control)| datagram(m, name, slot, control_bytes(control, m)))
     }
 
     /// The socket's receive-queue drop count as the kernel attached it to the last
@@ -231,32 +289,49 @@ impl RecvBatch {
             return self.filled_drops;
         }
         let name = imp::SO_RXQ_OVFL?;
-        let last = self.hdrs[..self.used].last()?;
-        if last.msg_hdr.msg_controllen == 0 {
-            return None;
-        }
-        let mut found = None;
-        let mut visit = |cmsg: &libc::cmsghdr, data: *const u8| {
-            if cmsg.cmsg_level == libc::SOL_SOCKET && cmsg.cmsg_type == name {
-                // SAFETY: an SO_RXQ_OVFL message carries a u32 (read unaligned).
-                found = Some(unsafe { std::ptr::read_unaligned(data.cast::<u32>()) });
-            }
-        };
-        // SAFETY: the header describes its own control buffer, into which the kernel
-        // wrote `msg_controllen` bytes of control messages.
-        unsafe { super::cmsg::for_each(&last.msg_hdr, &mut visit) };
-        found
+        let last = self.used.checked_sub(1)?;
+        ControlMessages::new(self.control_of(last))
+            .filter(|m| m.level == libc::SOL_SOCKET && m.kind == name)
+            .find_map(|m| m.u32())
     }
 }
 
-/// The datagram the kernel described in `m`, received into `buf` (its slot, cut to the
-/// length the kernel was offered) from `name`. `msg_len` is the whole length (MSG_TRUNC),
-/// so the data is the shorter of the two.
+/// The control bytes the kernel wrote into a header's room `words` (none if the length
+/// it reports is past the room).
 #[inline(always)]
-fn datagram<'a>(m: &Mmsg, name: &libc::sockaddr_storage, buf: &'a [u8]) -> Datagram<'a> {
+fn control_bytes<'a>(words: &'a [u64], m: &Mmsg) -> &'a [u8] {
+    #[allow(clippy::unnecessary_cast)]
+    let len = m.msg_hdr.msg_controllen as usize;
+    if len == 0 {
+        return &[];
+    }
+    let bytes: &[u8] = words_as_bytes(words);
+    bytes.get(..len).unwrap_or(&[])
+}
+
+/// The bytes of a slice of words.
+#[inline(always)]
+fn words_as_bytes(words: &[u64]) -> &[u8] {
+    // SAFETY: any u64's bytes are valid u8s; the slice covers exactly the words' memory,
+    // which lives as long as `words`.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), mem::size_of_val(words)) }
+}
+
+/// The datagram the kernel described in `m`, received into `buf` (its slot, cut to the
+/// length the kernel was offered) from `name`, with the control messages `control`.
+/// `msg_len` is the whole length (MSG_TRUNC), so the data is the shorter of the two.
+#[inline(always)]
+fn datagram<'a>(
+    m: &Mmsg,
+    name: &libc::sockaddr_storage,
+    buf: &'a [u8],
+    control: &'a [u8],
+) -> Datagram<'a> {
     Datagram {
         data: &buf[..(m.msg_len as usize).min(buf.len())],
         truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+        control_truncated: m.msg_hdr.msg_flags & libc::MSG_CTRUNC != 0,
+        control,
         // SAFETY: the kernel wrote `msg_namelen` bytes of the sender's address into `name`
         // (zeroed at creation, so the rest is initialised).
         from: unsafe { sockaddr_to_std(name, m.msg_hdr.msg_namelen) },
@@ -609,6 +684,10 @@ mod tests {
         let to = rx.local_addr().expect("addr");
         let mut ring = RecvBatch::default();
         ring.reserve(64, 512);
+        ring.reserve_control(ControlSpace {
+            drop_count: true,
+            ..ControlSpace::default()
+        });
         tx.send_to(b"first", to).expect("send");
         assert_eq!(ring.recv(&rx, 64, 512).expect("recv"), 1);
         assert_eq!(ring.drop_count(), None, "nothing dropped yet");
@@ -629,6 +708,44 @@ mod tests {
         assert_eq!(ring.drop_count(), Some((BURST - queued) as u32));
         let meminfo = super::super::platform::socket_drops(rx.as_raw_fd()).expect("SO_MEMINFO");
         assert_eq!(meminfo as usize, BURST - queued);
+    }
+
+    /// A control message the room cannot hold is cut (`MSG_CTRUNC`), and said so per
+    /// datagram; room sized for it holds it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_control_room_too_small_is_reported_per_datagram() {
+        use std::os::fd::AsRawFd;
+        let (rx, tx) = pair();
+        socket2::SockRef::from(&rx)
+            .set_recv_buffer_size(4096)
+            .expect("rcvbuf");
+        super::super::platform::enable_drop_count(rx.as_raw_fd()).expect("SO_RXQ_OVFL");
+        let to = rx.local_addr().expect("addr");
+        for _ in 0..200 {
+            tx.send_to(&[1u8; 256], to).expect("send");
+        }
+        let mut small = RecvBatch::default();
+        small.reserve(64, 512);
+        while small.recv(&rx, 64, 512).is_ok() {}
+        // Dropped by now: every datagram from here on carries the count.
+        tx.send_to(b"after", to).expect("send");
+        assert_eq!(small.recv(&rx, 64, 512).expect("recv"), 1);
+        let d = small.get(0);
+        assert_eq!(d.data, b"after");
+        assert!(
+            d.control_truncated,
+            "8 bytes cannot hold SO_RXQ_OVFL's message"
+        );
+        assert_eq!(small.drop_count(), None);
+        small.reserve_control(ControlSpace {
+            drop_count: true,
+            ..ControlSpace::default()
+        });
+        tx.send_to(b"again", to).expect("send");
+        assert_eq!(small.recv(&rx, 64, 512).expect("recv"), 1);
+        assert!(!small.get(0).control_truncated);
+        assert!(small.drop_count().is_some_and(|n| n > 0));
     }
 
     #[test]

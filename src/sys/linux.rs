@@ -90,6 +90,18 @@ pub(crate) fn enable_drop_count(fd: RawFd) -> io::Result<()> {
     set_int(fd, libc::SOL_SOCKET, name, 1)
 }
 
+/// Linux's `UDP_GRO` (`linux/udp.h`): the socket option, and the control message with
+/// a coalesced read's segment size.
+pub(super) const UDP_GRO: libc::c_int = 104;
+/// The receive offload's control message exists here.
+pub(super) const RECEIVE_OFFLOAD: bool = true;
+
+/// Has the kernel coalesce datagrams of one flow into one read (`UDP_GRO`), each such read
+/// carrying the segment size; or stops it.
+pub(crate) fn set_receive_offload(fd: RawFd, on: bool) -> io::Result<()> {
+    set_int(fd, libc::IPPROTO_UDP, UDP_GRO, libc::c_int::from(on))
+}
+
 /// The socket's drop count now (`SO_MEMINFO`'s `SK_MEMINFO_DROPS`).
 pub(crate) fn socket_drops(fd: RawFd) -> io::Result<u32> {
     let name = SO_MEMINFO.ok_or_else(unsupported)?;
@@ -165,16 +177,10 @@ pub(crate) fn read_queued_error(fd: RawFd) -> io::Result<Option<QueuedError>> {
     // SAFETY: the kernel wrote `msg_namelen` bytes of the destination's address (zeroed
     // before, so the rest is initialised).
     let dest = unsafe { sockaddr_to_std(&name, msg.msg_namelen) };
-    let mut found = None;
-    // SAFETY: `msg` describes `control`, into which the kernel just wrote
-    // `msg_controllen` bytes of control messages.
-    unsafe {
-        super::cmsg::for_each(&msg, |cmsg, data| {
-            if let Some(error) = extended_error(cmsg, data, dest) {
-                found = Some(error);
-            }
-        });
-    }
+    let written = (msg.msg_controllen as usize).min(control.0.len());
+    let found = super::cmsg::ControlMessages::new(&control.0[..written])
+        .filter_map(|m| extended_error(&m, dest))
+        .last();
     // A queued entry without an extended error (not expected): report what is known.
     Ok(Some(found.unwrap_or(QueuedError {
         dest,
@@ -185,42 +191,38 @@ pub(crate) fn read_queued_error(fd: RawFd) -> io::Result<Option<QueuedError>> {
 }
 
 /// The error an `IP_RECVERR`/`IPV6_RECVERR` control message carries (`None` for any other
-/// message), with the reporter's address for an ICMP error.
+/// message, or one too short), with the reporter's address for an ICMP error.
 fn extended_error(
-    cmsg: &libc::cmsghdr,
-    data: *const u8,
+    m: &super::cmsg::ControlMessage<'_>,
     dest: Option<std::net::SocketAddr>,
 ) -> Option<QueuedError> {
-    let (level, kind) = (cmsg.cmsg_level, cmsg.cmsg_type);
-    let is_error = (level == libc::IPPROTO_IP && kind == libc::IP_RECVERR)
-        || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_RECVERR);
-    if !is_error {
+    let is_error = (m.level == libc::IPPROTO_IP && m.kind == libc::IP_RECVERR)
+        || (m.level == libc::IPPROTO_IPV6 && m.kind == libc::IPV6_RECVERR);
+    let size = mem::size_of::<libc::sock_extended_err>();
+    if !is_error || m.data.len() < size {
         return None;
     }
-    let ee_at = data.cast::<libc::sock_extended_err>();
-    // SAFETY: an IP_RECVERR/IPV6_RECVERR message carries a sock_extended_err followed by
-    // the offender's address (SO_EE_OFFENDER); read unaligned, as the data need not be
-    // aligned for the struct.
-    let ee = unsafe { std::ptr::read_unaligned(ee_at) };
+    // SAFETY: the data holds a whole sock_extended_err (checked above), a plain struct of
+    // integers, read unaligned as the data need not be aligned for it.
+    let ee: libc::sock_extended_err = unsafe { std::ptr::read_unaligned(m.data.as_ptr().cast()) };
     let icmp = ee.ee_origin == libc::SO_EE_ORIGIN_ICMP || ee.ee_origin == libc::SO_EE_ORIGIN_ICMP6;
     let reporter = if icmp {
-        // SAFETY: as above; the offender follows the struct inside the message, and is
-        // copied out into a zeroed storage (at most the message's rest) before reading.
+        // The offender's address follows the struct (SO_EE_OFFENDER), as much of it as the
+        // message holds, copied into a zeroed storage.
+        let offender = &m.data[size..];
+        // SAFETY: all-zero bytes are a valid sockaddr_storage.
+        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let n = offender.len().min(mem::size_of::<libc::sockaddr_storage>());
+        // SAFETY: `n` bytes fit in both the offender's bytes and the storage.
         unsafe {
-            let off = libc::SO_EE_OFFENDER(ee_at);
-            let mut storage: libc::sockaddr_storage = mem::zeroed();
-            // `cmsg_len` is a size_t with glibc and a socklen_t with musl.
-            #[allow(clippy::unnecessary_cast)]
-            let message_end = (cmsg as *const libc::cmsghdr as usize) + cmsg.cmsg_len as usize;
-            let room = message_end.saturating_sub(off as usize);
-            let n = room.min(mem::size_of::<libc::sockaddr_storage>());
             std::ptr::copy_nonoverlapping(
-                off.cast::<u8>(),
+                offender.as_ptr(),
                 (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
                 n,
             );
-            sockaddr_to_std(&storage, n as libc::socklen_t).map(|a| a.ip())
         }
+        // SAFETY: `storage` holds `n` bytes of the address, zeroed past them.
+        unsafe { sockaddr_to_std(&storage, n as libc::socklen_t) }.map(|a| a.ip())
     } else {
         None
     };

@@ -4,7 +4,7 @@
 //! each, selected as `platform`); `unix.rs` (what every Unix shares, with `cvt` and
 //! `retrying`, the one wrapper every system call's return goes through); `batch.rs` (the
 //! batches, platform-independent); `cmsg.rs` (the one walk over received control
-//! messages); `errno.rs` (every decision taken on an errno); `kernel_reports.rs` (what
+//! messages, and the room each kind needs); `errno.rs` (every decision taken on an errno); `kernel_reports.rs` (what
 //! the port keeps of an error-queue entry, and the drop count).
 //!
 //! The whole contract, as exported below:
@@ -20,6 +20,9 @@
 //!   `recvmmsg` and sent with one `sendmmsg` on Linux (a `recvmsg`/`sendmsg` loop
 //!   elsewhere), allocating nothing per datagram, and filled or drained in memory by the
 //!   test kit's socket (`RecvBatch::fill`, `SendBatch::note_sent`).
+//! - Receive offload: `set_receive_offload` (`UDP_GRO`); a coalesced read's
+//!   `Datagram::segment_size`; `ControlSpace`, the control room a receive slot reserves
+//!   for the options on, and `Datagram::control_truncated` (`MSG_CTRUNC`).
 //! - What the kernel reports besides datagrams: `enable_drop_count`, `drops_or_log`
 //!   (`SO_RXQ_OVFL`, `SO_MEMINFO`), `set_recv_errors`, `read_queued_error` (the error
 //!   queue, `IP_RECVERR`/`IPV6_RECVERR`) and its entries, `QueuedError`.
@@ -44,6 +47,7 @@ mod platform;
 mod unix;
 
 pub use batch::{Datagram, RecvBatch, SendBatch};
+pub use cmsg::ControlSpace;
 pub use errno::segmentation_refused;
 pub use platform::pin_to_cpu;
 
@@ -53,7 +57,7 @@ pub(crate) use errno::{
 pub(crate) use kernel_reports::{QueuedError, drops_or_log};
 pub(crate) use platform::{
     enable_drop_count, multicast_all_v4, multicast_all_v6, read_queued_error, set_multicast_all_v4,
-    set_multicast_all_v6, set_recv_errors,
+    set_multicast_all_v6, set_receive_offload, set_recv_errors,
 };
 pub(crate) use unix::{
     dup_cloexec, inspect_socket, interface_exists, interface_index, signal_ignored,

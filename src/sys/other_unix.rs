@@ -58,6 +58,14 @@ pub(crate) fn enable_drop_count(_fd: RawFd) -> io::Result<()> {
     Err(unsupported())
 }
 
+/// No receive offload here.
+pub(super) const UDP_GRO: libc::c_int = -1;
+pub(super) const RECEIVE_OFFLOAD: bool = false;
+
+pub(crate) fn set_receive_offload(_fd: RawFd, _on: bool) -> io::Result<()> {
+    Err(unsupported())
+}
+
 pub(crate) fn socket_drops(_fd: RawFd) -> io::Result<u32> {
     Err(unsupported())
 }

@@ -52,6 +52,7 @@ pub struct ListenOptions {
     pub(crate) send_queue_limit: usize,
     pub(crate) batch_size: usize,
     pub(crate) segmentation: bool,
+    pub(crate) receive_offload: bool,
     pub(crate) deliver_truncated: bool,
     pub(crate) write_high: usize,
     pub(crate) write_low: usize,
@@ -74,6 +75,7 @@ impl ListenOptions {
             send_queue_limit: DEFAULT_SEND_QUEUE_LIMIT,
             batch_size: DEFAULT_BATCH_SIZE,
             segmentation: true,
+            receive_offload: false,
             deliver_truncated: false,
             write_high: DEFAULT_WRITE_HIGH,
             write_low: DEFAULT_WRITE_LOW,
@@ -186,6 +188,26 @@ impl ListenOptions {
     #[doc(alias = "UDP_SEGMENT")]
     pub fn segmentation(mut self, enabled: bool) -> Self {
         self.segmentation = enabled;
+        self
+    }
+
+    /// Whether the kernel may coalesce datagrams arriving from one sender into one read
+    /// (UDP generic receive offload, Linux's `UDP_GRO`; off by default): a read then
+    /// carries up to 64 KiB of one sender's datagrams of one size, which the port cuts
+    /// back into the sender's datagrams, byte for byte and in order, before any hook sees
+    /// them: every hook, counter and truncation rule sees one datagram at a time, as with
+    /// it off. It pays where many datagrams of one size arrive back to back from the same
+    /// senders (bulk transfers, a sender that segments), saving the stack's walk per
+    /// datagram; each slot of the receive batch then holds 64 KiB rather than
+    /// [`max_packet_size`](Self::max_packet_size) bytes. Where the kernel lacks it (before
+    /// Linux 5.0, or elsewhere) the port reads one datagram per slot, as with it off;
+    /// [`PortStats::coalesced_reads`](crate::PortStats::coalesced_reads) counts the reads
+    /// that carried more than one. An adopted socket on which `UDP_GRO` was on is switched
+    /// to what this option says.
+    #[doc(alias = "gro")]
+    #[doc(alias = "UDP_GRO")]
+    pub fn receive_offload(mut self, enabled: bool) -> Self {
+        self.receive_offload = enabled;
         self
     }
 

@@ -135,6 +135,14 @@ impl PortSocket {
         }
     }
 
+    /// Turns the kernel's receive offload (`UDP_GRO`) on or off; "unsupported" in memory.
+    pub(crate) fn set_receive_offload(&mut self, on: bool) -> io::Result<()> {
+        match self {
+            PortSocket::Kernel(s) => sys::set_receive_offload(s.as_raw_fd(), on),
+            PortSocket::Memory(_) => Err(in_memory()),
+        }
+    }
+
     /// The socket's drop count now, where the OS tells it.
     pub(crate) fn drops(&self) -> Option<u32> {
         match self {

@@ -154,7 +154,17 @@ pub(crate) struct PortCore {
     /// The socket's drop count when last looked at (`SO_RXQ_OVFL`/`SO_MEMINFO`); `None`
     /// where the OS does not tell.
     drops_seen: Option<u32>,
+    /// The kernel coalesces reads (`UDP_GRO` is on): each slot is [`OFFLOAD_SLOT`] bytes,
+    /// and a coalesced read is cut back into datagrams.
+    pub(crate) receive_offload: bool,
+    /// The control messages the options on can attach to a datagram, which each receive
+    /// slot has room for.
+    control: sys::ControlSpace,
 }
+
+/// The receive slot of a port with receive offload: the most a coalesced read carries
+/// (the kernel coalesces at most 64 KiB, IP and UDP headers included).
+pub(crate) const OFFLOAD_SLOT: usize = 65_536;
 
 /// A port: its protocol, its core, and (while it reads) the reactor's receive batch.
 pub(crate) struct UdpPort<P> {
@@ -211,25 +221,38 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 last_truncation_warning: None,
                 deliver_truncated: opts.deliver_truncated,
                 drops_seen: None,
+                receive_offload: false,
+                control: sys::ControlSpace::default(),
             },
         }
-        .with_kernel_reports()
+        .with_kernel_reports(opts.receive_offload)
     }
 
     /// Turns on what the kernel reports besides datagrams: its drop count on every datagram
     /// once any is dropped (noting where the count stands: an adopted socket may have
-    /// dropped already), and the error queue.
-    fn with_kernel_reports(mut self) -> Self {
-        if let Err(e) = self.core.socket.enable_drop_count()
-            && e.kind() != std::io::ErrorKind::Unsupported
-        {
-            debug!(
+    /// dropped already), the error queue, and receive offload as asked (turned off where
+    /// not asked, so that an adopted socket never hands the port coalesced reads it does
+    /// not cut up); and sizes the control room of each receive slot for them.
+    fn with_kernel_reports(mut self, receive_offload: bool) -> Self {
+        match self.core.socket.enable_drop_count() {
+            Ok(()) => self.core.control.drop_count = true,
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
+            Err(e) => debug!(
                 "{} on {}: SO_RXQ_OVFL: {e}",
                 self.core.prefix, self.core.local
-            );
+            ),
         }
         self.core.drops_seen = self.core.socket.drops();
         self.core.set_error_queue(true);
+        match self.core.socket.set_receive_offload(receive_offload) {
+            Ok(()) => self.core.receive_offload = receive_offload,
+            Err(e) if receive_offload => debug!(
+                "{} on {}: UDP_GRO unavailable ({e}); one datagram per read",
+                self.core.prefix, self.core.local
+            ),
+            Err(_) => {}
+        }
+        self.core.control.segment_size = self.core.receive_offload;
         self
     }
 
@@ -300,7 +323,7 @@ impl<P: DatagramProtocol> UdpPort<P> {
         }
         r.request_close(self.core.key);
         // The port closes: what is left of the batch is read, not delivered, and counted.
-        self.core.stats.dropped_at_stop += state.left();
+        self.core.stats.dropped_at_stop += self.recv_batch.as_deref().map_or(0, |b| state.left(b));
         false
     }
 
@@ -358,7 +381,8 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
             // panics (what was gathered before the panic is still sent); they grow (once)
             // to this port's batch and packet sizes.
             let (mut recv_batch, mut out) = batches.take().unwrap_or_else(new_batches);
-            recv_batch.reserve(self.core.batch_size, self.core.max_packet_size);
+            recv_batch.reserve(self.core.batch_size, self.core.slot());
+            recv_batch.reserve_control(self.core.control);
             out.reserve(self.core.batch_size);
             self.recv_batch = Some(recv_batch);
             self.core.out = Some(out);
@@ -401,7 +425,7 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
         let more = more.unwrap_or_else(|| {
             // Hooks that panic while raising new events (writes that fail, say): the rest
             // waits for the next turn, but what is left of this batch is lost, and counted.
-            let lost = state.left();
+            let lost = self.recv_batch.as_deref().map_or(0, |b| state.left(b));
             self.core.stats.recv_errors += lost;
             warn!(
                 "{} on {}: {resumes} panicking hooks in one dispatch; {lost} datagrams dropped",

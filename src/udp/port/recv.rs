@@ -1,5 +1,6 @@
 //! The receive path: batches read until the budget is spent, each datagram delivered
-//! (or counted: truncated, from another peer, read after a stop), the drop count.
+//! (or counted: truncated, from another peer, read after a stop), coalesced reads cut
+//! back into datagrams, the drop count.
 
 use super::*;
 
@@ -19,16 +20,38 @@ pub(super) struct ReadState {
     pub(super) in_batch: bool,
     /// The reactor's stop count when the batch was read.
     pub(super) stops: u64,
+    /// Of the coalesced read `next - 1`, how many datagrams were handed on (or are being);
+    /// 0 between reads.
+    pub(super) seg: usize,
+    /// Datagrams handed on beyond one per read (coalesced reads), against the budget.
+    pub(super) extra: usize,
 }
 
 impl ReadState {
-    /// The datagrams of the batch being delivered that are not handed on yet.
-    pub(super) fn left(&self) -> u64 {
-        if self.in_batch {
-            (self.got - self.next) as u64
-        } else {
-            0
+    /// The datagrams of the batch being delivered that are not handed on yet (a coalesced
+    /// read counts the datagrams it carries).
+    pub(super) fn left(&self, batch: &RecvBatch) -> u64 {
+        if !self.in_batch {
+            return 0;
         }
+        let mut left = 0;
+        if self.seg > 0
+            && let Some(d) = batch.datagrams_from(self.next - 1).next()
+        {
+            left += carried(&d).saturating_sub(self.seg) as u64;
+        }
+        left + batch
+            .datagrams_from(self.next)
+            .map(|d| carried(&d) as u64)
+            .sum::<u64>()
+    }
+}
+
+/// How many datagrams one read carries: several for a coalesced one.
+fn carried(d: &sys::Datagram<'_>) -> usize {
+    match d.segment_size() {
+        Some(size) => d.len.div_ceil(size).max(1),
+        None => 1,
     }
 }
 
@@ -55,7 +78,7 @@ pub(super) fn read_until_budget<P: DatagramProtocol>(
         // budget has room for (at least one).
         let by_bytes = (budget_bytes - st.bytes).div_ceil(t.core.max_packet_size.max(1));
         let want = (budget - st.count).min(t.core.batch_size).min(by_bytes);
-        let got = match t.core.socket.recv(recv_batch, want, t.core.max_packet_size) {
+        let got = match t.core.socket.recv(recv_batch, want, t.core.slot()) {
             Ok(got) => got,
             Err(e) => {
                 st.count += 1;
@@ -76,6 +99,7 @@ pub(super) fn read_until_budget<P: DatagramProtocol>(
         st.want = want;
         st.got = got;
         st.next = 0;
+        st.seg = 0;
         st.in_batch = true;
         if !finish_batch(p, t, recv_batch, st) {
             return false;
@@ -103,12 +127,44 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
         .take(next)
         .map(|d| d.data.len())
         .sum();
-    let rest = if stopped { st.got } else { next };
+    // Going on inside a coalesced read whose hook panicked: that read again, from the
+    // datagram after.
+    let rest = if stopped {
+        st.got
+    } else if st.seg > 0 {
+        next - 1
+    } else {
+        next
+    };
     for d in recv_batch.datagrams_from(rest) {
-        next += 1;
-        // Where to go on from if this datagram's hook panics.
-        st.next = next;
-        bytes += d.data.len();
+        if st.seg == 0 {
+            next += 1;
+            // Where to go on from if this datagram's hook panics.
+            st.next = next;
+            bytes += d.data.len();
+        }
+        if d.has_control() || d.control_truncated {
+            if d.control_truncated {
+                t.core.stats.control_truncated += 1;
+            }
+            if t.core.receive_offload {
+                if deliver_offloaded(p, t, d, st) {
+                    stopped = true;
+                    break;
+                }
+                continue;
+            }
+        } else if t.core.receive_offload && d.len > t.core.max_packet_size {
+            // A slot of a port with receive offload holds more than the max packet size:
+            // what a smaller slot would have cut short, is.
+            deliver_from_slot(p, t, d.data, d.len, d.from);
+            tell_flow(p, t);
+            if t.stops_asked() != st.stops && t.must_stop() {
+                stopped = true;
+                break;
+            }
+            continue;
+        }
         deliver(p, t, d);
         // Flow control at once, after the hook whose write crossed a mark.
         tell_flow(p, t);
@@ -121,9 +177,10 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
         }
     }
     if stopped {
-        t.core.stats.dropped_at_stop += st.left();
+        t.core.stats.dropped_at_stop += st.left(recv_batch);
     }
-    st.count += st.next;
+    st.seg = 0;
+    st.count += st.next + std::mem::take(&mut st.extra);
     st.bytes += bytes;
     st.in_batch = false;
     if let Some(count) = recv_batch.drop_count() {
@@ -134,6 +191,67 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
     // Fewer than asked for: the socket was drained, and the next datagram to arrive
     // raises a new readiness event.
     !stopped && st.got >= st.want
+}
+
+/// Delivers a read of a port with receive offload that came with control messages: a
+/// coalesced one datagram by datagram (from `st.seg` on, if going on after a panic), each
+/// cut short as the max packet size says; returns whether a stop came meanwhile.
+#[inline(never)]
+fn deliver_offloaded<P: DatagramProtocol>(
+    p: &mut P,
+    t: &mut UdpTransport<'_>,
+    d: sys::Datagram<'_>,
+    st: &mut ReadState,
+) -> bool {
+    let Some(size) = d.segment_size() else {
+        if d.control_truncated {
+            // The segment size may have been the message lost: this may be several
+            // datagrams run together, which are never delivered as one.
+            return false;
+        }
+        deliver_from_slot(p, t, d.data, d.len, d.from);
+        tell_flow(p, t);
+        return t.stops_asked() != st.stops && t.must_stop();
+    };
+    let count = d.len.div_ceil(size).max(1);
+    t.core.stats.coalesced_reads += u64::from(st.seg == 0 && count > 1);
+    for k in st.seg..count {
+        st.seg = k + 1;
+        let start = k * size;
+        let whole = size.min(d.len - start);
+        // Past the slot (it was too small for the read): counted as truncated.
+        let data = d.data.get(start..).unwrap_or(&[]);
+        let data = &data[..whole.min(data.len())];
+        if k > 0 {
+            st.extra += 1;
+        }
+        deliver_from_slot(p, t, data, whole, d.from);
+        tell_flow(p, t);
+        if t.stops_asked() != st.stops && t.must_stop() {
+            return true;
+        }
+    }
+    st.seg = 0;
+    false
+}
+
+/// Delivers one datagram of `len` bytes whose first `data.len()` bytes the slot holds,
+/// cut short (as truncated) if longer than the max packet size or than the slot.
+#[inline]
+fn deliver_from_slot<P: DatagramProtocol>(
+    p: &mut P,
+    t: &mut UdpTransport<'_>,
+    data: &[u8],
+    len: usize,
+    from: Option<SocketAddr>,
+) {
+    let Some(from) = from else {
+        t.core.stats.recv_errors += 1;
+        return;
+    };
+    let kept = data.len().min(t.core.max_packet_size);
+    let truncated = len > kept;
+    deliver_from(p, t, &data[..kept], truncated, len, from);
 }
 
 /// Hands one received datagram to the protocol (or counts it, if cut short or from an
@@ -200,6 +318,17 @@ pub(super) fn read_refused<P: DatagramProtocol>(p: &mut P, t: &mut UdpTransport<
 pub(super) const WARN_INTERVAL: Duration = Duration::from_secs(1);
 
 impl PortCore {
+    /// The bytes of each receive slot: the max packet size, or with receive offload the
+    /// most a coalesced read carries.
+    #[inline(always)]
+    pub(crate) fn slot(&self) -> usize {
+        if self.receive_offload {
+            OFFLOAD_SLOT
+        } else {
+            self.max_packet_size
+        }
+    }
+
     pub(super) fn on_truncated(&mut self, from: SocketAddr, len: usize) {
         self.stats.truncated += 1;
         let what = if self.deliver_truncated {

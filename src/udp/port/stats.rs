@@ -54,6 +54,17 @@ pub struct PortStats {
     /// Datagrams read in the batch during which the port's stop (or the reactor's) was
     /// asked for, after that point, and so not delivered.
     pub dropped_at_stop: u64,
+    /// Reads whose control messages (the drop count, a coalesced read's segment size) the
+    /// kernel cut short for want of room (`MSG_CTRUNC`). The port reserves room for every
+    /// message the options it turned on can bring, so this stays 0 unless the kernel
+    /// attaches messages nobody asked for. The datagram itself is delivered, unless
+    /// [`receive_offload`](crate::ListenOptions::receive_offload) is on: then it may be
+    /// several datagrams whose boundaries were in the lost message, and it is dropped.
+    pub control_truncated: u64,
+    /// Reads that carried several datagrams coalesced by the kernel
+    /// ([`receive_offload`](crate::ListenOptions::receive_offload)), each cut back into
+    /// the sender's datagrams (counted one by one in the other counters).
+    pub coalesced_reads: u64,
 }
 
 impl fmt::Display for PortStats {
@@ -81,6 +92,14 @@ impl fmt::Display for PortStats {
             self.errors_unreported,
             self.panics,
             self.send_queued,
-        )
+        )?;
+        // The receive offload's counters, only where they have something to say.
+        if self.control_truncated != 0 {
+            write!(f, ", {} control truncated", self.control_truncated)?;
+        }
+        if self.coalesced_reads != 0 {
+            write!(f, ", {} coalesced reads", self.coalesced_reads)?;
+        }
+        Ok(())
     }
 }
