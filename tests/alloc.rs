@@ -22,6 +22,7 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use twine::bench_support::SendBatch;
 use twine::{DatagramProtocol, ListenOptions, Reactor, UdpTransport};
 
 struct CountingAlloc;
@@ -131,6 +132,9 @@ struct Bench {
     server: SocketAddr,
     /// Datagrams echoed so far, and the sequence number of the next one.
     echoed: u64,
+    /// Sends each window as one segmented burst (so that a port with receive offload
+    /// reads it coalesced), through a batch made once, before anything is counted.
+    segmenting: Option<SendBatch>,
 }
 
 impl Bench {
@@ -143,10 +147,24 @@ impl Bench {
         let mut left = n;
         while left > 0 {
             let window = left.min(WINDOW);
-            for i in 0..window as u64 {
-                out[..8].copy_from_slice(&(self.echoed + i).to_le_bytes());
-                let sent = self.client.send_to(&out, self.server).expect("client send");
-                assert_eq!(sent, PAYLOAD);
+            if let Some(batch) = self.segmenting.as_mut() {
+                batch.clear();
+                for i in 0..window as u64 {
+                    out[..8].copy_from_slice(&(self.echoed + i).to_le_bytes());
+                    batch.push(&out, self.server);
+                }
+                let mut next = 0;
+                while next < batch.len() {
+                    next += batch
+                        .send_segmented(&self.client, next, false)
+                        .expect("client segmented send");
+                }
+            } else {
+                for i in 0..window as u64 {
+                    out[..8].copy_from_slice(&(self.echoed + i).to_le_bytes());
+                    let sent = self.client.send_to(&out, self.server).expect("client send");
+                    assert_eq!(sent, PAYLOAD);
+                }
             }
             let deadline = Instant::now() + WINDOW_DEADLINE;
             let mut got = 0;
@@ -185,15 +203,20 @@ fn client_socket() -> UdpSocket {
 }
 
 fn listen<P: DatagramProtocol>(protocol: P, client: UdpSocket) -> Bench {
+    listen_with(ListenOptions::new(0), protocol, client)
+}
+
+fn listen_with<P: DatagramProtocol>(opts: ListenOptions, protocol: P, client: UdpSocket) -> Bench {
     let mut reactor = Reactor::new().expect("reactor");
     let port = reactor
-        .listen_udp_with(ListenOptions::new(0).interface("127.0.0.1"), protocol)
+        .listen_udp_with(opts.interface("127.0.0.1"), protocol)
         .expect("listen");
     Bench {
         reactor,
         client,
         server: port.local_addr(),
         echoed: 0,
+        segmenting: None,
     }
 }
 
@@ -235,6 +258,34 @@ fn connected_echo_allocates_nothing_per_datagram() {
     let mut bench = listen(ConnectedEcho { peer }, client);
     bench.client.connect(bench.server).expect("client connect");
     assert_steady_state_allocates_nothing("connected echo", &mut bench);
+}
+
+/// With receive offload, each window arrives as one coalesced read that the port cuts up:
+/// still nothing allocated per datagram.
+#[test]
+fn echo_of_coalesced_reads_allocates_nothing_per_datagram() {
+    let mut reactor = Reactor::new().expect("reactor");
+    let port = reactor
+        .listen_udp_with(
+            ListenOptions::new(0)
+                .interface("127.0.0.1")
+                .receive_offload(true),
+            Echo,
+        )
+        .expect("listen");
+    let mut bench = Bench {
+        reactor,
+        client: client_socket(),
+        server: port.local_addr(),
+        echoed: 0,
+        segmenting: Some(SendBatch::with_capacity(WINDOW, WINDOW * PAYLOAD)),
+    };
+    assert_steady_state_allocates_nothing("echo of coalesced reads", &mut bench);
+    let stats = bench.reactor.port_stats(&port).expect("open");
+    assert!(
+        stats.coalesced_reads > 0,
+        "no read came coalesced: {stats:?}"
+    );
 }
 
 /// The instrument itself: a protocol that allocates once per datagram is seen doing so.
