@@ -398,3 +398,61 @@ fn a_panic_in_the_middle_of_a_coalesced_read_costs_one_datagram() {
     assert_eq!((s.panics, s.datagrams_received), (1, 20), "{s:?}");
     assert!(s.coalesced_reads >= 1, "{s:?}");
 }
+
+/// Records each datagram's sequence number with how many coalesced reads its port had
+/// seen when it was delivered (so a datagram that came alone shows the count before the
+/// next coalesced read).
+struct ReadsSeen {
+    seen: Rc<RefCell<Vec<(u32, u64)>>>,
+}
+
+impl DatagramProtocol for ReadsSeen {
+    fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], _from: SocketAddr) {
+        let seq = data
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(u32::MAX, u32::from_be_bytes);
+        self.seen
+            .borrow_mut()
+            .push((seq, t.stats().coalesced_reads));
+    }
+}
+
+/// The replies to a read that drained the socket (its senders may all be waiting): the
+/// first goes alone, to wake its receiver at once, the rest segmented. A port with
+/// receive offload shows it: the first reply arrives as a read of its own, the others as
+/// one coalesced read.
+#[test]
+fn the_replies_to_a_read_that_drained_the_socket_lead_with_one_alone() {
+    let mut r = reactor();
+    let server = r
+        .listen_udp_with(
+            ListenOptions::new(0).interface("127.0.0.1"),
+            twine::from_fn(|t, data, from| t.write(data, from).expect("echo")),
+        )
+        .expect("listen the echo server");
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let client = r
+        .listen_udp_with(options(V4, true), ReadsSeen { seen: seen.clone() })
+        .expect("listen the client");
+    let to = server.local_addr();
+    let burst = payloads(&[(20, 64)]);
+    r.with_port(&client, |_, t| {
+        for d in &burst {
+            t.write(d, to).expect("client write");
+        }
+    })
+    .expect("client open");
+    r.run_until(DEADLINE, |_| seen.borrow().len() >= burst.len())
+        .expect("turns");
+    let seen = seen.borrow().clone();
+    let seqs: Vec<u32> = seen.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (0..20).collect::<Vec<u32>>(), "every reply, in order");
+    let reads: Vec<u64> = seen.iter().map(|(_, reads)| *reads).collect();
+    let mut want = vec![1u64; 20];
+    want[0] = 0;
+    assert_eq!(
+        reads, want,
+        "the first reply alone, then the other 19 in one coalesced read"
+    );
+}

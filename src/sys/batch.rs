@@ -448,7 +448,7 @@ impl SendBatch {
     /// how many the kernel took, or the error met by datagram `from` (`EINTR` retried).
     /// With `connected`, no destination is given (the socket's peer is used).
     pub fn send(&mut self, fd: &impl AsRawFd, from: usize, connected: bool) -> io::Result<usize> {
-        let messages = self.prepare(from, connected, false);
+        let messages = self.prepare(from, connected, false, 1);
         let sent = imp::send_mmsg(fd.as_raw_fd(), &mut self.hdrs[..messages])?;
         self.short = sent < messages;
         Ok(sent)
@@ -484,7 +484,21 @@ impl SendBatch {
         from: usize,
         connected: bool,
     ) -> io::Result<usize> {
-        let messages = self.prepare(from, connected, imp::SEGMENTATION);
+        self.send_segmented_lead(fd, from, connected, MAX_SEGMENTS)
+    }
+
+    /// [`send_segmented`](Self::send_segmented) with the first message carrying at most
+    /// `lead` datagrams (at least one): the receiver of a run is woken by its first
+    /// message, so a short lead reaches it while the rest is still being sent.
+    pub fn send_segmented_lead(
+        &mut self,
+        fd: &impl AsRawFd,
+        from: usize,
+        connected: bool,
+        lead: usize,
+    ) -> io::Result<usize> {
+        let segment = imp::SEGMENTATION;
+        let messages = self.prepare(from, connected, segment, lead);
         let sent = imp::send_mmsg(fd.as_raw_fd(), &mut self.hdrs[..messages])?;
         self.short = sent < messages;
         Ok(self.segments[..sent].iter().sum())
@@ -514,9 +528,9 @@ impl SendBatch {
 
     /// Fills the headers for datagrams `from..`; returns how many headers are ready. With
     /// `segment`, runs to one destination of one length share a header (and `segments`
-    /// says how many datagrams each header carries).
+    /// says how many datagrams each header carries), the first at most `lead` of them.
     #[inline]
-    fn prepare(&mut self, from: usize, connected: bool, segment: bool) -> usize {
+    fn prepare(&mut self, from: usize, connected: bool, segment: bool, lead: usize) -> usize {
         let base = self.data.as_mut_ptr();
         let mut i = from;
         let mut k = 0;
@@ -529,6 +543,7 @@ impl SendBatch {
                 // Extend while the next has the same destination and the same length (a
                 // shorter one, not empty, ends the run), within the kernel's limits.
                 let most = MAX_SEGMENTS.min(MAX_SEGMENTED_BYTES / size);
+                let most = if k == 0 { most.min(lead.max(1)) } else { most };
                 let last = self.entries.len().min(i + most);
                 for (next_end, next_addr) in &self.entries[i + 1..last] {
                     let next_size = next_end - end;

@@ -181,7 +181,11 @@ impl ListenOptions {
     /// on by default): a run of gathered datagrams to one destination, all of one length
     /// (up to 1452 bytes; the run's last may be shorter), goes to the kernel as one
     /// message that it cuts back into the same datagrams, so the network stack is walked
-    /// once per run instead of once per datagram. Receivers see no difference. If the
+    /// once per run instead of once per datagram. After a read that emptied the socket's
+    /// queue (its senders may all be waiting for these replies), the first reply goes in
+    /// a message of its own: a run reaches its receiver only once its whole message is
+    /// sent, so a receiver woken by the first datagram works while the rest is sent,
+    /// rather than both sides taking turns to wait. Receivers see no difference. If the
     /// kernel or the route refuses it, the port falls back to one message per datagram for
     /// the rest of its life, losing nothing. Off: always one message per datagram.
     #[doc(alias = "gso")]

@@ -45,7 +45,8 @@ impl PortSocket {
         }
     }
 
-    /// Sends datagrams `from..` of `out` (segmented runs with `segmented`).
+    /// Sends datagrams `from..` of `out` (segmented runs with `segmented`, the first
+    /// message carrying at most `lead` datagrams).
     #[inline]
     pub(crate) fn send_batch(
         &mut self,
@@ -53,9 +54,10 @@ impl PortSocket {
         from: usize,
         connected: bool,
         segmented: bool,
+        lead: usize,
     ) -> io::Result<usize> {
         match self {
-            PortSocket::Kernel(s) if segmented => out.send_segmented(s, from, connected),
+            PortSocket::Kernel(s) if segmented => out.send_segmented_lead(s, from, connected, lead),
             PortSocket::Kernel(s) => out.send(s, from, connected),
             PortSocket::Memory(m) => m.net.borrow_mut().send_batch(m.addr, out, from, connected),
         }

@@ -130,6 +130,9 @@ pub(crate) struct PortCore {
     /// Gathered writes go out segmented (`UDP_SEGMENT`); cleared for good the first time
     /// the kernel refuses a segmented message.
     segmentation: bool,
+    /// The last read drained the socket: the next flush sends its first datagram alone
+    /// ([`send::DRAINED_LEAD`]).
+    pub(super) lead: bool,
     /// Writes gathered while a batch of received datagrams is dispatched (the reactor's
     /// send batch, lent for that time); sent with one `sendmmsg`.
     out: Option<Box<SendBatch>>,
@@ -208,6 +211,7 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 read_budget_bytes: opts.read_budget_bytes,
                 batch_size: opts.batch_size,
                 segmentation: opts.segmentation,
+                lead: false,
                 out: None,
                 parked_out: None,
                 queue: VecDeque::new(),

@@ -96,6 +96,8 @@ pub(super) fn read_until_budget<P: DatagramProtocol>(
                 continue;
             }
         };
+        // Fewer than asked for: the socket is drained, and its senders may be waiting.
+        t.core.lead = got < want;
         st.want = want;
         st.got = got;
         st.next = 0;

@@ -235,14 +235,27 @@ impl PortCore {
             return;
         };
         let connected = self.peer.is_some();
+        // After a read that drained the socket, whoever sent it may now wait on these
+        // replies: the first goes alone, so that it wakes its receiver at once and the
+        // receiver's wake-up overlaps the sending of the rest, instead of the whole run
+        // reaching it at the end of one message, with both sides taking turns to idle.
+        let mut lead = if std::mem::take(&mut self.lead) {
+            DRAINED_LEAD
+        } else {
+            usize::MAX
+        };
         let mut next = 0;
         // Stale errors met since the last datagram the kernel took: each was raised by an
         // earlier datagram and consumed by the call that met it, so the call is retried.
         let mut retries = 0;
         while next < out.len() {
-            let sent = self
-                .socket
-                .send_batch(&mut out, next, connected, self.segmentation);
+            let sent = self.socket.send_batch(
+                &mut out,
+                next,
+                connected,
+                self.segmentation,
+                std::mem::replace(&mut lead, usize::MAX),
+            );
             match sent {
                 Err(e) if retries < STALE_RETRIES && self.stale_error(&e) => retries += 1,
                 Err(e)
@@ -346,6 +359,10 @@ impl PortCore {
         }
     }
 }
+
+/// How many datagrams the first message of a flush carries after a read that drained the
+/// socket (see [`PortCore::flush_out`]).
+pub(super) const DRAINED_LEAD: usize = 1;
 
 /// How often a send meeting an earlier datagram's ICMP error is retried without the
 /// kernel taking anything in between.
