@@ -53,35 +53,11 @@ pub struct Datagram<'a> {
     /// The datagram's whole length as sent (on Linux; elsewhere the length of `data`).
     /// For a coalesced read (receive offload), the length of all its datagrams together.
     pub len: usize,
-    /// The kernel had more control messages for it than the room held, and dropped the
-    /// rest (`MSG_CTRUNC`).
-    pub control_truncated: bool,
-    /// The control messages the kernel attached.
-    control: &'a [u8],
+    /// The kernel attached control messages to it, or had more than the room held
+    /// (see [`RecvBatch::segment_size`] and [`RecvBatch::control_truncated`]).
+    pub control: bool,
 }
 
-impl Datagram<'_> {
-    /// The segment size of a coalesced read (receive offload, `UDP_GRO`): `data` is then
-    /// several datagrams of the sender's, each of this size but the last, which may be
-    /// shorter. `None` for a read of one datagram.
-    #[inline]
-    pub fn segment_size(&self) -> Option<usize> {
-        if !imp::RECEIVE_OFFLOAD || self.control.is_empty() {
-            return None;
-        }
-        ControlMessages::new(self.control)
-            .find(|m| m.level == libc::IPPROTO_UDP && m.kind == imp::UDP_GRO)
-            .and_then(|m| m.u32())
-            .map(|size| size as usize)
-            .filter(|&size| size > 0)
-    }
-
-    /// Whether the kernel attached any control message.
-    #[inline(always)]
-    pub fn has_control(&self) -> bool {
-        !self.control.is_empty()
-    }
-}
 
 impl std::fmt::Debug for RecvBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -254,8 +230,28 @@ impl RecvBatch {
             &self.hdrs[i],
             &self.names[i],
             &self.bufs[start..start + self.max],
-            self.control_of(i),
         )
+    }
+
+    /// Whether the kernel had more control messages for read `i` of the last
+    /// [`recv`](Self::recv) than its room held, and dropped the rest (`MSG_CTRUNC`).
+    pub fn control_truncated(&self, i: usize) -> bool {
+        i < self.used && self.hdrs[i].msg_hdr.msg_flags & libc::MSG_CTRUNC != 0
+    }
+
+    /// The segment size of read `i` of the last [`recv`](Self::recv) if the kernel
+    /// coalesced it (receive offload, `UDP_GRO`): its data is then several datagrams of
+    /// the sender's, each of this size but the last, which may be shorter. `None` for a
+    /// read of one datagram (or `i` past the last read).
+    pub fn segment_size(&self, i: usize) -> Option<usize> {
+        if !imp::RECEIVE_OFFLOAD || i >= self.used {
+            return None;
+        }
+        ControlMessages::new(self.control_of(i))
+            .find(|m| m.level == libc::IPPROTO_UDP && m.kind == imp::UDP_GRO)
+            .and_then(|m| m.u32())
+            .map(|size| size as usize)
+            .filter(|&size| size > 0)
     }
 
     /// The datagrams of the last [`recv`](Self::recv), in order: [`get`](Self::get) for
@@ -271,13 +267,11 @@ impl RecvBatch {
     pub fn datagrams_from(&self, from: usize) -> impl Iterator<Item = Datagram<'_>> {
         let (used, slot) = (self.used, self.max.max(1));
         let from = from.min(used);
-        let words = self.control_words.max(1);
         self.hdrs[from..used]
             .iter()
             .zip(&self.names[from..used])
             .zip(self.bufs[(from * slot).min(self.bufs.len())..].chunks_exact(slot))
-            .zip(self.controls[(from * words).min(self.controls.len())..].chunks_exact(words))
-            .map(|(((m, name), slot), control)| datagram(m, name, slot, control_bytes(control, m)))
+            .map(|((m, name), slot)| datagram(m, name, slot))
     }
 
     /// The socket's receive-queue drop count as the kernel attached it to the last
@@ -318,20 +312,16 @@ fn words_as_bytes(words: &[u64]) -> &[u8] {
 }
 
 /// The datagram the kernel described in `m`, received into `buf` (its slot, cut to the
-/// length the kernel was offered) from `name`, with the control messages `control`.
-/// `msg_len` is the whole length (MSG_TRUNC), so the data is the shorter of the two.
+/// length the kernel was offered) from `name`. `msg_len` is the whole length (MSG_TRUNC),
+/// so the data is the shorter of the two.
 #[inline(always)]
-fn datagram<'a>(
-    m: &Mmsg,
-    name: &libc::sockaddr_storage,
-    buf: &'a [u8],
-    control: &'a [u8],
-) -> Datagram<'a> {
+fn datagram<'a>(m: &Mmsg, name: &libc::sockaddr_storage, buf: &'a [u8]) -> Datagram<'a> {
+    let flags = m.msg_hdr.msg_flags;
     Datagram {
         data: &buf[..(m.msg_len as usize).min(buf.len())],
-        truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
-        control_truncated: m.msg_hdr.msg_flags & libc::MSG_CTRUNC != 0,
-        control,
+        truncated: flags & libc::MSG_TRUNC != 0,
+        // One test for both: a length written, or the flag saying some was cut.
+        control: (m.msg_hdr.msg_controllen as usize | (flags & libc::MSG_CTRUNC) as usize) != 0,
         // SAFETY: the kernel wrote `msg_namelen` bytes of the sender's address into `name`
         // (zeroed at creation, so the rest is initialised).
         from: unsafe { sockaddr_to_std(name, m.msg_hdr.msg_namelen) },
@@ -749,7 +739,7 @@ mod tests {
         let d = small.get(0);
         assert_eq!(d.data, b"after");
         assert!(
-            d.control_truncated,
+            small.control_truncated(0) && d.control,
             "8 bytes cannot hold SO_RXQ_OVFL's message"
         );
         assert_eq!(small.drop_count(), None);
@@ -759,7 +749,7 @@ mod tests {
         });
         tx.send_to(b"again", to).expect("send");
         assert_eq!(small.recv(&rx, 64, 512).expect("recv"), 1);
-        assert!(!small.get(0).control_truncated);
+        assert!(!small.control_truncated(0));
         assert!(small.drop_count().is_some_and(|n| n > 0));
     }
 

@@ -35,23 +35,20 @@ impl ReadState {
             return 0;
         }
         let mut left = 0;
-        if self.seg > 0
-            && let Some(d) = batch.datagrams_from(self.next - 1).next()
-        {
-            left += carried(&d).saturating_sub(self.seg) as u64;
+        if self.seg > 0 {
+            left += carried(batch, self.next - 1).saturating_sub(self.seg) as u64;
         }
-        left + batch
-            .datagrams_from(self.next)
-            .map(|d| carried(&d) as u64)
+        left + (self.next..self.got)
+            .map(|i| carried(batch, i) as u64)
             .sum::<u64>()
     }
 }
 
-/// How many datagrams one read carries: several for a coalesced one.
-fn carried(d: &sys::Datagram<'_>) -> usize {
-    match d.segment_size() {
-        Some(size) => d.len.div_ceil(size).max(1),
-        None => 1,
+/// How many datagrams read `i` carries: several for a coalesced one.
+fn carried(batch: &RecvBatch, i: usize) -> usize {
+    match (batch.segment_size(i), batch.datagrams_from(i).next()) {
+        (Some(size), Some(d)) => d.len.div_ceil(size).max(1),
+        _ => 1,
     }
 }
 
@@ -129,39 +126,33 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
         .take(next)
         .map(|d| d.data.len())
         .sum();
-    // Going on inside a coalesced read whose hook panicked: that read again, from the
-    // datagram after.
-    let rest = if stopped {
-        st.got
-    } else if st.seg > 0 {
-        next - 1
-    } else {
-        next
-    };
-    for d in recv_batch.datagrams_from(rest) {
-        if st.seg == 0 {
-            next += 1;
-            // Where to go on from if this datagram's hook panics.
+    // A port with receive offload may read several datagrams in one slot, and one larger
+    // than the max packet size: each such read goes through `deliver_special`, as does
+    // any that came with control messages.
+    // Going on inside a coalesced read whose hook panicked: the rest of that read first.
+    if !stopped && st.seg > 0 {
+        stopped = deliver_special(p, t, recv_batch, next - 1, st);
+    }
+    let rest = if stopped { st.got } else { next };
+    if t.core.receive_offload {
+        for i in rest..st.got {
+            next = i + 1;
             st.next = next;
-            bytes += d.data.len();
+            bytes += recv_batch.get(i).data.len();
+            if deliver_special(p, t, recv_batch, i, st) {
+                stopped = true;
+                break;
+            }
         }
-        if d.has_control() || d.control_truncated {
-            if d.control_truncated {
-                t.core.stats.control_truncated += 1;
-            }
-            if t.core.receive_offload {
-                if deliver_offloaded(p, t, d, st) {
-                    stopped = true;
-                    break;
-                }
-                continue;
-            }
-        } else if t.core.receive_offload && d.len > t.core.max_packet_size {
-            // A slot of a port with receive offload holds more than the max packet size:
-            // what a smaller slot would have cut short, is.
-            deliver_from_slot(p, t, d.data, d.len, d.from);
-            tell_flow(p, t);
-            if t.stops_asked() != st.stops && t.must_stop() {
+    }
+    let rest = if t.core.receive_offload { st.got } else { rest };
+    for d in recv_batch.datagrams_from(rest) {
+        next += 1;
+        // Where to go on from if this datagram's hook panics.
+        st.next = next;
+        bytes += d.data.len();
+        if d.control {
+            if deliver_special(p, t, recv_batch, next - 1, st) {
                 stopped = true;
                 break;
             }
@@ -195,18 +186,32 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
     !stopped && st.got >= st.want
 }
 
-/// Delivers a read of a port with receive offload that came with control messages: a
-/// coalesced one datagram by datagram (from `st.seg` on, if going on after a panic), each
-/// cut short as the max packet size says; returns whether a stop came meanwhile.
+/// Delivers read `i` of the batch, one that came with control messages or was read by a
+/// port with receive offload: the truncated control messages counted; with the offload, a
+/// coalesced read datagram by datagram (from `st.seg` on, going on after a panic), each
+/// cut short as the max packet size says. Returns whether a stop came meanwhile.
 #[inline(never)]
-fn deliver_offloaded<P: DatagramProtocol>(
+fn deliver_special<P: DatagramProtocol>(
     p: &mut P,
     t: &mut UdpTransport<'_>,
-    d: sys::Datagram<'_>,
+    batch: &RecvBatch,
+    i: usize,
     st: &mut ReadState,
 ) -> bool {
-    let Some(size) = d.segment_size() else {
-        if d.control_truncated {
+    let Some(d) = batch.datagrams_from(i).next() else {
+        return false;
+    };
+    let control_truncated = batch.control_truncated(i);
+    if control_truncated && st.seg == 0 {
+        t.core.stats.control_truncated += 1;
+    }
+    if !t.core.receive_offload {
+        deliver(p, t, d);
+        tell_flow(p, t);
+        return t.stops_asked() != st.stops && t.must_stop();
+    }
+    let Some(size) = batch.segment_size(i) else {
+        if control_truncated {
             // The segment size may have been the message lost: this may be several
             // datagrams run together, which are never delivered as one.
             return false;
