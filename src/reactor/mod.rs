@@ -178,6 +178,9 @@ pub struct Reactor {
     net: Option<Rc<RefCell<Network>>>,
     /// The in-memory sockets ready this turn (kept to reuse its allocation).
     readiness: Vec<Readiness>,
+    /// Ports whose counters are kept when they close (`None` while open): what a
+    /// [`ReactorPool`](crate::ReactorPool) reports once its reactors have stopped.
+    kept_stats: Vec<(PortKey, Option<PortStats>)>,
 }
 
 /// The reactor's time: the system's monotonic clock, or a manual one that moves only
@@ -238,6 +241,7 @@ impl Reactor {
             clock: Clock::Real,
             net: None,
             readiness: Vec::new(),
+            kept_stats: Vec::new(),
         })
     }
 
