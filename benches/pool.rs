@@ -3,13 +3,17 @@
 //! For N = 1, 2, .. up to `--max-reactors` (default: the CPUs this process may use, at
 //! most 8) a pool of N echo reactors serves 127.0.0.1; a load generator drives it from
 //! `--clients` sockets (default 64, so that the flows spread over the kernel's hash), each
-//! connected to the pool and keeping `--window` datagrams (default 4) of 64 bytes in
+//! connected to the pool and keeping `--window` datagrams (default 8) of 64 bytes in
 //! flight, with batched system calls (`recvmmsg`/`sendmmsg`). An echo not back within
-//! 50 ms counts as lost and its client's window is refilled. Each round warms up for
+//! 50 ms counts as lost (or late, on a machine busy with other work) and its client's
+//! window is refilled. Each round warms up for
 //! 0.3 s, then counts echoes for `--seconds` (default 2); the table gives, per N, the
 //! median of `--rounds` rounds (default 3) in thousands of echoes per second, the ratio to
 //! N = 1, and how the datagrams were shared among the reactors (from the pool's counters).
-//! The CPU model and the number of CPUs are printed first.
+//! The CPU model, the number of CPUs and the load average are printed first. Each
+//! reactor's socket asks for a 4 MiB receive buffer, which the kernel caps at
+//! `net.core.rmem_max`: below that the output warns, since a window of 512 datagrams
+//! at one socket may then overflow it.
 //!
 //! The load generator runs on `--gen-threads` threads (default: the CPUs left over by the
 //! largest pool, at least 1, at most 8), each with its share of the clients. Where the
@@ -52,6 +56,8 @@ const BATCH: usize = 64;
 const LOST_AFTER: Duration = Duration::from_millis(50);
 /// The longest wait of a generator thread's poll.
 const POLL_WAIT: Duration = Duration::from_millis(5);
+/// The socket buffers each reactor's socket asks for.
+const RECV_BUFFER: usize = 4 << 20;
 /// The longest wait for the pool to come up or to stop.
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -61,7 +67,7 @@ usage: cargo bench --bench pool [-- OPTIONS]
   --seconds S        seconds counted per round (default 2)
   --rounds R         rounds per pool size (default 3)
   --clients C        client sockets (default 64)
-  --window W         datagrams in flight per client (default 4)
+  --window W         datagrams in flight per client (default 8)
   --gen-threads G    load generator threads (default: CPUs left over, 1..=8)
   --pin              pin the reactors to the first CPUs, the generator to the last
 Without --bench (which cargo bench adds): a brief smoke test.";
@@ -117,7 +123,7 @@ fn parse_args(mut args: impl Iterator<Item = String>, cpus: usize) -> Result<Con
     let mut seconds = None;
     let mut rounds = None;
     let mut clients = 64;
-    let mut window = 4;
+    let mut window = 8;
     let mut gen_threads = None;
     let mut pin = false;
     while let Some(arg) = args.next() {
@@ -192,8 +198,8 @@ fn round(cfg: &Config, cpus: &[usize], n: usize) -> Result<Round, String> {
     let pool = thread::spawn(move || -> Result<PoolStats, String> {
         let opts = ListenOptions::new(0)
             .interface("127.0.0.1")
-            .recv_buffer_size(4 << 20)
-            .send_buffer_size(4 << 20);
+            .recv_buffer_size(RECV_BUFFER)
+            .send_buffer_size(RECV_BUFFER);
         let mut pool = ReactorPool::bind(opts, n).map_err(|e| e.to_string())?;
         pool.set_handle_signals(false);
         if let Some(cpus) = &reactor_cpus {
@@ -394,6 +400,20 @@ fn main() -> ExitCode {
         cpu_model(),
         cpus.len()
     );
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("load average (1 min) before the run: {load}");
+    let rmem_max = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|m| m.trim().parse::<usize>().ok());
+    if rmem_max.is_some_and(|m| m < RECV_BUFFER) {
+        println!(
+            "note: net.core.rmem_max is below {RECV_BUFFER}: the reactors' receive buffers \
+             are smaller, and a large window may drop (sysctl -w net.core.rmem_max={RECV_BUFFER})"
+        );
+    }
     if cfg.smoke {
         println!("smoke run (no --bench): one short round per size, numbers not meaningful");
     }
