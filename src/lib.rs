@@ -172,6 +172,7 @@
 //! | cross-thread wake-up | eventfd (mio `Waker`) | pipe or kqueue user event |
 //! | signals | signal-hook's self-pipe, registered while `run` runs | same |
 //! | adoption checks | `fcntl(F_GETFD)`, `SO_TYPE`, `getsockname` | same |
+//! | a reactor per core ([`ReactorPool`]) | one `SO_REUSEPORT` group, datagrams spread by a 4-tuple hash | `SO_REUSEPORT`, unicast not balanced |
 
 #![deny(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]

@@ -20,10 +20,10 @@
 //!   group change is acceptable (it is rebuilt on the reactor the client then reaches);
 //!   state that must survive has to be shared between the reactors (behind a lock or in
 //!   a store of its own), which the factory can hand each instance.
-//! - **A connected socket** takes precedence for its peer: a protocol that calls
-//!   [`UdpTransport::connect`](crate::UdpTransport::connect) on a pool's port takes that
-//!   peer's datagrams on that reactor and no longer receives the flows the hash sends it,
-//!   which then go unanswered. Don't connect a pool's ports.
+//! - **A connected port** (one whose protocol called
+//!   [`UdpTransport::connect`](crate::UdpTransport::connect)) takes every datagram of its
+//!   peer, and the kernel hashes the other flows over the group's unconnected sockets
+//!   only: that reactor then serves one client and no share of the rest.
 //! - **Multicast is not balanced**: every socket of the group gets a copy of each
 //!   multicast or broadcast datagram.
 //!
@@ -54,7 +54,9 @@
 //! stopped from inside (a protocol calling [`Reactor::stop`]), or a failure: a reactor
 //! whose port cannot be opened, whose run fails, or whose thread panics outside the hooks
 //! the reactor guards (the factory, say) stops the others, and `run` returns that error.
-//! Each reactor's stop runs its port's `stop_protocol`, as [`Reactor::run`] does.
+//! Each reactor's stop runs its port's `stop_protocol`, as [`Reactor::run`] does. A port
+//! stopped by its own protocol (`stop_listening`) leaves the group, its flows moving to
+//! the others, while its reactor waits for the pool's stop.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -79,7 +81,8 @@ use crate::udp::socket::apply_buffer_sizes;
 /// See the [module docs](self) for what that means for per-client state.
 ///
 /// Make it with [`bind`](Self::bind) (every socket is bound there, before any thread
-/// starts), then [`run`](Self::run) it with a protocol factory.
+/// starts), then [`run`](Self::run) it with a protocol factory. Like a [`Reactor`], a pool
+/// stays on the thread that made it (it is not `Send`): bind it where it will run.
 ///
 /// # Examples
 ///
@@ -424,12 +427,15 @@ impl ReactorPool {
                     }
                 }
             }
+            // Stops the reactors however the wait ends (a panic included): the scope
+            // joins their threads before it returns.
+            let stopper = StopAll(&workers);
             if failure.is_none()
                 && let Err(e) = control.run()
             {
                 failure = Some(e);
             }
-            workers.stop_all();
+            drop(stopper);
             let mut per_reactor = Vec::with_capacity(n);
             // The failure that came first stopped the others: it is the one returned.
             let mut first: Option<(usize, Error)> = None;
@@ -492,6 +498,15 @@ impl Workers {
             // A reactor already gone needs no stop.
             let _ = handle.stop();
         }
+    }
+}
+
+/// Stops every reactor of the pool when dropped.
+struct StopAll<'a>(&'a Workers);
+
+impl Drop for StopAll<'_> {
+    fn drop(&mut self) {
+        self.0.stop_all();
     }
 }
 
