@@ -1,62 +1,8 @@
 //! A reactor per core: [`ReactorPool`] serves one UDP port with N reactors on N threads,
 //! each with its own socket bound to the same address with `SO_REUSEPORT`.
 //!
-//! # How the kernel spreads the datagrams
-//!
-//! The N sockets form one reuseport group. For each arriving datagram Linux picks one
-//! socket of the group by a hash of its 4-tuple (source address and port, destination
-//! address and port), so:
-//!
-//! - **A client stays on one reactor while the group is unchanged.** Every datagram from
-//!   one source address and port reaches the same socket, hence the same reactor and the
-//!   same protocol instance; clients are spread over the reactors by the hash, not by
-//!   load (a few heavy clients can land on one reactor).
-//! - **Changing the group moves flows and drops datagrams.** A socket added to the group,
-//!   or one closing (its port stopped, its reactor gone), remaps about half of all flows,
-//!   not only those of that socket; the datagrams already queued on a closing socket are
-//!   dropped, not handed to the others. Linux has no migration of UDP flows.
-//! - **So per-client state lives per reactor, or is shared.** A protocol instance may
-//!   keep state per client (a session, a rate limit) only as long as losing it on a
-//!   group change is acceptable (it is rebuilt on the reactor the client then reaches);
-//!   state that must survive has to be shared between the reactors (behind a lock or in
-//!   a store of its own), which the factory can hand each instance.
-//! - **A connected port** (one whose protocol called
-//!   [`UdpTransport::connect`](crate::UdpTransport::connect)) takes every datagram of its
-//!   peer, and the kernel hashes the other flows over the group's unconnected sockets
-//!   only: that reactor then serves one client and no share of the rest.
-//! - **Multicast is not balanced**: every socket of the group gets a copy of each
-//!   multicast or broadcast datagram.
-//!
-//! The pool's group is its own: the first socket is bound without `SO_REUSEPORT` (so the
-//! bind fails with [`Error::CannotListen`] if any socket holds the address, one with
-//! `SO_REUSEPORT` included, and port 0 picks a port no other socket uses), and is then
-//! opened to the others. Another program of the same user can still join the group
-//! afterwards, by binding the same address with `SO_REUSEPORT`: it then takes a share
-//! of the flows.
-//!
-//! On other Unix systems `SO_REUSEPORT` does not balance unicast datagrams (FreeBSD's
-//! `SO_REUSEPORT_LB` would): the pool runs there, but one socket may get every datagram.
-//!
-//! # Not `listen_multiple`
-//!
-//! [`ListenOptions::listen_multiple`] is Twisted's `listenMultiple`: several programs
-//! sharing a multicast port (`SO_REUSEADDR` as well), each receiving every multicast
-//! datagram. A pool is load balancing: one program, one address, each unicast datagram to
-//! exactly one of its reactors. The two are kept apart: a pool refuses options with
-//! `listen_multiple` set.
-//!
-//! # Threads, stop and failures
-//!
-//! [`ReactorPool::run`] runs on the calling thread: it starts one thread per reactor,
-//! then waits for a stop, which stops every reactor. A stop is [`PoolHandle::stop`]
-//! (from any thread), SIGINT or SIGTERM (unless
-//! [`set_handle_signals`](ReactorPool::set_handle_signals) turned that off), a reactor
-//! stopped from inside (a protocol calling [`Reactor::stop`]), or a failure: a reactor
-//! whose port cannot be opened, whose run fails, or whose thread panics outside the hooks
-//! the reactor guards (the factory, say) stops the others, and `run` returns that error.
-//! Each reactor's stop runs its port's `stop_protocol`, as [`Reactor::run`] does. A port
-//! stopped by its own protocol (`stop_listening`) leaves the group, its flows moving to
-//! the others, while its reactor waits for the pool's stop.
+//! The behaviour a user must know (how the kernel spreads the datagrams, what that means
+//! for per-client state, how the pool stops) is documented on [`ReactorPool`] itself.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -78,11 +24,67 @@ use crate::udp::socket::apply_buffer_sizes;
 
 /// N reactors on N threads serving one UDP address, each with its own socket
 /// (`SO_REUSEPORT`): the kernel spreads the clients over them by a hash of their address.
-/// See the [module docs](self) for what that means for per-client state.
 ///
 /// Make it with [`bind`](Self::bind) (every socket is bound there, before any thread
 /// starts), then [`run`](Self::run) it with a protocol factory. Like a [`Reactor`], a pool
 /// stays on the thread that made it (it is not `Send`): bind it where it will run.
+///
+/// # How the kernel spreads the datagrams
+///
+/// The N sockets form one reuseport group. For each arriving datagram Linux picks one
+/// socket of the group by a hash of its 4-tuple (source address and port, destination
+/// address and port), so:
+///
+/// - **A client stays on one reactor while the group is unchanged.** Every datagram from
+///   one source address and port reaches the same socket, hence the same reactor and the
+///   same protocol instance; clients are spread over the reactors by the hash, not by
+///   load (a few heavy clients can land on one reactor).
+/// - **Changing the group moves flows and drops datagrams.** A socket added to the group,
+///   or one closing (its port stopped, its reactor gone), remaps about half of all flows,
+///   not only those of that socket; the datagrams already queued on a closing socket are
+///   dropped, not handed to the others. Linux has no migration of UDP flows.
+/// - **So per-client state lives per reactor, or is shared.** A protocol instance may
+///   keep state per client (a session, a rate limit) only as long as losing it on a
+///   group change is acceptable (it is rebuilt on the reactor the client then reaches);
+///   state that must survive has to be shared between the reactors (behind a lock or in
+///   a store of its own), which the factory can hand each instance.
+/// - **A connected port** (one whose protocol called
+///   [`UdpTransport::connect`](crate::UdpTransport::connect)) takes every datagram of its
+///   peer, and the kernel hashes the other flows over the group's unconnected sockets
+///   only: that reactor then serves one client and no share of the rest.
+/// - **Multicast is not balanced**: every socket of the group gets a copy of each
+///   multicast or broadcast datagram.
+///
+/// The pool's group is its own: the first socket is bound without `SO_REUSEPORT` (so the
+/// bind fails with [`Error::CannotListen`] if any socket holds the address, one with
+/// `SO_REUSEPORT` included, and port 0 picks a port no other socket uses), and is then
+/// opened to the others. Another program of the same user can still join the group
+/// afterwards, by binding the same address with `SO_REUSEPORT`: it then takes a share
+/// of the flows.
+///
+/// On other Unix systems `SO_REUSEPORT` does not balance unicast datagrams (FreeBSD's
+/// `SO_REUSEPORT_LB` would): the pool runs there, but one socket may get every datagram.
+///
+/// # Not `listen_multiple`
+///
+/// [`ListenOptions::listen_multiple`] is Twisted's `listenMultiple`: several programs
+/// sharing a multicast port (`SO_REUSEADDR` as well), each receiving every multicast
+/// datagram. A pool is load balancing: one program, one address, each unicast datagram to
+/// exactly one of its reactors. The two are kept apart: a pool refuses options with
+/// `listen_multiple` set.
+///
+/// # Threads, stop and failures
+///
+/// [`ReactorPool::run`] runs on the calling thread: it starts one thread per reactor,
+/// then waits for a stop, which stops every reactor. A stop is [`PoolHandle::stop`]
+/// (from any thread), SIGINT or SIGTERM (unless
+/// [`set_handle_signals`](ReactorPool::set_handle_signals) turned that off), a reactor
+/// stopped from inside (a protocol calling [`Reactor::stop`]), or a failure: a reactor
+/// whose port cannot be opened, whose run fails, or whose thread panics outside the hooks
+/// the reactor guards (the factory, say) stops the others, and `run` returns that error.
+/// Each reactor's stop runs its port's `stop_protocol`, as [`Reactor::run`] does. A port
+/// stopped by its own protocol (`stop_listening`) leaves the group, its flows moving to
+/// the others, while its reactor waits for the pool's stop.
 ///
 /// # Examples
 ///
@@ -207,8 +209,8 @@ impl ReactorPool {
     /// # Errors
     ///
     /// [`Error::InvalidOption`] for no reactors, or options with
-    /// [`listen_multiple`](ListenOptions::listen_multiple) set (see the
-    /// [module docs](self)); [`Error::InvalidAddress`] and [`Error::InvalidOption`] for
+    /// [`listen_multiple`](ListenOptions::listen_multiple) set (see
+    /// [`ReactorPool`](Self#not-listen_multiple)); [`Error::InvalidAddress`] and [`Error::InvalidOption`] for
     /// the options, as [`Reactor::listen_udp_with`]; [`Error::CannotListen`] if a socket
     /// cannot be made or bound (the address is in use, by any socket); [`Error::Io`] if
     /// the pool's own reactor cannot be made.
@@ -364,7 +366,7 @@ impl ReactorPool {
     /// Runs the pool: one thread per reactor, each making its [`Reactor`] (signal
     /// handling off), a protocol with `factory(index)` (on that thread, so `P` need not
     /// be `Send`) and a port on its socket, and running it; the calling thread waits for
-    /// the pool's stop (see the [module docs](self)), stops every reactor, and returns
+    /// the pool's stop (see [`ReactorPool`](Self#threads-stop-and-failures)), stops every reactor, and returns
     /// the counters each port had when it closed.
     ///
     /// # Errors
