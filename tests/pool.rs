@@ -517,3 +517,128 @@ fn the_group_is_complete_before_run_and_queues_datagrams() {
         );
     }
 }
+
+#[test]
+fn a_stop_under_traffic_stops_every_reactor_and_accounts_for_every_datagram() {
+    let hooks = SharedHooks::default();
+    let factory_hooks = Arc::clone(&hooks);
+    let pool = start_pool("127.0.0.75", 2, move |i| echo(i, &factory_hooks), |_| {});
+    let addr = pool.addr;
+    let sending = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let senders: Vec<_> = (0..4u16)
+        .map(|c| {
+            let sending = Arc::clone(&sending);
+            std::thread::spawn(move || {
+                let socket = UdpSocket::bind("127.0.0.1:0").expect("client");
+                let deadline = Instant::now() + DEADLINE;
+                let mut seq = 0u32;
+                while sending.load(std::sync::atomic::Ordering::Relaxed)
+                    && Instant::now() < deadline
+                {
+                    // The pool may be gone already: refusals are expected then.
+                    let _ = socket.send_to(&request(c, seq), addr);
+                    seq = seq.wrapping_add(1);
+                    if seq.is_multiple_of(64) {
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                }
+            })
+        })
+        .collect();
+    // Stop once traffic is flowing, while the senders go on.
+    let probe = util::client_on("127.0.0.1");
+    probe.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    probe.send_to(&request(99, 0), addr).expect("probe");
+    let mut buf = [0u8; 16];
+    probe.recv_from(&mut buf).expect("the pool echoes");
+    let stats = pool.stop();
+    sending.store(false, std::sync::atomic::Ordering::Relaxed);
+    for s in senders {
+        s.join().expect("sender thread");
+    }
+    let mut stopped = lock(&hooks).stopped.clone();
+    stopped.sort_unstable();
+    assert_eq!(stopped, [0, 1], "stop_protocol once on each reactor");
+    let t = &stats.total;
+    assert!(t.datagrams_received > 0, "{t}");
+    assert_eq!(
+        t.datagrams_sent + t.send_dropped + t.send_errors,
+        t.datagrams_received,
+        "every datagram delivered was echoed or counted as not sent: {t}"
+    );
+}
+
+/// Set in the environment of the child process of the signal test.
+const SIGNAL_CHILD_ENV: &str = "TWINE_POOL_SIGNAL_CHILD";
+
+/// Whether the process catches `signal` (`SigCgt` of `/proc/self/status`).
+fn catches(signal: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
+}
+
+#[test]
+fn sigterm_stops_the_whole_pool_gracefully() {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "--exact",
+        "child_pool_stopped_by_sigterm",
+        "--ignored",
+        "--nocapture",
+    ])
+    .env(SIGNAL_CHILD_ENV, "1");
+    let (status, stdout, stderr) =
+        util::process::run_to_end(cmd, Duration::from_secs(120)).expect("run the child");
+    assert!(
+        status.success(),
+        "the child failed ({status:?})\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("child: the pool stopped on SIGTERM"),
+        "{stdout}\n{stderr}"
+    );
+}
+
+#[test]
+#[ignore = "run as a child process by sigterm_stops_the_whole_pool_gracefully"]
+fn child_pool_stopped_by_sigterm() {
+    if std::env::var_os(SIGNAL_CHILD_ENV).is_none() {
+        return;
+    }
+    let hooks = SharedHooks::default();
+    let factory_hooks = Arc::clone(&hooks);
+    let pool =
+        ReactorPool::bind(ListenOptions::new(0).interface("127.0.0.76"), 2).expect("bind the pool");
+    let addr = pool.local_addr();
+    let raiser = std::thread::spawn(move || {
+        // Once the pool serves and its thread catches SIGTERM (then it waits in `run`).
+        let client = util::client_on("127.0.0.1");
+        client.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        client.send_to(&request(0, 0), addr).expect("send");
+        let mut buf = [0u8; 16];
+        client.recv_from(&mut buf).expect("an echo");
+        let deadline = Instant::now() + DEADLINE;
+        while !catches(libc::SIGTERM) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(catches(libc::SIGTERM), "the pool's thread catches SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+        signal_hook::low_level::raise(libc::SIGTERM).expect("raise SIGTERM");
+    });
+    let stats = pool
+        .run(move |i| echo(i, &factory_hooks))
+        .expect("the pool stops on SIGTERM without error");
+    raiser.join().expect("raiser thread");
+    assert_eq!(stats.total.datagrams_received, 1);
+    let mut stopped = lock(&hooks).stopped.clone();
+    stopped.sort_unstable();
+    assert_eq!(stopped, [0, 1], "stop_protocol once on each reactor");
+    println!("child: the pool stopped on SIGTERM");
+}
