@@ -6,14 +6,17 @@
 //! connected to the pool and keeping `--window` datagrams (default 8) of 64 bytes in
 //! flight, with batched system calls (`recvmmsg`/`sendmmsg`). An echo not back within
 //! 50 ms counts as lost (or late, on a machine busy with other work) and its client's
-//! window is refilled. Each round warms up for
-//! 0.3 s, then counts echoes for `--seconds` (default 2); the table gives, per N, the
-//! median of `--rounds` rounds (default 3) in thousands of echoes per second, the ratio to
-//! N = 1, and how the datagrams were shared among the reactors (from the pool's counters).
-//! The CPU model, the number of CPUs and the load average are printed first. Each
-//! reactor's socket asks for a 4 MiB receive buffer, which the kernel caps at
-//! `net.core.rmem_max`: below that the output warns, since a window of 512 datagrams
-//! at one socket may then overflow it.
+//! window is refilled. Each round warms up for 0.3 s, then counts echoes for `--seconds`
+//! (default 2); the table gives, per N, the median of `--rounds` rounds (default 3) in
+//! thousands of echoes per second, the ratio to N = 1, the CPUs the reactors and the load
+//! generator kept busy (their threads' CPU time over the time counted, from `/proc`; it
+//! includes the kernel's work done on their behalf, loopback delivery among it), the
+//! echoes per second per CPU of reactor time, and how the datagrams were shared among the
+//! reactors (from the pool's counters). Busy CPUs that add up to less than the machine's
+//! mean that other processes had the rest. The CPU model, the number of CPUs and the load
+//! average are printed first. Each reactor's socket asks for a 4 MiB receive buffer, which
+//! the kernel caps at `net.core.rmem_max`: below that the output warns, since a window of
+//! 512 datagrams at one socket may then overflow it.
 //!
 //! The load generator runs on `--gen-threads` threads (default: the CPUs left over by the
 //! largest pool, at least 1, at most 8), each with its share of the clients. Where the
@@ -37,9 +40,10 @@
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -187,6 +191,36 @@ struct Round {
     kpps: f64,
     lost: u64,
     stats: PoolStats,
+    /// CPUs kept busy while counting (CPU time over wall time) by the reactors and by the
+    /// load generator, where `/proc` tells.
+    reactor_cpus: Option<f64>,
+    gen_cpus: Option<f64>,
+}
+
+/// The `schedstat` file of the calling thread, under a path other threads can read.
+fn thread_schedstat() -> Option<PathBuf> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    Some(Path::new("/proc").join(link).join("schedstat"))
+}
+
+/// The CPU time the threads of `files` have had so far.
+fn cpu_time(files: &Mutex<Vec<PathBuf>>) -> Option<Duration> {
+    let files = files.lock().unwrap_or_else(PoisonError::into_inner);
+    if files.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    for file in files.iter() {
+        let text = std::fs::read_to_string(file).ok()?;
+        let ns = text.split_whitespace().next()?.parse().ok()?;
+        total += Duration::from_nanos(ns);
+    }
+    Some(total)
+}
+
+/// The CPUs kept busy between two readings `wall` apart.
+fn busy(from: Option<Duration>, to: Option<Duration>, wall: Duration) -> Option<f64> {
+    Some(to?.checked_sub(from?)?.as_secs_f64() / wall.as_secs_f64())
 }
 
 /// One round with a pool of `n` reactors.
@@ -195,6 +229,9 @@ fn round(cfg: &Config, cpus: &[usize], n: usize) -> Result<Round, String> {
         .pin
         .then(|| (0..n).map(|i| cpus[i % cpus.len()]).collect());
     let (ready_tx, ready_rx) = mpsc::channel();
+    let reactor_threads = Arc::new(Mutex::new(Vec::new()));
+    let gen_threads = Arc::new(Mutex::new(Vec::new()));
+    let threads = Arc::clone(&reactor_threads);
     let pool = thread::spawn(move || -> Result<PoolStats, String> {
         let opts = ListenOptions::new(0)
             .interface("127.0.0.1")
@@ -207,6 +244,13 @@ fn round(cfg: &Config, cpus: &[usize], n: usize) -> Result<Round, String> {
         }
         let _ = ready_tx.send((pool.local_addr(), pool.handle()));
         pool.run(|_| {
+            // Called on the reactor's own thread.
+            if let Some(file) = thread_schedstat() {
+                threads
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(file);
+            }
             from_fn(|t, data, from| {
                 let _ = t.write(data, from);
             })
@@ -231,12 +275,20 @@ fn round(cfg: &Config, cpus: &[usize], n: usize) -> Result<Round, String> {
             .pin
             .then(|| cpus[(cpus.len() - 1 - g % cpus.len()) % cpus.len()]);
         let (stop, echoes, lost) = (stop.clone(), echoes.clone(), lost.clone());
+        let threads = Arc::clone(&gen_threads);
         let window = cfg.window;
         generators.push(thread::spawn(move || {
+            if let Some(file) = thread_schedstat() {
+                threads
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(file);
+            }
             generate(addr, clients, window, cpu, &stop, &echoes, &lost)
         }));
     }
     thread::sleep(cfg.warmup);
+    let (r0, g0) = (cpu_time(&reactor_threads), cpu_time(&gen_threads));
     let (e0, l0, t0) = (
         echoes.load(Ordering::Relaxed),
         lost.load(Ordering::Relaxed),
@@ -248,6 +300,7 @@ fn round(cfg: &Config, cpus: &[usize], n: usize) -> Result<Round, String> {
         lost.load(Ordering::Relaxed),
         t0.elapsed(),
     );
+    let (r1, g1) = (cpu_time(&reactor_threads), cpu_time(&gen_threads));
     stop.store(true, Ordering::Relaxed);
     let mut failure = None;
     for g in generators {
@@ -268,6 +321,8 @@ fn round(cfg: &Config, cpus: &[usize], n: usize) -> Result<Round, String> {
         kpps: (e1 - e0) as f64 / elapsed.as_secs_f64() / 1e3,
         lost: l1 - l0,
         stats,
+        reactor_cpus: busy(r0, r1, elapsed),
+        gen_cpus: busy(g0, g1, elapsed),
     })
 }
 
@@ -438,19 +493,31 @@ fn main() -> ExitCode {
     }
     println!();
     println!(
-        "{:>3} | {:>14} | {:>17} | {:>8} | {:>8} | shares (%)",
-        "N", "median kpps", "min..max", "vs N=1", "lost"
+        "{:>3} | {:>11} | {:>13} | {:>7} | {:>9} | {:>9} | {:>12} | {:>6} | shares (%)",
+        "N", "median kpps", "min..max", "vs N=1", "reactors", "generator", "kpps/reactor", "lost"
     );
-    println!("{}", "-".repeat(76));
+    println!(
+        "{:>3} | {:>11} | {:>13} | {:>7} | {:>9} | {:>9} | {:>12} | {:>6} |",
+        "", "", "", "", "CPUs", "CPUs", "CPU", ""
+    );
+    println!("{}", "-".repeat(104));
     let mut base = None;
     for n in 1..=cfg.max_reactors {
         let mut kpps = Vec::with_capacity(cfg.rounds);
+        let mut reactor_cpus = Vec::with_capacity(cfg.rounds);
+        let mut gen_cpus = Vec::with_capacity(cfg.rounds);
+        let mut per_cpu = Vec::with_capacity(cfg.rounds);
         let mut lost = 0;
         let mut last = None;
         for _ in 0..cfg.rounds {
             match round(&cfg, &cpus, n) {
                 Ok(r) => {
                     kpps.push(r.kpps);
+                    if let Some(c) = r.reactor_cpus {
+                        reactor_cpus.push(c);
+                        per_cpu.push(r.kpps / c.max(1e-9));
+                    }
+                    gen_cpus.extend(r.gen_cpus);
                     lost += r.lost;
                     last = Some(r.stats);
                 }
@@ -466,9 +533,19 @@ fn main() -> ExitCode {
         let m = median(&mut kpps);
         let ratio = m / *base.get_or_insert(m);
         let shares = last.as_ref().map(shares).unwrap_or_default();
+        let or_dash = |values: &mut Vec<f64>, digits: usize| {
+            if values.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.*}", digits, median(values))
+            }
+        };
         println!(
-            "{n:>3} | {m:>14.1} | {:>17} | {ratio:>7.2}x | {lost:>8} | {shares}",
-            format!("{lo:.1}..{hi:.1}")
+            "{n:>3} | {m:>11.1} | {:>13} | {ratio:>6.2}x | {:>9} | {:>9} | {:>12} | {lost:>6} | {shares}",
+            format!("{lo:.1}..{hi:.1}"),
+            or_dash(&mut reactor_cpus, 2),
+            or_dash(&mut gen_cpus, 2),
+            or_dash(&mut per_cpu, 1),
         );
     }
     ExitCode::SUCCESS
