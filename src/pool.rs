@@ -365,9 +365,11 @@ impl ReactorPool {
 
     /// Runs the pool: one thread per reactor, each making its [`Reactor`] (signal
     /// handling off), a protocol with `factory(index)` (on that thread, so `P` need not
-    /// be `Send`) and a port on its socket, and running it; the calling thread waits for
-    /// the pool's stop (see [`ReactorPool`](Self#threads-stop-and-failures)), stops every reactor, and returns
-    /// the counters each port had when it closed.
+    /// be `Send`; the threads are scoped, so `factory` may borrow) and a port on its
+    /// socket, and running it; the calling thread waits for the pool's stop (see
+    /// [`ReactorPool`](Self#threads-stop-and-failures)), stops every reactor, and returns
+    /// the counters each port had when it closed (after its `stop_protocol` and the last
+    /// flush of its send queue).
     ///
     /// # Errors
     ///
@@ -410,7 +412,7 @@ impl ReactorPool {
                     index,
                     socket,
                     opts: &opts,
-                    cpu: cpus.as_ref().map(|cpus| cpus[index]),
+                    cpu: cpus.as_ref().and_then(|cpus| cpus.get(index).copied()),
                     factory: &factory,
                     workers: &workers,
                     control: control_handle.clone(),
