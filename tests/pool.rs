@@ -642,3 +642,21 @@ fn child_pool_stopped_by_sigterm() {
     assert_eq!(stopped, [0, 1], "stop_protocol once on each reactor");
     println!("child: the pool stopped on SIGTERM");
 }
+
+#[test]
+fn port_stats_add_up_counter_by_counter_and_saturate() {
+    let mut a = PortStats::default();
+    a.datagrams_received = 3;
+    a.bytes_sent = u64::MAX;
+    a.dropped_at_stop = 1;
+    let mut b = PortStats::default();
+    b.datagrams_received = 4;
+    b.bytes_sent = 1;
+    b.panics = 2;
+    a += &b;
+    assert_eq!(a.datagrams_received, 7);
+    assert_eq!(a.bytes_sent, u64::MAX, "saturates");
+    assert_eq!(a.panics, 2);
+    assert_eq!(a.dropped_at_stop, 1);
+    assert_eq!(a.datagrams_sent, 0);
+}
