@@ -29,7 +29,7 @@
 //! one short round each.
 //!
 //! To measure on another machine (16 cores, say), build the binary here and carry it
-//! there (it needs only the C library):
+//! there (it links only the C library and libgcc_s):
 //!
 //! ```text
 //! cargo bench --bench pool --no-run      # prints the path: target/release/deps/pool-<hash>
