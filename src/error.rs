@@ -193,6 +193,24 @@ pub enum Error {
         /// The bound ([`Reactor::set_thread_call_limit`](crate::Reactor::set_thread_call_limit)).
         limit: usize,
     },
+    /// A reactor of a [`ReactorPool`](crate::ReactorPool) failed: its port could not be
+    /// opened (`start_protocol` panicked, say), its thread could not be pinned, or its run
+    /// returned an error. The pool stopped its other reactors.
+    ReactorFailed {
+        /// The reactor's index in the pool (what the protocol factory was called with).
+        reactor: usize,
+        /// What went wrong.
+        source: Box<Error>,
+    },
+    /// Code on the thread of a [`ReactorPool`](crate::ReactorPool)'s reactor panicked
+    /// where the reactor does not catch it: the protocol factory, say, or a protocol's
+    /// `Drop`. The pool stopped its other reactors.
+    ReactorPanicked {
+        /// The reactor's index in the pool.
+        reactor: usize,
+        /// The panic message.
+        message: String,
+    },
     /// An operating-system call of the reactor itself failed (poll, waker, signals).
     Io {
         /// What the reactor was doing.
@@ -295,6 +313,12 @@ impl fmt::Display for Error {
                 f,
                 "the reactor's cross-thread call queue is full ({limit} calls waiting)"
             ),
+            ReactorFailed { reactor, source } => {
+                write!(f, "reactor {reactor} of the pool failed: {source}")
+            }
+            ReactorPanicked { reactor, message } => {
+                write!(f, "reactor {reactor} of the pool panicked: {message}")
+            }
             Io { context, source } => write!(f, "{context}: {source}"),
         }
     }
@@ -313,6 +337,7 @@ impl std::error::Error for Error {
             | SocketOption { source, .. }
             | BadDescriptor { source, .. }
             | Io { source, .. } => Some(source),
+            ReactorFailed { source, .. } => Some(&**source),
             _ => None,
         }
     }

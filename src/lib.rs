@@ -18,6 +18,9 @@
 //!   [`Reactor::call_later`] and [`Reactor::call_every`] (Twisted's `callLater` and
 //!   `LoopingCall`), or their port-scoped forms on the transport, whose closures get the
 //!   protocol and its transport. Other threads get a [`ReactorHandle`].
+//! - **Past one core**, a [`ReactorPool`] serves one address with a reactor per thread,
+//!   each with its own socket (`SO_REUSEPORT`) and its own protocol from a factory; the
+//!   kernel spreads the clients over them by a hash of their address.
 //!
 //! # Example: an echo server
 //!
@@ -169,12 +172,14 @@
 //! | cross-thread wake-up | eventfd (mio `Waker`) | pipe or kqueue user event |
 //! | signals | signal-hook's self-pipe, registered while `run` runs | same |
 //! | adoption checks | `fcntl(F_GETFD)`, `SO_TYPE`, `getsockname` | same |
+//! | a reactor per core ([`ReactorPool`]) | one `SO_REUSEPORT` group, datagrams spread by a 4-tuple hash | `SO_REUSEPORT`, unicast not balanced |
 
 #![deny(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 #![doc(test(attr(deny(warnings))))]
 
 mod error;
+mod pool;
 mod protocol;
 mod reactor;
 #[allow(unsafe_code)]
@@ -191,6 +196,7 @@ pub use error::{Error, Result};
 pub mod bench_support {
     pub use crate::sys::{Datagram, RecvBatch, SendBatch, pin_to_cpu};
 }
+pub use pool::{PoolHandle, PoolStats, ReactorPool};
 pub use protocol::{DatagramProtocol, Responder, from_fn, respond};
 pub use reactor::handle::ReactorHandle;
 pub use reactor::timer::DelayedCall;

@@ -180,6 +180,9 @@ pub struct Reactor {
     readiness: Vec<Readiness>,
     /// Latency mode: how long a turn polls without blocking before it sleeps (zero: off).
     spin: Duration,
+    /// Ports whose counters are kept when they close (`None` while open): what a
+    /// [`ReactorPool`](crate::ReactorPool) reports once its reactors have stopped.
+    kept_stats: Vec<(PortKey, Option<PortStats>)>,
 }
 
 /// The reactor's time: the system's monotonic clock, or a manual one that moves only
@@ -241,6 +244,7 @@ impl Reactor {
             net: None,
             readiness: Vec::new(),
             spin: Duration::ZERO,
+            kept_stats: Vec::new(),
         })
     }
 

@@ -302,6 +302,21 @@ impl Reactor {
         slot.port.as_ref().map(|p| p.core().current_stats())
     }
 
+    /// Keeps the port's counters as they stand once it has closed (after `stop_protocol`
+    /// and the last flush of its send queue), for [`final_stats`](Self::final_stats).
+    pub(crate) fn keep_final_stats<P>(&mut self, port: &ListeningPort<P>) {
+        if !self.kept_stats.iter().any(|(k, _)| *k == port.key) {
+            self.kept_stats.push((port.key, None));
+        }
+    }
+
+    /// The counters a port kept with [`keep_final_stats`](Self::keep_final_stats) had
+    /// when it closed, or its counters now while it is open.
+    pub(crate) fn final_stats<P>(&self, port: &ListeningPort<P>) -> Option<PortStats> {
+        let kept = self.kept_stats.iter().find(|(k, _)| *k == port.key);
+        kept.and_then(|(_, s)| *s).or_else(|| self.port_stats(port))
+    }
+
     /// Runs `f` with the port's protocol and a transport, from outside its callbacks: e.g.
     /// to send a first datagram from `main`. A panic in `f` closes the port, as one in
     /// `start_protocol` does (`f` is the program's own code, not something a peer sent).
@@ -428,6 +443,9 @@ impl Reactor {
                     debug!("deregistering {key:?}: {e}");
                 }
                 port.shut_down(self);
+                if let Some((_, kept)) = self.kept_stats.iter_mut().find(|(k, _)| *k == key) {
+                    *kept = Some(port.core().current_stats());
+                }
             }
         }
     }

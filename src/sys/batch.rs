@@ -58,7 +58,6 @@ pub struct Datagram<'a> {
     pub control: bool,
 }
 
-
 impl std::fmt::Debug for RecvBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecvBatch")
@@ -315,6 +314,8 @@ fn words_as_bytes(words: &[u64]) -> &[u8] {
 /// length the kernel was offered) from `name`. `msg_len` is the whole length (MSG_TRUNC),
 /// so the data is the shorter of the two.
 #[inline(always)]
+// `msg_controllen` is a size_t with glibc and a socklen_t with musl.
+#[allow(clippy::unnecessary_cast)]
 fn datagram<'a>(m: &Mmsg, name: &libc::sockaddr_storage, buf: &'a [u8]) -> Datagram<'a> {
     let flags = m.msg_hdr.msg_flags;
     Datagram {

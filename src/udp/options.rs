@@ -124,7 +124,11 @@ impl ListenOptions {
     }
 
     /// Lets several sockets bind the same port (`SO_REUSEADDR` + `SO_REUSEPORT`), as
-    /// Twisted's `listenMultiple`.
+    /// Twisted's `listenMultiple`. This is for sharing a multicast port (each socket gets
+    /// every multicast datagram; a unicast datagram goes to only one of them, picked by a
+    /// hash of the sender's address); to spread one program's load over several reactors,
+    /// use [`ReactorPool`](crate::ReactorPool), which sets `SO_REUSEPORT` alone and
+    /// refuses this option.
     #[doc(alias = "listenMultiple")]
     pub fn listen_multiple(mut self, yes: bool) -> Self {
         self.listen_multiple = yes;

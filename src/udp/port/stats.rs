@@ -103,3 +103,58 @@ impl fmt::Display for PortStats {
         Ok(())
     }
 }
+
+/// Adds every counter of `other` (saturating): how a
+/// [`ReactorPool`](crate::ReactorPool) sums its ports' counters.
+///
+/// # Examples
+///
+/// ```
+/// let mut total = twine::PortStats::default();
+/// total += &twine::PortStats::default();
+/// assert_eq!(total, twine::PortStats::default());
+/// ```
+impl std::ops::AddAssign<&PortStats> for PortStats {
+    fn add_assign(&mut self, other: &PortStats) {
+        // Destructured whole, so that a new counter cannot be left out of the sum.
+        let PortStats {
+            datagrams_received,
+            bytes_received,
+            datagrams_sent,
+            bytes_sent,
+            truncated,
+            send_errors,
+            send_dropped,
+            send_queued,
+            recv_errors,
+            refused,
+            kernel_dropped,
+            unreachable,
+            errors_unreported,
+            panics,
+            not_from_peer,
+            dropped_at_stop,
+            control_truncated,
+            coalesced_reads,
+        } = *other;
+        let add = |mine: &mut u64, theirs: u64| *mine = mine.saturating_add(theirs);
+        add(&mut self.datagrams_received, datagrams_received);
+        add(&mut self.bytes_received, bytes_received);
+        add(&mut self.datagrams_sent, datagrams_sent);
+        add(&mut self.bytes_sent, bytes_sent);
+        add(&mut self.truncated, truncated);
+        add(&mut self.send_errors, send_errors);
+        add(&mut self.send_dropped, send_dropped);
+        add(&mut self.send_queued, send_queued);
+        add(&mut self.recv_errors, recv_errors);
+        add(&mut self.refused, refused);
+        add(&mut self.kernel_dropped, kernel_dropped);
+        add(&mut self.unreachable, unreachable);
+        add(&mut self.errors_unreported, errors_unreported);
+        add(&mut self.panics, panics);
+        add(&mut self.not_from_peer, not_from_peer);
+        add(&mut self.dropped_at_stop, dropped_at_stop);
+        add(&mut self.control_truncated, control_truncated);
+        add(&mut self.coalesced_reads, coalesced_reads);
+    }
+}
