@@ -301,3 +301,88 @@ fn counter_sees_one_allocation_per_datagram() {
         "only {measured} allocations counted for {n} copied datagrams"
     );
 }
+
+/// Echoes, and counts the allocations of its own (reactor) thread between its
+/// `WARM_UP`th and its `WARM_UP + MEASURED`th datagram: everything the reactor does on
+/// that thread in between (turns, reads, sends) counts.
+struct CountingEcho {
+    seen: usize,
+    start: u64,
+    result: std::sync::Arc<std::sync::Mutex<Option<u64>>>,
+}
+
+impl DatagramProtocol for CountingEcho {
+    fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], from: SocketAddr) {
+        t.write(data, from).expect("echo write");
+        self.seen += 1;
+        if self.seen == WARM_UP {
+            COUNTING.with(|on| on.set(true));
+            self.start = allocations();
+        } else if self.seen == WARM_UP + MEASURED {
+            let counted = allocations() - self.start;
+            COUNTING.with(|on| on.set(false));
+            if let Ok(mut result) = self.result.lock() {
+                *result = Some(counted);
+            }
+        }
+    }
+}
+
+/// A reactor of a `ReactorPool` allocates nothing per datagram either: its thread is
+/// counted from inside its protocol, once warmed up.
+#[test]
+fn a_pool_reactor_allocates_nothing_per_datagram() {
+    use std::sync::{Arc, Mutex, mpsc};
+    let result = Arc::new(Mutex::new(None));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let shared = result.clone();
+    let runner = std::thread::spawn(move || {
+        let mut pool = twine::ReactorPool::bind(ListenOptions::new(0).interface("127.0.0.71"), 2)
+            .expect("bind the pool");
+        pool.set_handle_signals(false);
+        let _ = ready_tx.send((pool.local_addr(), pool.handle()));
+        pool.run(|_| CountingEcho {
+            seen: 0,
+            start: 0,
+            result: shared.clone(),
+        })
+    });
+    let (server, handle) = ready_rx
+        .recv_timeout(WINDOW_DEADLINE)
+        .expect("the pool was bound");
+    let client = UdpSocket::bind("127.0.0.71:0").expect("client bind");
+    client.set_nonblocking(true).expect("non-blocking");
+    let mut out = [0u8; PAYLOAD];
+    let mut back = [0u8; PAYLOAD + 1];
+    let mut echoed = 0usize;
+    while echoed < WARM_UP + MEASURED {
+        let window = (WARM_UP + MEASURED - echoed).min(WINDOW);
+        for i in 0..window {
+            out[..8].copy_from_slice(&((echoed + i) as u64).to_le_bytes());
+            client.send_to(&out, server).expect("client send");
+        }
+        let deadline = Instant::now() + WINDOW_DEADLINE;
+        let mut got = 0;
+        while got < window {
+            assert!(Instant::now() < deadline, "only {got} of {window} echoes");
+            match client.recv(&mut back) {
+                Ok(len) => {
+                    assert_eq!(len, PAYLOAD);
+                    got += 1;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("client recv: {e}"),
+            }
+        }
+        echoed += window;
+    }
+    handle.stop().expect("stop the pool");
+    let stats = runner
+        .join()
+        .expect("the pool's thread")
+        .expect("the pool ran");
+    assert_eq!(stats.total.datagrams_received, echoed as u64);
+    let counted = result.lock().expect("result").take();
+    eprintln!("pool reactor: {counted:?} allocations in {MEASURED} datagrams after warm-up");
+    assert_eq!(counted, Some(0), "allocations on the reactor's thread");
+}
