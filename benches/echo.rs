@@ -165,6 +165,8 @@ impl Settings {
     }
 
     fn smoke() -> Settings {
+        // Every step short; the drains long, so that a stalled server's echoes still
+        // count (a drain ends as soon as every echo is back).
         Settings {
             search_rounds: 1,
             rounds: 1,
@@ -174,7 +176,7 @@ impl Settings {
                 factor: 2.0,
                 bisections: 0,
                 max_steps: 2,
-                step: step(10, 30, 30, false),
+                step: step(10, 30, 200, false),
             },
             tput_warmup: Duration::from_millis(20),
             tput_time: Duration::from_millis(30),
@@ -182,8 +184,8 @@ impl Settings {
             sweep_time: Duration::from_millis(20),
             ping_warmup: Duration::from_millis(10),
             ping_time: Duration::from_millis(30),
-            cpu_step: step(10, 30, 30, false),
-            latency_step: step(10, 30, 30, true),
+            cpu_step: step(10, 30, 200, false),
+            latency_step: step(10, 30, 200, true),
             write: false,
             smoke: true,
         }
@@ -522,9 +524,29 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    /// The smoke test checks only that echoes come back: no measurement is repeated.
+    /// How many times a disturbed measurement is tried: once in the smoke test, which
+    /// checks only that echoes come back.
     fn tries(&self) -> usize {
-        if self.settings.smoke { 1 } else { TRIES }
+        self.calm.tries
+    }
+
+    /// `run`, through [`measure`]; in the smoke test, tried again (up to 3 times in
+    /// all) while it got no echo, and an error if it never did: a slow machine may stall
+    /// one short measurement, but a server that never answers is broken.
+    fn checked<T>(
+        &mut self,
+        head: &str,
+        echoes: impl Fn(&T) -> u64,
+        mut run: impl FnMut() -> Result<T, String>,
+    ) -> Result<T, String> {
+        let tries = self.tries();
+        for _ in 0..3 {
+            let out = measure(&self.children, tries, &mut self.calm, head, &mut run)?;
+            if !self.settings.smoke || echoes(&out) > 0 {
+                return Ok(out);
+            }
+        }
+        Err(format!("{}: no echo came back", head.trim_end()))
     }
 
     /// One closed-loop measurement of server `i`, the load generator on `cpu`.
@@ -539,14 +561,15 @@ impl Bench<'_> {
             let _ = pin_to_cpu(cpu);
         }
         let server = &self.running[i];
-        let out = measure(&self.children, self.tries(), &mut self.calm, head, || {
-            loadgen::run(server.addr, plan, server.cpu.as_deref())
-                .map_err(|e| format!("load generator on {}: {e}", server.kind.label()))
-        })?;
-        if self.settings.smoke && out.echoes == 0 {
-            return Err(format!("{head}: no echo came back"));
-        }
-        Ok(out)
+        let (addr, schedstat, label) = (server.addr, server.cpu.clone(), server.kind.label());
+        self.checked(
+            head,
+            |out: &Outcome| out.echoes,
+            || {
+                loadgen::run(addr, plan, schedstat.as_deref())
+                    .map_err(|e| format!("load generator on {label}: {e}"))
+            },
+        )
     }
 
     /// One open-loop step of server `i` at `rate`.
@@ -562,15 +585,16 @@ impl Bench<'_> {
             let _ = pin_to_cpu(cpu);
         }
         let server = &self.running[i];
+        let (addr, schedstat, label) = (server.addr, server.cpu.clone(), server.kind.label());
         let step = Step { rate, ..*step };
-        let out = measure(&self.children, self.tries(), &mut self.calm, head, || {
-            openloop::run(server.addr, &step, server.cpu.as_deref(), cpu)
-                .map_err(|e| format!("open-loop load generator on {}: {e}", server.kind.label()))
-        })?;
-        if self.settings.smoke && out.echoed == 0 {
-            return Err(format!("{head}: no echo came back"));
-        }
-        Ok(out)
+        self.checked(
+            head,
+            |out: &StepOutcome| out.echoed,
+            || {
+                openloop::run(addr, &step, schedstat.as_deref(), cpu)
+                    .map_err(|e| format!("open-loop load generator on {label}: {e}"))
+            },
+        )
     }
 
     /// Searches server `i`'s maximum sustained rate, from `start` (per second): steps up
@@ -682,7 +706,10 @@ fn bench(settings: &Settings) -> Result<(), String> {
         settings,
         running,
         children,
-        calm: Calm::default(),
+        calm: Calm {
+            tries: if settings.smoke { 1 } else { TRIES },
+            ..Calm::default()
+        },
         pinning,
     };
     let started = Instant::now();
@@ -927,6 +954,8 @@ const TRIES: usize = 3;
 /// How the measurements went with other programs about.
 #[derive(Default)]
 struct Calm {
+    /// Tries of a disturbed measurement.
+    tries: usize,
     measurements: usize,
     repeated: usize,
     /// Disturbed every try; the least disturbed try was kept.
@@ -935,13 +964,20 @@ struct Calm {
 
 impl Calm {
     fn said(&self) -> String {
+        if self.tries <= 1 {
+            return format!(
+                "Other programs' CPU use was read from /proc/stat around each of the {} \
+                 measurements: {} disturbed by more than {DISTURBED} CPU (not repeated)",
+                self.measurements, self.repeated
+            );
+        }
         format!(
             "Other programs' CPU use was read from /proc/stat around each of the {} \
              measurements: {} disturbed by more than {DISTURBED} CPU (repeated up to {} \
              times){}",
             self.measurements,
             self.repeated,
-            TRIES - 1,
+            self.tries - 1,
             if self.kept_disturbed > 0 {
                 format!(
                     "; {} stayed disturbed, and their calmest try was kept",
@@ -962,7 +998,7 @@ fn measure<T>(
     tries: usize,
     calm: &mut Calm,
     head: &str,
-    mut run: impl FnMut() -> Result<T, String>,
+    run: &mut impl FnMut() -> Result<T, String>,
 ) -> Result<T, String> {
     calm.measurements += 1;
     let mut kept: Option<(T, f64)> = None;
@@ -978,6 +1014,10 @@ fn measure<T>(
         }
         if attempt == 1 {
             calm.repeated += 1;
+        }
+        if tries == 1 {
+            // Counted above as disturbed; nothing to say per measurement.
+            break;
         }
         let then = if attempt < tries {
             "again"

@@ -103,7 +103,7 @@ pub fn tables(rows: &[Row]) -> String {
         "Open loop: maximum sustained rate (loss <= 0.1%); whole-machine CPU per datagram \
          at {common:.1} kpps; round trip under load at {lat:.1} kpps.\n\n\
          | server | max kpps | x (c) | x (d) | machine CPU µs/datagram | x (c) \
-         | server thread µs/datagram | loss % | p50 µs under load | p99 µs under load |\n\
+         | server thread µs/datagram | loss % at that rate | p50 µs under load | p99 µs under load |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
