@@ -287,8 +287,9 @@ fn serve_twine_plain(cpu: Option<usize>, ready: Ready) {
 pub const SPIN: Duration = Duration::from_micros(50);
 
 /// Whether this build has (a-spin): `Reactor::set_spin` comes with a merge of main.
-/// Until then the call below is compiled out and the row is skipped; once it is there,
-/// `any()` becomes `all()` here and in the two `cfg`s of `set_spin`.
+/// Until then the call below is compiled out and the row is skipped. Once it is there:
+/// `true` here, the `cfg(any())` of `set_spin` removed and its fallback deleted (checked
+/// against main's `set_spin(&mut self, Duration)`, clippy clean).
 pub const SPIN_BUILT: bool = cfg!(any());
 /// Why (a-spin) is skipped.
 pub const NO_SPIN: &str = "Reactor::set_spin is not in this build yet (see SPIN_BUILT)";
