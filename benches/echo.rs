@@ -334,8 +334,15 @@ fn only(args: &OnlyArgs) -> Result<(), String> {
             rate,
             ..step(100, 1000, 50, true)
         };
-        let out = openloop::run(server.addr, &step, server.cpu.as_deref(), pinning.far)
-            .map_err(|e| format!("open-loop load generator: {e}"));
+        let children: Vec<u32> = server.child_pid().into_iter().collect();
+        let out = openloop::run(
+            server.addr,
+            &step,
+            server.cpu.as_deref(),
+            pinning.far,
+            &children,
+        )
+        .map_err(|e| format!("open-loop load generator: {e}"));
         server.stop();
         let out = out?;
         println!("{}: open loop, {}", kind.name(), open_line(&out));
@@ -463,6 +470,7 @@ struct Samples {
     /// The rates of the fixed-rate steps (per second), and what they measured.
     cpu_rate: f64,
     machine_us: Vec<f64>,
+    ours_us: Vec<f64>,
     server_us_open: Vec<f64>,
     cpu_loss: Vec<f64>,
     latency_rate: f64,
@@ -587,11 +595,12 @@ impl Bench<'_> {
         let server = &self.running[i];
         let (addr, schedstat, label) = (server.addr, server.cpu.clone(), server.kind.label());
         let step = Step { rate, ..*step };
+        let children = self.children.clone();
         self.checked(
             head,
             |out: &StepOutcome| out.echoed,
             || {
-                openloop::run(addr, &step, schedstat.as_deref(), cpu)
+                openloop::run(addr, &step, schedstat.as_deref(), cpu, &children)
                     .map_err(|e| format!("open-loop load generator on {label}: {e}"))
             },
         )
@@ -762,8 +771,8 @@ fn bench(settings: &Settings) -> Result<(), String> {
     };
     let (cpu_rate, latency_rate) = (CPU_SHARE * lowest, LATENCY_SHARE * lowest);
     for (i, s) in samples.iter_mut().enumerate() {
-        // A server that does not sustain the common rate (Twisted, say) is measured at
-        // the same share of its own maximum instead, and its row says so.
+        // A server with a lower maximum than those that set the rates (Twisted, say) is
+        // measured at the same shares of its own maximum instead, and its row says so.
         let own = median(&s.max) * 1e3;
         let own = if own.is_finite() && own > 0.0 {
             own
@@ -774,9 +783,9 @@ fn bench(settings: &Settings) -> Result<(), String> {
         s.latency_rate = latency_rate.min(LATENCY_SHARE * own);
         if s.cpu_rate < cpu_rate {
             let note = format!(
-                "{} does not sustain the common rates: its CPU per datagram and latency \
-                 under load are measured at {:.0}% and {:.0}% of its own maximum \
-                 ({:.1} and {:.1} kpps), not compared with the others'.",
+                "{}'s maximum is below the lowest of (a), (a'), (b), (c), (d): its CPU \
+                 per datagram and latency under load are measured at {:.0}% and {:.0}% \
+                 of its own maximum ({:.1} and {:.1} kpps), not compared with the others'.",
                 b.running[i].kind.label(),
                 CPU_SHARE * 100.0,
                 LATENCY_SHARE * 100.0,
@@ -855,6 +864,7 @@ fn bench(settings: &Settings) -> Result<(), String> {
             let out = b.open(i, &settings.cpu_step, rate, &head)?;
             let s = &mut samples[i];
             s.machine_us.extend(out.machine_us());
+            s.ours_us.extend(out.ours_us());
             s.server_us_open.extend(out.server_us());
             s.cpu_loss.push(out.loss());
             println!("{head}  {}", open_line(&out));
@@ -879,6 +889,7 @@ fn bench(settings: &Settings) -> Result<(), String> {
             gen_limited: s.gen_limited > 0,
             cpu_rate_kpps: s.cpu_rate / 1e3,
             machine_us: median(&s.machine_us),
+            ours_us: median(&s.ours_us),
             server_us_open: median(&s.server_us_open),
             cpu_loss: median(&s.cpu_loss),
             latency_rate_kpps: s.latency_rate / 1e3,
@@ -1071,13 +1082,14 @@ fn open_line(out: &StepOutcome) -> String {
     let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2} µs"));
     format!(
         "{:7.1} kpps offered, {:7.1} sent, loss {:.3}%  p50 {:6.1} µs  p99 {:6.1} µs  \
-         CPU/datagram: machine {}, server {}",
+         CPU/datagram: machine {} ({} less others), server {}",
         out.rate / 1e3,
         out.sent_rate() / 1e3,
         out.loss() * 100.0,
         out.rtt_us(0.5),
         out.rtt_us(0.99),
         us(out.machine_us()),
+        us(out.ours_us()),
         us(out.server_us()),
     )
 }
@@ -1103,7 +1115,9 @@ fn write_files(
          CPU per datagram: at {:.0}% of the lowest maximum of (a), (a'), (b), (c), (d), \
          the busy time of all CPUs from `/proc/stat` (all but idle and iowait: user, \
          system, irq, softirq, steal), load generator included, during {} ms, divided by \
-         the echoes; the server thread's own share from its `schedstat`. Latency under \
+         the echoes; beside it, the same less other programs' user and system time (what \
+         is left: this benchmark's processes and all irq and softirq time), which a quiet \
+         machine makes equal; the server thread's own share from its `schedstat`. Latency under \
          load: at {:.0}% of that lowest maximum, every round trip of {} ms. Closed loop: \
          {WINDOW} datagrams in flight (one more sent per echo; one not echoed within {} \
          ms is lost and replaced), {} ms warm-up, then echoes counted for {} ms; the sweep \

@@ -71,6 +71,15 @@ fn process_ticks(pid: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The CPU time other programs used between two readings (user, system and steal time
+/// beyond ours).
+pub fn others_time(from: Option<Reading>, to: Option<Reading>) -> Option<std::time::Duration> {
+    let (from, to) = (from?, to?);
+    let machine = to.machine.saturating_sub(from.machine);
+    let ours = to.ours.saturating_sub(from.ours);
+    Some(ticks(machine.saturating_sub(ours)))
+}
+
 /// The CPUs' worth (1.0 is one CPU all the time) that others used between two readings
 /// `elapsed` apart.
 pub fn others(from: Option<Reading>, to: Option<Reading>, elapsed: Duration) -> Option<f64> {

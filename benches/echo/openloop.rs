@@ -84,8 +84,10 @@ pub struct StepOutcome {
     pub kept_pace: bool,
     /// Round trips in nanoseconds, sorted, when recorded.
     pub rtts: Vec<u64>,
-    /// Whole-machine busy time during the measured phase (`/proc/stat`).
+    /// Whole-machine busy time during the measured phase (`/proc/stat`), and the part of
+    /// it other programs took (their user and system time: see `noise`).
     pub machine_busy: Option<Duration>,
+    pub others_busy: Option<Duration>,
     /// The server thread's CPU time during the measured phase (`schedstat`).
     pub server_cpu: Option<Duration>,
 }
@@ -118,6 +120,14 @@ impl StepOutcome {
         Some(self.machine_busy?.as_secs_f64() * 1e6 / self.echoed.max(1) as f64)
     }
 
+    /// Whole-machine CPU time per echo less other programs' (this process's, its server
+    /// children's, and all irq and softirq time), in microseconds: the same as
+    /// [`machine_us`](Self::machine_us) on a quiet machine, and steadier on a busy one.
+    pub fn ours_us(&self) -> Option<f64> {
+        let ours = self.machine_busy?.saturating_sub(self.others_busy?);
+        Some(ours.as_secs_f64() * 1e6 / self.echoed.max(1) as f64)
+    }
+
     /// The server thread's CPU time per echo, in microseconds.
     pub fn server_us(&self) -> Option<f64> {
         Some(self.server_cpu?.as_secs_f64() * 1e6 / self.echoed.max(1) as f64)
@@ -140,16 +150,19 @@ struct Sent {
     elapsed: Duration,
     kept_pace: bool,
     machine_busy: Option<Duration>,
+    others_busy: Option<Duration>,
     server_cpu: Option<Duration>,
 }
 
 /// Offers `step.rate` datagrams a second to `server`, from threads pinned to `cpu` when
-/// given; `server_cpu` is the `schedstat` file of the server's thread, if known.
+/// given; `server_cpu` is the `schedstat` file of the server's thread, if known, and
+/// `children` the pids of server processes (whose CPU time is not other programs').
 pub fn run(
     server: SocketAddr,
     step: &Step,
     server_cpu: Option<&Path>,
     cpu: Option<usize>,
+    children: &[u32],
 ) -> io::Result<StepOutcome> {
     let local = SocketAddr::from(([127, 0, 0, 1], 0));
     let sock = UdpSocket::bind(local)?;
@@ -169,13 +182,21 @@ pub fn run(
     let sender = {
         let (shared, step) = (Arc::clone(&shared), *step);
         let server_cpu = server_cpu.map(Path::to_path_buf);
+        let children = children.to_vec();
         thread::Builder::new()
             .name("echo-open-loop".to_owned())
             .spawn(move || {
                 if let Some(cpu) = cpu {
                     let _ = pin_to_cpu(cpu);
                 }
-                let sent = send(&send_sock, &step, start, server_cpu.as_deref(), &shared);
+                let sent = send(
+                    &send_sock,
+                    &step,
+                    start,
+                    server_cpu.as_deref(),
+                    &children,
+                    &shared,
+                );
                 shared.done.store(true, Ordering::Release);
                 sent
             })?
@@ -198,18 +219,27 @@ pub fn run(
     out.elapsed = sent.elapsed;
     out.kept_pace = sent.kept_pace;
     out.machine_busy = sent.machine_busy;
+    out.others_busy = sent.others_busy;
     out.server_cpu = sent.server_cpu;
     out.rtts.sort_unstable();
     Ok(out)
 }
 
 /// The readings taken at each end of the measured phase.
-fn readings(server_cpu: Option<&Path>) -> (Instant, Option<u64>, Option<Duration>) {
-    (
-        Instant::now(),
-        noise::machine_busy(),
-        server_cpu.and_then(cpu_time),
-    )
+struct Readings {
+    at: Instant,
+    machine: Option<u64>,
+    noise: Option<noise::Reading>,
+    server: Option<Duration>,
+}
+
+fn readings(server_cpu: Option<&Path>, children: &[u32]) -> Readings {
+    Readings {
+        at: Instant::now(),
+        machine: noise::machine_busy(),
+        noise: noise::read(children),
+        server: server_cpu.and_then(cpu_time),
+    }
 }
 
 /// The sender's thread: the warm-up, then the measured phase, at `step.rate`. Datagram
@@ -221,6 +251,7 @@ fn send(
     step: &Step,
     start: Instant,
     server_cpu: Option<&Path>,
+    children: &[u32],
     shared: &Shared,
 ) -> io::Result<Sent> {
     let rate = step.rate.max(1.0);
@@ -233,7 +264,7 @@ fn send(
     while seq < n_end {
         let now = Instant::now();
         if seq >= n_warm && first.is_none() {
-            first = Some(readings(server_cpu));
+            first = Some(readings(server_cpu, children));
         }
         let due = (((now - start).as_secs_f64() * rate) as u64).min(n_end);
         // A burst does not straddle the phases: the measured phase's readings come first.
@@ -279,8 +310,8 @@ fn send(
             thread::sleep(wake - now);
         }
     }
-    let (t1, busy1, srv1) = readings(server_cpu);
-    let Some((t0, busy0, srv0)) = first else {
+    let last = readings(server_cpu, children);
+    let Some(first) = first else {
         return Ok(Sent::default());
     };
     // Finished later than the last datagram was due by more than a little: the sender
@@ -289,12 +320,17 @@ fn send(
     let slack = (step.time / 50).max(Duration::from_millis(1));
     Ok(Sent {
         measured: n_end - n_warm,
-        elapsed: t1 - t0,
-        kept_pace: t1 <= due_end + slack,
-        machine_busy: busy1
-            .zip(busy0)
+        elapsed: last.at - first.at,
+        kept_pace: last.at <= due_end + slack,
+        machine_busy: last
+            .machine
+            .zip(first.machine)
             .map(|(b1, b0)| noise::ticks(b1.saturating_sub(b0))),
-        server_cpu: srv1.zip(srv0).and_then(|(s1, s0)| s1.checked_sub(s0)),
+        others_busy: noise::others_time(first.noise, last.noise),
+        server_cpu: last
+            .server
+            .zip(first.server)
+            .and_then(|(s1, s0)| s1.checked_sub(s0)),
     })
 }
 

@@ -19,6 +19,8 @@ pub struct Row {
     /// time per datagram there (µs), and its loss.
     pub cpu_rate_kpps: f64,
     pub machine_us: f64,
+    /// The same less other programs' user and system time (see `openloop::ours_us`).
+    pub ours_us: f64,
     pub server_us_open: f64,
     pub cpu_loss: f64,
     /// The rate of the latency step (kpps) and its round trips (µs).
@@ -103,8 +105,9 @@ pub fn tables(rows: &[Row]) -> String {
         "Open loop: maximum sustained rate (loss <= 0.1%); whole-machine CPU per datagram \
          at {common:.1} kpps; round trip under load at {lat:.1} kpps.\n\n\
          | server | max kpps | x (c) | x (d) | machine CPU µs/datagram | x (c) \
-         | server thread µs/datagram | loss % at that rate | p50 µs under load | p99 µs under load |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+         | less others µs/datagram | server thread µs/datagram | loss % at that rate \
+         | p50 µs under load | p99 µs under load |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
         let own = if own_rates(r, rows) {
@@ -118,7 +121,7 @@ pub fn tables(rows: &[Row]) -> String {
         let limited = if r.gen_limited { " (pace)" } else { "" };
         let _ = writeln!(
             out,
-            "| {}{own} | {}{limited} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {}{own} | {}{limited} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.kind.label(),
             num(r.max_kpps, 1),
             ratio(r.max_kpps, mio_row.map(|c| c.max_kpps)),
@@ -129,6 +132,7 @@ pub fn tables(rows: &[Row]) -> String {
             } else {
                 "-".to_owned()
             },
+            num(r.ours_us, 2),
             num(r.server_us_open, 2),
             num(r.cpu_loss * 100.0, 3),
             num(r.lat_p50, 1),
