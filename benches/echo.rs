@@ -1108,7 +1108,8 @@ fn write_files(
         "Open loop (as dnsperf/resperf load a DNS server): a paced sender offers a fixed \
          rate (each wake-up sends what is due, as one segmented `sendmmsg`, then sleeps \
          until about 50 µs' worth is due again) and a receiver thread counts the echoes; \
-         both on the load generator's CPU. A step lasts {} ms warm-up, {} ms measured, \
+         both on the load generator's CPU, with one socket: every datagram comes from one \
+         client, so a server may gather its replies to a burst into one segmented send. A step lasts {} ms warm-up, {} ms measured, \
          {} ms for the last echoes; loss is 1 - echoed / sent. The maximum rate: steps \
          from {:.0} k/s up by {}x (later rounds from the previous median, by {}x) until \
          one loses more than {}%, then {} bisections; the highest passing step counts. \

@@ -17,6 +17,11 @@
 //! measure. Both sleep when there is nothing to do, on the same CPU, so no wake-up
 //! crosses cores.
 //!
+//! One socket sends and receives: every datagram comes from one client (one source
+//! port), as from a single busy resolver, so the replies to a burst all go to one
+//! address and a server that segments runs of replies (twine's default) sends each run
+//! as one message. Traffic from many clients would give it shorter runs.
+//!
 //! Every datagram is [`PAYLOAD`] bytes: a tag, its phase (warm-up or measured), a
 //! sequence number and its send time, then zeros. An echo's round trip is its arrival
 //! less that send time. After the sending stops, echoes are awaited for the drain time;
