@@ -294,7 +294,7 @@ pub fn targets(rows: &[Row], cross: bool) -> String {
         let ok = if higher { value >= goal } else { value <= goal };
         let _ = writeln!(
             out,
-            "- {what}: {value:.2} (target {sign} {goal:.2}): {}",
+            "- {what}: {value:.3} (target {sign} {goal:.2}): {}",
             verdict(ok)
         );
     }
