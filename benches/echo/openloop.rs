@@ -120,16 +120,19 @@ impl StepOutcome {
         self.rtts[i] as f64 / 1e3
     }
 
-    /// Whole-machine CPU time per echo, in microseconds.
+    /// Whole-machine CPU time per echo, in microseconds; none where no clock tick (10
+    /// ms) of busy time was seen, too short a step to tell.
     pub fn machine_us(&self) -> Option<f64> {
-        Some(self.machine_busy?.as_secs_f64() * 1e6 / self.echoed.max(1) as f64)
+        let busy = self.machine_busy.filter(|b| !b.is_zero())?;
+        Some(busy.as_secs_f64() * 1e6 / self.echoed.max(1) as f64)
     }
 
     /// Whole-machine CPU time per echo less other programs' (this process's, its server
     /// children's, and all irq and softirq time), in microseconds: the same as
     /// [`machine_us`](Self::machine_us) on a quiet machine, and steadier on a busy one.
     pub fn ours_us(&self) -> Option<f64> {
-        let ours = self.machine_busy?.saturating_sub(self.others_busy?);
+        let busy = self.machine_busy.filter(|b| !b.is_zero())?;
+        let ours = busy.saturating_sub(self.others_busy?);
         Some(ours.as_secs_f64() * 1e6 / self.echoed.max(1) as f64)
     }
 
