@@ -36,6 +36,8 @@ pub struct RecvBatch {
     /// that each header's room is aligned for a `cmsghdr`).
     controls: Vec<u64>,
     control_words: usize,
+    /// Reads of the last call whose control messages the kernel cut short (`MSG_CTRUNC`).
+    control_truncated: usize,
     /// The drop count an in-memory socket attached to the last datagram it filled in
     /// (see [`fill`](Self::fill)); the kernel's comes in the control messages.
     filled_drops: Option<u32>,
@@ -53,9 +55,6 @@ pub struct Datagram<'a> {
     /// The datagram's whole length as sent (on Linux; elsewhere the length of `data`).
     /// For a coalesced read (receive offload), the length of all its datagrams together.
     pub len: usize,
-    /// The kernel attached control messages to it, or had more than the room held
-    /// (see [`RecvBatch::segment_size`] and [`RecvBatch::control_truncated`]).
-    pub control: bool,
 }
 
 impl std::fmt::Debug for RecvBatch {
@@ -152,8 +151,21 @@ impl RecvBatch {
         let count = self.lay_out(count, max);
         self.used = 0;
         self.filled_drops = None;
+        self.control_truncated = 0;
         let got = imp::recv_mmsg(fd.as_raw_fd(), &mut self.hdrs[..count])?;
         self.used = got;
+        // One pass over the flags for the whole call; counted only if any was cut.
+        let flags = self.hdrs[..got]
+            .iter()
+            .fold(0, |all, h| all | h.msg_hdr.msg_flags);
+        self.control_truncated = if flags & libc::MSG_CTRUNC != 0 {
+            self.hdrs[..got]
+                .iter()
+                .filter(|h| h.msg_hdr.msg_flags & libc::MSG_CTRUNC != 0)
+                .count()
+        } else {
+            0
+        };
         Ok(got)
     }
 
@@ -198,6 +210,7 @@ impl RecvBatch {
         let slot = self.max;
         self.used = 0;
         self.filled_drops = None;
+        self.control_truncated = 0;
         while self.used < count {
             let Some((from, data, drops)) = next() else {
                 break;
@@ -230,6 +243,13 @@ impl RecvBatch {
             &self.names[i],
             &self.bufs[start..start + self.max],
         )
+    }
+
+    /// How many reads of the last [`recv`](Self::recv) had more control messages than
+    /// their room held (`MSG_CTRUNC`): counted once per call, so that the path of each
+    /// datagram need not look.
+    pub fn control_truncated_count(&self) -> usize {
+        self.control_truncated
     }
 
     /// Whether the kernel had more control messages for read `i` of the last
@@ -277,12 +297,16 @@ impl RecvBatch {
     /// datagram of the last [`recv`](Self::recv) (`SO_RXQ_OVFL`, once enabled on the
     /// socket): `None` if it attached none (nothing dropped yet, or not enabled). The
     /// count only grows, so the last datagram's is the newest.
+    #[inline]
     pub fn drop_count(&self) -> Option<u32> {
         if self.filled_drops.is_some() {
             return self.filled_drops;
         }
         let name = imp::SO_RXQ_OVFL?;
         let last = self.used.checked_sub(1)?;
+        if self.hdrs[last].msg_hdr.msg_controllen == 0 {
+            return None;
+        }
         ControlMessages::new(self.control_of(last))
             .filter(|m| m.level == libc::SOL_SOCKET && m.kind == name)
             .find_map(|m| m.u32())
@@ -314,15 +338,10 @@ fn words_as_bytes(words: &[u64]) -> &[u8] {
 /// length the kernel was offered) from `name`. `msg_len` is the whole length (MSG_TRUNC),
 /// so the data is the shorter of the two.
 #[inline(always)]
-// `msg_controllen` is a size_t with glibc and a socklen_t with musl.
-#[allow(clippy::unnecessary_cast)]
 fn datagram<'a>(m: &Mmsg, name: &libc::sockaddr_storage, buf: &'a [u8]) -> Datagram<'a> {
-    let flags = m.msg_hdr.msg_flags;
     Datagram {
         data: &buf[..(m.msg_len as usize).min(buf.len())],
-        truncated: flags & libc::MSG_TRUNC != 0,
-        // One test for both: a length written, or the flag saying some was cut.
-        control: (m.msg_hdr.msg_controllen as usize | (flags & libc::MSG_CTRUNC) as usize) != 0,
+        truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
         // SAFETY: the kernel wrote `msg_namelen` bytes of the sender's address into `name`
         // (zeroed at creation, so the rest is initialised).
         from: unsafe { sockaddr_to_std(name, m.msg_hdr.msg_namelen) },
@@ -740,7 +759,7 @@ mod tests {
         let d = small.get(0);
         assert_eq!(d.data, b"after");
         assert!(
-            small.control_truncated(0) && d.control,
+            small.control_truncated(0) && small.control_truncated_count() == 1,
             "8 bytes cannot hold SO_RXQ_OVFL's message"
         );
         assert_eq!(small.drop_count(), None);

@@ -95,6 +95,9 @@ pub(super) fn read_until_budget<P: DatagramProtocol>(
         };
         // Fewer than asked for: the socket is drained, and its senders may be waiting.
         t.core.lead = got < want;
+        // Counted once per read: the control messages only a port with receive offload
+        // needs per datagram (the drop count is the last datagram's).
+        t.core.stats.control_truncated += recv_batch.control_truncated_count() as u64;
         st.want = want;
         st.got = got;
         st.next = 0;
@@ -127,8 +130,7 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
         .map(|d| d.data.len())
         .sum();
     // A port with receive offload may read several datagrams in one slot, and one larger
-    // than the max packet size: each such read goes through `deliver_special`, as does
-    // any that came with control messages.
+    // than the max packet size: each of its reads goes through `deliver_special`.
     // Going on inside a coalesced read whose hook panicked: the rest of that read first.
     if !stopped && st.seg > 0 {
         stopped = deliver_special(p, t, recv_batch, next - 1, st);
@@ -151,13 +153,6 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
         // Where to go on from if this datagram's hook panics.
         st.next = next;
         bytes += d.data.len();
-        if d.control {
-            if deliver_special(p, t, recv_batch, next - 1, st) {
-                stopped = true;
-                break;
-            }
-            continue;
-        }
         deliver(p, t, d);
         // Flow control at once, after the hook whose write crossed a mark.
         tell_flow(p, t);
@@ -186,10 +181,9 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
     !stopped && st.got >= st.want
 }
 
-/// Delivers read `i` of the batch, one that came with control messages or was read by a
-/// port with receive offload: the truncated control messages counted; with the offload, a
-/// coalesced read datagram by datagram (from `st.seg` on, going on after a panic), each
-/// cut short as the max packet size says. Returns whether a stop came meanwhile.
+/// Delivers read `i` of the batch of a port with receive offload: a coalesced read
+/// datagram by datagram (from `st.seg` on, going on after a panic), each cut short as the
+/// max packet size says. Returns whether a stop came meanwhile.
 #[inline(never)]
 fn deliver_special<P: DatagramProtocol>(
     p: &mut P,
@@ -202,14 +196,6 @@ fn deliver_special<P: DatagramProtocol>(
         return false;
     };
     let control_truncated = batch.control_truncated(i);
-    if control_truncated && st.seg == 0 {
-        t.core.stats.control_truncated += 1;
-    }
-    if !t.core.receive_offload {
-        deliver(p, t, d);
-        tell_flow(p, t);
-        return t.stops_asked() != st.stops && t.must_stop();
-    }
     let Some(size) = batch.segment_size(i) else {
         if control_truncated {
             // The segment size may have been the message lost: this may be several
