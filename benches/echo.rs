@@ -1138,6 +1138,9 @@ fn write_files(
          gathered during a batch go out segmented, `UDP_SEGMENT`: one message per run of \
          replies to one client); (a') the same with `ListenOptions::segmentation(false)`: \
          one message per reply, as (c); (a-spin) (a) with `Reactor::set_spin({} µs)`; \
+         (a-gro) (a) with `ListenOptions::receive_offload(true)`, shown apart: the load \
+         generator segments, so on loopback its runs arrive coalesced without the kernel \
+         ever segmenting them, which no real network gives; \
          (b) blocking `std::net::UdpSocket` `recv_from`/`send_to`; (c) a hand-written mio \
          loop, edge-triggered, `recvmmsg` of 32, one `sendmmsg`, until `EAGAIN`; (d) \
          tokio current-thread runtime, `recv_from` then `send_to`; (e) Twisted's \

@@ -34,6 +34,8 @@ pub enum Kind {
     TwinePlain,
     /// (a) in latency mode: the reactor spins before it sleeps.
     TwineSpin,
+    /// (a) with receive offload: reported apart, not toward the targets.
+    TwineGro,
     Std,
     Mio,
     Tokio,
@@ -41,10 +43,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Twine,
         Kind::TwinePlain,
         Kind::TwineSpin,
+        Kind::TwineGro,
         Kind::Std,
         Kind::Mio,
         Kind::Tokio,
@@ -57,6 +60,7 @@ impl Kind {
             Kind::Twine => "twine",
             Kind::TwinePlain => "twine_plain",
             Kind::TwineSpin => "twine_spin",
+            Kind::TwineGro => "twine_gro",
             Kind::Std => "std",
             Kind::Mio => "mio",
             Kind::Tokio => "tokio",
@@ -70,6 +74,7 @@ impl Kind {
             Kind::Twine => "(a) twine",
             Kind::TwinePlain => "(a') twine, no GSO",
             Kind::TwineSpin => "(a-spin) twine, spin",
+            Kind::TwineGro => "(a-gro) twine, GRO",
             Kind::Std => "(b) std blocking",
             Kind::Mio => "(c) mio + mmsg",
             Kind::Tokio => "(d) tokio",
@@ -143,6 +148,7 @@ pub fn start(kind: Kind, cpu: Option<usize>) -> Result<Server, String> {
             }
             spawn(Box::new(move || serve_twine_spin(cpu, tx)))?
         }
+        Kind::TwineGro => spawn(Box::new(move || serve_twine_gro(cpu, tx)))?,
         Kind::Std => spawn(Box::new(move || serve_std(cpu, tx)))?,
         Kind::Mio => spawn(Box::new(move || serve_mio(cpu, tx)))?,
         Kind::Tokio => spawn(Box::new(move || serve_tokio(cpu, tx)))?,
@@ -286,11 +292,8 @@ fn serve_twine_plain(cpu: Option<usize>, ready: Ready) {
 /// load generator takes between an echo and its next datagram in ping-pong.
 pub const SPIN: Duration = Duration::from_micros(50);
 
-/// Whether this build has (a-spin): `Reactor::set_spin` comes with a merge of main.
-/// Until then the call below is compiled out and the row is skipped. Once it is there:
-/// `true` here, the `cfg(any())` of `set_spin` removed and its fallback deleted (checked
-/// against main's `set_spin(&mut self, Duration)`, clippy clean).
-pub const SPIN_BUILT: bool = cfg!(any());
+/// Whether this build has (a-spin) (`Reactor::set_spin`).
+pub const SPIN_BUILT: bool = true;
 /// Why (a-spin) is skipped.
 pub const NO_SPIN: &str = "Reactor::set_spin is not in this build yet (see SPIN_BUILT)";
 
@@ -301,13 +304,22 @@ fn serve_twine_spin(cpu: Option<usize>, ready: Ready) {
 }
 
 /// Sets (a-spin)'s spin on `reactor`.
-#[cfg(any())]
 fn set_spin(reactor: &mut Reactor) {
     reactor.set_spin(SPIN);
 }
 
-#[cfg(not(any()))]
-fn set_spin(_: &mut Reactor) {}
+/// (a-gro): (a) with receive offload (`ListenOptions::receive_offload(true)`): the load
+/// generator segments its sends, so on loopback its runs reach this port coalesced, with
+/// no segmentation by the kernel at all, which no real network gives; shown apart.
+#[inline(never)]
+fn serve_twine_gro(cpu: Option<usize>, ready: Ready) {
+    run_twine(
+        cpu,
+        ready,
+        Kind::TwineGro,
+        ListenOptions::new(0).receive_offload(true),
+    );
+}
 
 fn run_twine(cpu: Option<usize>, ready: Ready, kind: Kind, options: ListenOptions) {
     pin(cpu);
