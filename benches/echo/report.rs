@@ -432,7 +432,7 @@ pub fn markdown(rows: &[Row], cx: &Context<'_>) -> String {
         out.push_str("## twine against the team's targets\n\n");
         out.push_str(&targets);
         out.push_str(
-            "\nInstructions per datagram (the callgrind target, <= 1.25x (c)): \
+            "\nInstructions per datagram (the callgrind target, <= 1.05x (c)): \
              `bash benches/echo/callgrind.sh --write` adds them below.\n",
         );
     }
