@@ -21,6 +21,11 @@
 //! - **Past one core**, a [`ReactorPool`] serves one address with a reactor per thread,
 //!   each with its own socket (`SO_REUSEPORT`) and its own protocol from a factory; the
 //!   kernel spreads the clients over them by a hash of their address.
+//! - **Offloads and latency**: replies gathered during a batch go out segmented
+//!   ([`ListenOptions::segmentation`], on by default); the kernel may coalesce a sender's
+//!   datagrams into one read, cut back into those datagrams before any hook sees one
+//!   ([`ListenOptions::receive_offload`], off by default); and a reactor may poll without
+//!   blocking for a while before it sleeps ([`Reactor::set_spin`]).
 //!
 //! # Example: an echo server
 //!
