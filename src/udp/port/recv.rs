@@ -129,39 +129,38 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
         .take(next)
         .map(|d| d.data.len())
         .sum();
-    // A port with receive offload may read several datagrams in one slot, and one larger
-    // than the max packet size: each of its reads goes through `deliver_special`.
     // Going on inside a coalesced read whose hook panicked: the rest of that read first.
     if !stopped && st.seg > 0 {
-        stopped = deliver_special(p, t, recv_batch, next - 1, st);
+        stopped = deliver_offloaded(p, t, recv_batch, next - 1, st);
     }
     let rest = if stopped { st.got } else { next };
     if t.core.receive_offload {
+        // A read may carry several datagrams, or one longer than the max packet size.
         for i in rest..st.got {
             next = i + 1;
             st.next = next;
             bytes += recv_batch.get(i).data.len();
-            if deliver_special(p, t, recv_batch, i, st) {
+            if deliver_offloaded(p, t, recv_batch, i, st) {
                 stopped = true;
                 break;
             }
         }
-    }
-    let rest = if t.core.receive_offload { st.got } else { rest };
-    for d in recv_batch.datagrams_from(rest) {
-        next += 1;
-        // Where to go on from if this datagram's hook panics.
-        st.next = next;
-        bytes += d.data.len();
-        deliver(p, t, d);
-        // Flow control at once, after the hook whose write crossed a mark.
-        tell_flow(p, t);
-        // `stop_listening`, `Reactor::stop` and closing a port by handle all change
-        // the count: one comparison per datagram while nothing of the kind happens.
-        if t.stops_asked() != st.stops && t.must_stop() {
-            // Read but not delivered (the port is closing), and counted.
-            stopped = true;
-            break;
+    } else {
+        for d in recv_batch.datagrams_from(rest) {
+            next += 1;
+            // Where to go on from if this datagram's hook panics.
+            st.next = next;
+            bytes += d.data.len();
+            deliver(p, t, d);
+            // Flow control at once, after the hook whose write crossed a mark.
+            tell_flow(p, t);
+            // `stop_listening`, `Reactor::stop` and closing a port by handle all change
+            // the count: one comparison per datagram while nothing of the kind happens.
+            if t.stops_asked() != st.stops && t.must_stop() {
+                // Read but not delivered (the port is closing), and counted.
+                stopped = true;
+                break;
+            }
         }
     }
     if stopped {
@@ -185,7 +184,7 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
 /// datagram by datagram (from `st.seg` on, going on after a panic), each cut short as the
 /// max packet size says. Returns whether a stop came meanwhile.
 #[inline(never)]
-fn deliver_special<P: DatagramProtocol>(
+fn deliver_offloaded<P: DatagramProtocol>(
     p: &mut P,
     t: &mut UdpTransport<'_>,
     batch: &RecvBatch,
