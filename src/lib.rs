@@ -211,5 +211,6 @@ pub use udp::options::{
     DEFAULT_SEND_QUEUE_LIMIT, DEFAULT_WRITE_HIGH, DEFAULT_WRITE_LOW,
 };
 pub use udp::{
-    Interface, IntoInterface, IpLiteral, ListenOptions, PeerAddr, PortStats, UdpTransport,
+    Arrival, Interface, IntoInterface, IpLiteral, ListenOptions, PeerAddr, PortStats, UdpTransport,
+    WriteOptions,
 };

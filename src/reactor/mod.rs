@@ -42,7 +42,9 @@ use crate::reactor::timer::{DelayedCall, TimerQueue};
 use crate::sys;
 use crate::testing::network::{MemSocket, Network, Readiness};
 use crate::udp::ListenOptions;
-use crate::udp::port::{Batches, Port, PortStats, PortTimerFn, UdpPort, once, panic_message};
+use crate::udp::port::{
+    Batches, Port, PortStats, PortTimerFn, UdpPort, apply_datagram_options, once, panic_message,
+};
 use crate::udp::socket::{PortSocket, apply_buffer_sizes, bind_socket};
 use crate::udp::transport::UdpTransport;
 use token::PortKey;

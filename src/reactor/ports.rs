@@ -231,6 +231,12 @@ impl Reactor {
         opts: &ListenOptions,
         peer: Option<SocketAddr>,
     ) -> Result<ListeningPort<P>> {
+        let mut socket = socket;
+        if let Err(e) = apply_datagram_options(&mut socket, local, opts) {
+            self.ports.remove(key.index);
+            let _ = socket.deregister(self.poll.registry());
+            return Err(e);
+        }
         let mut port = UdpPort::new(socket, key, local, protocol, opts);
         if let Some(peer) = peer {
             port.core_mut().adopt_peer(peer);

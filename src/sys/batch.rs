@@ -12,7 +12,7 @@ use std::mem;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
-use super::cmsg::{ControlMessages, ControlSpace};
+use super::cmsg::{ControlMessages, ControlSpace, ControlWriter, SEND_CONTROL_WORDS, SendMeta};
 use super::platform::{self as imp, Mmsg};
 use super::unix::{sockaddr_to_std, std_to_sockaddr};
 
@@ -55,6 +55,8 @@ pub struct Datagram<'a> {
     /// The datagram's whole length as sent (on Linux; elsewhere the length of `data`).
     /// For a coalesced read (receive offload), the length of all its datagrams together.
     pub len: usize,
+    /// The control messages the kernel attached (none if it wrote past the room).
+    pub control: &'a [u8],
 }
 
 impl std::fmt::Debug for RecvBatch {
@@ -72,7 +74,7 @@ const NAME_LEN: libc::socklen_t = mem::size_of::<libc::sockaddr_storage>() as li
 /// An all-zero value of a plain C struct.
 fn zeroed<T: Copy>() -> T {
     // SAFETY: only called with libc's plain-old-data structs (sockaddr_storage, iovec,
-    // mmsghdr) and SegmentCmsg (a cmsghdr and integers), for which all-zero bytes are a
+    // mmsghdr), for which all-zero bytes are a
     // valid value (null pointers, zero lengths).
     unsafe { mem::zeroed() }
 }
@@ -251,6 +253,7 @@ impl RecvBatch {
             &self.hdrs[i],
             &self.names[i],
             &self.bufs[start..start + self.max],
+            self.control_of(i),
         )
     }
 
@@ -295,11 +298,13 @@ impl RecvBatch {
     pub fn datagrams_from(&self, from: usize) -> impl Iterator<Item = Datagram<'_>> {
         let (used, slot) = (self.used, self.max.max(1));
         let from = from.min(used);
+        let words = self.control_words.max(1);
         self.hdrs[from..used]
             .iter()
             .zip(&self.names[from..used])
             .zip(self.bufs[(from * slot).min(self.bufs.len())..].chunks_exact(slot))
-            .map(|((m, name), slot)| datagram(m, name, slot))
+            .zip(self.controls[(from * words).min(self.controls.len())..].chunks_exact(words))
+            .map(|(((m, name), slot), words)| datagram(m, name, slot, control_bytes(words, m)))
     }
 
     /// The socket's receive-queue drop count as the kernel attached it to the last
@@ -347,7 +352,12 @@ fn words_as_bytes(words: &[u64]) -> &[u8] {
 /// length the kernel was offered) from `name`. `msg_len` is the whole length (MSG_TRUNC),
 /// so the data is the shorter of the two.
 #[inline(always)]
-fn datagram<'a>(m: &Mmsg, name: &libc::sockaddr_storage, buf: &'a [u8]) -> Datagram<'a> {
+fn datagram<'a>(
+    m: &Mmsg,
+    name: &'a libc::sockaddr_storage,
+    buf: &'a [u8],
+    control: &'a [u8],
+) -> Datagram<'a> {
     Datagram {
         data: &buf[..(m.msg_len as usize).min(buf.len())],
         truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
@@ -355,6 +365,7 @@ fn datagram<'a>(m: &Mmsg, name: &libc::sockaddr_storage, buf: &'a [u8]) -> Datag
         // (zeroed at creation, so the rest is initialised).
         from: unsafe { sockaddr_to_std(name, m.msg_hdr.msg_namelen) },
         len: m.msg_len as usize,
+        control,
     }
 }
 
@@ -364,11 +375,15 @@ pub struct SendBatch {
     data: Vec<u8>,
     /// (end offset in `data`, destination) per datagram.
     entries: Vec<(usize, SocketAddr)>,
+    /// Per datagram, its source address and TOS byte; empty while no datagram waiting
+    /// carries either, so that the common case pushes nothing here.
+    metas: Vec<SendMeta>,
     names: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<Mmsg>,
-    /// Per header: its `UDP_SEGMENT` control message, and how many datagrams it carries.
-    controls: Vec<SegmentCmsg>,
+    /// Per header: its control messages (`UDP_SEGMENT`, the source, the TOS byte), and
+    /// how many datagrams it carries.
+    controls: Vec<[u64; SEND_CONTROL_WORDS]>,
     segments: Vec<usize>,
     /// The last send took fewer messages than it was handed.
     short: bool,
@@ -389,10 +404,11 @@ impl SendBatch {
         SendBatch {
             data: Vec::with_capacity(bytes),
             entries: Vec::with_capacity(capacity),
+            metas: Vec::new(),
             names: vec![zeroed(); capacity],
             iovs: vec![zeroed(); capacity],
             hdrs: vec![zeroed(); capacity],
-            controls: vec![zeroed(); capacity],
+            controls: vec![[0; SEND_CONTROL_WORDS]; capacity],
             segments: vec![0; capacity],
             short: false,
         }
@@ -409,7 +425,7 @@ impl SendBatch {
         self.names.resize(capacity, zeroed());
         self.iovs.resize(capacity, zeroed());
         self.hdrs.resize(capacity, zeroed());
-        self.controls.resize(capacity, zeroed());
+        self.controls.resize(capacity, [0; SEND_CONTROL_WORDS]);
         self.segments.resize(capacity, 0);
     }
 
@@ -435,6 +451,33 @@ impl SendBatch {
     pub fn push(&mut self, data: &[u8], addr: SocketAddr) {
         self.data.extend_from_slice(data);
         self.entries.push((self.data.len(), addr));
+        if !self.metas.is_empty() {
+            self.metas.push(SendMeta::default());
+        }
+    }
+
+    /// Adds a datagram (a copy of `data`) for `addr`, sent from `meta.source` with TOS
+    /// byte `meta.tos` where given.
+    pub fn push_with(&mut self, data: &[u8], addr: SocketAddr, meta: SendMeta) {
+        if meta.is_empty() {
+            return self.push(data, addr);
+        }
+        // The datagrams before carried nothing.
+        self.metas.resize(self.entries.len(), SendMeta::default());
+        self.data.extend_from_slice(data);
+        self.entries.push((self.data.len(), addr));
+        self.metas.push(meta);
+    }
+
+    /// What datagram `i` carries besides its bytes.
+    #[inline]
+    pub fn meta(&self, i: usize) -> SendMeta {
+        self.metas.get(i).copied().unwrap_or_default()
+    }
+
+    /// How many datagrams waiting carry a source address or a TOS byte.
+    pub fn meta_count(&self) -> usize {
+        self.metas.iter().filter(|m| !m.is_empty()).count()
     }
 
     /// Datagram `i`: its bytes and destination.
@@ -461,6 +504,7 @@ impl SendBatch {
     pub fn clear(&mut self) {
         self.data.clear();
         self.entries.clear();
+        self.metas.clear();
     }
 
     /// Sends datagrams `from..` (at most the capacity at once) without blocking; returns
@@ -557,6 +601,7 @@ impl SendBatch {
             let start = if i == 0 { 0 } else { self.entries[i - 1].0 };
             let (mut end, addr) = self.entries[i];
             let size = end - start;
+            let meta = self.meta(i);
             let mut run = 1;
             if segment && size > 0 && size <= MAX_SEGMENT {
                 // Extend while the next has the same destination and the same length (a
@@ -564,9 +609,13 @@ impl SendBatch {
                 let most = MAX_SEGMENTS.min(MAX_SEGMENTED_BYTES / size);
                 let most = if k == 0 { most.min(lead.max(1)) } else { most };
                 let last = self.entries.len().min(i + most);
-                for (next_end, next_addr) in &self.entries[i + 1..last] {
+                for (j, (next_end, next_addr)) in self.entries[i + 1..last].iter().enumerate() {
                     let next_size = next_end - end;
                     if *next_addr != addr || next_size == 0 || next_size > size {
+                        break;
+                    }
+                    // One message has one source and one TOS byte.
+                    if !self.metas.is_empty() && self.metas[i + 1 + j] != meta {
                         break;
                     }
                     end = *next_end;
@@ -603,9 +652,17 @@ impl SendBatch {
             let hdr = &mut self.hdrs[k].msg_hdr;
             hdr.msg_iov = &mut self.iovs[k];
             hdr.msg_iovlen = 1;
-            if run > 1 {
-                self.controls[k].set_segment(size);
-                self.controls[k].attach(hdr);
+            if run > 1 || !meta.is_empty() {
+                let room = &mut self.controls[k];
+                let mut w = ControlWriter::new(room);
+                if run > 1 {
+                    // Only runs of size <= MAX_SEGMENT are made.
+                    let segment = (size as u16).to_ne_bytes();
+                    w.push(libc::IPPROTO_UDP, UDP_SEGMENT, &segment);
+                }
+                imp::write_send_meta(&mut w, &meta, &addr);
+                hdr.msg_controllen = w.len() as _;
+                hdr.msg_control = room.as_mut_ptr().cast();
             } else {
                 hdr.msg_control = std::ptr::null_mut();
                 hdr.msg_controllen = 0;
@@ -618,6 +675,43 @@ impl SendBatch {
     }
 }
 
+/// Sends one datagram to `to` (to the connected peer with `None`), carrying `meta`'s
+/// source address and TOS byte: one `sendmsg`; `EINTR` retried.
+pub fn send_with(
+    fd: &impl AsRawFd,
+    data: &[u8],
+    to: Option<&SocketAddr>,
+    peer: SocketAddr,
+    meta: &SendMeta,
+) -> io::Result<usize> {
+    let mut name: libc::sockaddr_storage = zeroed();
+    let mut room = [0u64; SEND_CONTROL_WORDS];
+    let mut w = ControlWriter::new(&mut room);
+    imp::write_send_meta(&mut w, meta, to.unwrap_or(&peer));
+    let controllen = w.len();
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    let mut msg: libc::msghdr = zeroed();
+    if let Some(to) = to {
+        msg.msg_namelen = std_to_sockaddr(to, &mut name);
+        msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+    }
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if controllen > 0 {
+        msg.msg_control = room.as_mut_ptr().cast();
+        msg.msg_controllen = controllen as _;
+    }
+    let sent = super::unix::retrying(|| {
+        // SAFETY: `msg` points at a live iovec over `data` (only read by the kernel), a live
+        // address or none, and `controllen` bytes of control messages in `room`.
+        unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) }
+    })?;
+    Ok(sent as usize)
+}
+
 /// The most datagrams one segmented message carries (the kernel's `UDP_MAX_SEGMENTS` of
 /// older kernels; newer ones allow more).
 const MAX_SEGMENTS: usize = 64;
@@ -628,31 +722,6 @@ const MAX_SEGMENTS: usize = 64;
 const MAX_SEGMENT: usize = 1452;
 /// The most bytes of one segmented message (the IP length field's bound, with headers).
 const MAX_SEGMENTED_BYTES: usize = 65_000;
-
-/// One header's control data: a `UDP_SEGMENT` message with the segment length.
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct SegmentCmsg {
-    hdr: libc::cmsghdr,
-    /// The segment length, right after the (aligned) header as `CMSG_DATA` places it.
-    size: u16,
-    _pad: [u8; 6],
-}
-
-impl SegmentCmsg {
-    fn set_segment(&mut self, size: usize) {
-        self.hdr.cmsg_len = (mem::size_of::<libc::cmsghdr>() + mem::size_of::<u16>()) as _;
-        self.hdr.cmsg_level = libc::IPPROTO_UDP; // SOL_UDP
-        self.hdr.cmsg_type = UDP_SEGMENT;
-        // Only called with size <= MAX_SEGMENT.
-        self.size = size as u16;
-    }
-
-    fn attach(&mut self, hdr: &mut libc::msghdr) {
-        hdr.msg_control = (self as *mut SegmentCmsg).cast();
-        hdr.msg_controllen = mem::size_of::<SegmentCmsg>() as _;
-    }
-}
 
 /// Linux's `UDP_SEGMENT` (`linux/udp.h`); the value is only used on Linux.
 const UDP_SEGMENT: libc::c_int = 103;
@@ -780,6 +849,58 @@ mod tests {
         assert_eq!(small.recv(&rx, 64, 512).expect("recv"), 1);
         assert!(!small.control_truncated(0));
         assert!(small.drop_count().is_some_and(|n| n > 0));
+    }
+
+    /// The arrival address, the TOS byte and the timestamp together need more room than
+    /// the drop count's: with room for the drop count alone the kernel cuts them
+    /// (`MSG_CTRUNC`, counted per read); with the room sized for every option on, every
+    /// message arrives and tells its part.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_room_sized_from_the_options_on_holds_every_message() {
+        use std::os::fd::AsRawFd;
+        let (rx, tx) = pair();
+        let fd = rx.as_raw_fd();
+        use super::super::platform as p;
+        p::set_arrival(fd, false, true).expect("IP_PKTINFO");
+        p::set_recv_tos(fd, false, true).expect("IP_RECVTOS");
+        p::set_timestamps(fd, true).expect("SO_TIMESTAMPNS");
+        socket2::SockRef::from(&tx).set_tos_v4(0x2e).expect("tos");
+        let to = rx.local_addr().expect("addr");
+        let drops_only = ControlSpace {
+            drop_count: true,
+            ..ControlSpace::default()
+        };
+        let all = ControlSpace {
+            drop_count: true,
+            pktinfo_v4: true,
+            tos_v4: true,
+            timestamp: true,
+            ..ControlSpace::default()
+        };
+        let mut small = RecvBatch::default();
+        small.reserve(8, 64);
+        small.reserve_control(drops_only);
+        for _ in 0..3 {
+            tx.send_to(b"x", to).expect("send");
+        }
+        assert_eq!(small.recv(&rx, 8, 64).expect("recv"), 3);
+        assert_eq!(small.control_truncated_count(), 3);
+        let mut sized = RecvBatch::default();
+        sized.reserve(8, 64);
+        sized.reserve_control(all);
+        for _ in 0..3 {
+            tx.send_to(b"y", to).expect("send");
+        }
+        assert_eq!(sized.recv(&rx, 8, 64).expect("recv"), 3);
+        assert_eq!(sized.control_truncated_count(), 0);
+        for d in sized.datagrams() {
+            let meta = p::recv_meta(d.control);
+            assert_eq!(meta.destination, Some(to.ip()));
+            assert_eq!(meta.reply_source, Some(to.ip()));
+            assert_eq!(meta.tos, Some(0x2e));
+            assert!(meta.interface.is_some() && meta.timestamp.is_some());
+        }
     }
 
     #[test]

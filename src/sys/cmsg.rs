@@ -1,8 +1,12 @@
 //! The control messages the kernel attaches to a received datagram or error-queue entry:
 //! the one walk over them ([`ControlMessages`]), and the room each kind needs
-//! ([`ControlSpace`]), so that a receive slot reserves what the options turned on need.
+//! ([`ControlSpace`]), so that a receive slot reserves what the options turned on need;
+//! what a datagram's messages say ([`RecvMeta`]); and the writer of the messages a send
+//! carries ([`ControlWriter`], for [`SendMeta`] and segmentation).
 
 use std::mem;
+use std::net::IpAddr;
+use std::time::SystemTime;
 
 /// One control message: its level, type and data.
 #[derive(Debug, Clone, Copy)]
@@ -85,20 +89,137 @@ pub struct ControlSpace {
     pub drop_count: bool,
     /// The segment size of a coalesced read (`UDP_GRO`, an `int`).
     pub segment_size: bool,
+    /// The IPv4 arrival address (`IP_PKTINFO`, an `in_pktinfo`).
+    pub pktinfo_v4: bool,
+    /// The IPv6 arrival address (`IPV6_PKTINFO`, an `in6_pktinfo`).
+    pub pktinfo_v6: bool,
+    /// The IPv4 TOS byte (`IP_TOS`, one byte).
+    pub tos_v4: bool,
+    /// The IPv6 traffic class (`IPV6_TCLASS`, an `int`).
+    pub tclass_v6: bool,
+    /// The kernel's receive timestamp (`SCM_TIMESTAMPNS`, a `timespec`).
+    pub timestamp: bool,
 }
 
 impl ControlSpace {
     /// The bytes of control room one datagram needs (a multiple of 8).
     pub fn bytes(&self) -> usize {
-        let mut bytes = 0;
-        if self.drop_count {
-            bytes += space(mem::size_of::<u32>());
-        }
-        if self.segment_size {
-            bytes += space(mem::size_of::<libc::c_int>());
-        }
+        let sizes = [
+            (self.drop_count, mem::size_of::<u32>()),
+            (self.segment_size, mem::size_of::<libc::c_int>()),
+            (self.pktinfo_v4, PKTINFO_V4_LEN),
+            (self.pktinfo_v6, PKTINFO_V6_LEN),
+            (self.tos_v4, 1),
+            (self.tclass_v6, mem::size_of::<libc::c_int>()),
+            (self.timestamp, mem::size_of::<libc::timespec>()),
+        ];
+        let bytes: usize = sizes
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|&(_, len)| space(len))
+            .sum();
         bytes.next_multiple_of(8)
     }
+
+    /// Whether any option whose messages a datagram's hooks read is on (the arrival
+    /// address, the TOS byte, the timestamp).
+    pub fn per_datagram(&self) -> bool {
+        self.pktinfo_v4 || self.pktinfo_v6 || self.tos_v4 || self.tclass_v6 || self.timestamp
+    }
+}
+
+/// The data of an `IP_PKTINFO` message (`struct in_pktinfo`: an index, two addresses).
+pub(crate) const PKTINFO_V4_LEN: usize = 12;
+/// The data of an `IPV6_PKTINFO` message (`struct in6_pktinfo`: an address, an index).
+pub(crate) const PKTINFO_V6_LEN: usize = 20;
+
+/// What a received datagram's control messages said, besides the drop count and the
+/// segment size: each `None` where its option is off or the message did not come.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// The address the datagram was sent to (`ipi_addr`, `ipi6_addr`): one of this host's,
+    /// or a multicast or broadcast group.
+    pub destination: Option<IpAddr>,
+    /// The local address a reply should leave from: `ipi_spec_dst` for IPv4 (a unicast
+    /// address of the interface, also for a datagram sent to a group), the destination for
+    /// IPv6 unless it is multicast (then the kernel chooses).
+    pub reply_source: Option<IpAddr>,
+    /// The index of the interface it arrived on.
+    pub interface: Option<u32>,
+    /// The TOS byte (IPv4) or traffic class (IPv6): DSCP in the top six bits, ECN in the
+    /// low two.
+    pub tos: Option<u8>,
+    /// When the kernel queued it (`SO_TIMESTAMPNS`: the wall clock).
+    pub timestamp: Option<SystemTime>,
+}
+
+/// What a datagram to send carries besides its bytes: the local address it leaves from,
+/// and its TOS byte (or IPv6 traffic class). Empty: the kernel chooses both as the socket
+/// says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SendMeta {
+    pub source: Option<IpAddr>,
+    pub tos: Option<u8>,
+}
+
+impl SendMeta {
+    /// Nothing to carry.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.source.is_none() && self.tos.is_none()
+    }
+}
+
+/// The most bytes of control messages one send carries: a segment size, an arrival
+/// address of either family and a TOS byte.
+pub(crate) const SEND_CONTROL_WORDS: usize = 12;
+
+/// Writes control messages one after the other into a room of 8-byte words (aligned for
+/// a `cmsghdr`), as `CMSG_NXTHDR` lays them out.
+pub(crate) struct ControlWriter<'a> {
+    room: &'a mut [u64; SEND_CONTROL_WORDS],
+    len: usize,
+}
+
+impl<'a> ControlWriter<'a> {
+    pub(crate) fn new(room: &'a mut [u64; SEND_CONTROL_WORDS]) -> Self {
+        ControlWriter { room, len: 0 }
+    }
+
+    /// Appends one message; false (and nothing written) if the room cannot hold it.
+    pub(crate) fn push(&mut self, level: libc::c_int, kind: libc::c_int, data: &[u8]) -> bool {
+        let need = space(data.len());
+        let bytes = mem::size_of_val(self.room);
+        if self.len + need > bytes {
+            return false;
+        }
+        let room: &mut [u8] = words_as_bytes_mut(&mut self.room[..]);
+        let at = &mut room[self.len..self.len + need];
+        at.fill(0);
+        // SAFETY: all-zero bytes are a valid cmsghdr.
+        let mut hdr: libc::cmsghdr = unsafe { mem::zeroed() };
+        hdr.cmsg_len = (header_len() + data.len()) as _;
+        hdr.cmsg_level = level;
+        hdr.cmsg_type = kind;
+        // SAFETY: `at` holds `need` >= the header's size bytes; written unaligned.
+        unsafe { std::ptr::write_unaligned(at.as_mut_ptr().cast::<libc::cmsghdr>(), hdr) };
+        at[header_len()..header_len() + data.len()].copy_from_slice(data);
+        self.len += need;
+        true
+    }
+
+    /// The bytes written so far (a `msg_controllen`).
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// The bytes of a slice of words, to write into.
+fn words_as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
+    let len = mem::size_of_val(words);
+    // SAFETY: any bytes are valid u64s and u8s; the slice covers exactly the words' memory,
+    // borrowed mutably for as long as `words` is.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) }
 }
 
 #[cfg(test)]
@@ -178,6 +299,7 @@ mod tests {
         let both = ControlSpace {
             drop_count: true,
             segment_size: true,
+            ..ControlSpace::default()
         };
         assert_eq!(drops.bytes(), space(4));
         assert_eq!(both.bytes(), 2 * space(4));

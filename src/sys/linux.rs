@@ -1,14 +1,21 @@
 //! Linux: `recvmmsg`/`sendmmsg`, `UDP_SEGMENT`, the receive-queue drop count
-//! (`SO_RXQ_OVFL`, `SO_MEMINFO`), the error queue (`IP_RECVERR`), `IP_MULTICAST_ALL`, CPU
-//! pinning. `other_unix.rs` has the same names for every other Unix.
+//! (`SO_RXQ_OVFL`, `SO_MEMINFO`), the error queue (`IP_RECVERR`), `IP_MULTICAST_ALL`, the
+//! per-datagram options (`IP_PKTINFO`, `IP_RECVTOS`, `SO_TIMESTAMPNS` and their IPv6
+//! kin) and their control messages, CPU pinning. `other_unix.rs` has the same names for
+//! every other Unix.
 
 use std::io;
 use std::mem;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::RawFd;
+use std::time::{Duration, SystemTime};
 
 use socket2::SockRef;
 
 use super::QueuedError;
+use super::cmsg::{
+    ControlMessages, ControlWriter, PKTINFO_V4_LEN, PKTINFO_V6_LEN, RecvMeta, SendMeta,
+};
 use super::errno::{ErrorClass, classify};
 use super::unix::{cvt, retrying, sockaddr_to_std};
 
@@ -100,6 +107,202 @@ pub(super) const RECEIVE_OFFLOAD: bool = true;
 /// carrying the segment size; or stops it.
 pub(crate) fn set_receive_offload(fd: RawFd, on: bool) -> io::Result<()> {
     set_int(fd, libc::IPPROTO_UDP, UDP_GRO, libc::c_int::from(on))
+}
+
+/// `SO_TIMESTAMPNS` (and its control message's type, `SCM_TIMESTAMPNS`), where its number
+/// is known.
+const SO_TIMESTAMPNS: Option<libc::c_int> = if GENERIC_SOCKET_H { Some(35) } else { None };
+
+/// Sends can carry a source address and a TOS byte here.
+pub(crate) const SEND_META: bool = true;
+
+/// Has the kernel attach each datagram's arrival address and interface (`IP_PKTINFO`;
+/// `IPV6_RECVPKTINFO` on an IPv6 socket, with `IP_PKTINFO` too for the IPv4 datagrams a
+/// dual-stack socket receives, whose `ipi_spec_dst` is the reply's source), or stops it.
+pub(crate) fn set_arrival(fd: RawFd, v6: bool, on: bool) -> io::Result<()> {
+    let value = libc::c_int::from(on);
+    if v6 {
+        set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, value)?;
+        // A v6-only socket may refuse it, and receives no IPv4 anyway.
+        let _ = set_int(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, value);
+        Ok(())
+    } else {
+        set_int(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, value)
+    }
+}
+
+/// Has the kernel attach each datagram's TOS byte (`IP_RECVTOS`; `IPV6_RECVTCLASS` on an
+/// IPv6 socket, with `IP_RECVTOS` too, without which a dual-stack socket's IPv4 datagrams
+/// come without one).
+pub(crate) fn set_recv_tos(fd: RawFd, v6: bool, on: bool) -> io::Result<()> {
+    let value = libc::c_int::from(on);
+    if v6 {
+        set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, value)?;
+        let _ = set_int(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, value);
+        Ok(())
+    } else {
+        set_int(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, value)
+    }
+}
+
+/// The TOS byte of every datagram the socket sends (`IP_TOS`; `IPV6_TCLASS` on an IPv6
+/// socket, with `IP_TOS` too for the IPv4 destinations of a dual-stack socket).
+pub(crate) fn set_tos(fd: RawFd, v6: bool, tos: u8) -> io::Result<()> {
+    let value = libc::c_int::from(tos);
+    if v6 {
+        set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, value)?;
+        let _ = set_int(fd, libc::IPPROTO_IP, libc::IP_TOS, value);
+        Ok(())
+    } else {
+        set_int(fd, libc::IPPROTO_IP, libc::IP_TOS, value)
+    }
+}
+
+/// Has the kernel attach the time it queued each datagram (`SO_TIMESTAMPNS`: the wall
+/// clock, to the nanosecond), or stops it.
+pub(crate) fn set_timestamps(fd: RawFd, on: bool) -> io::Result<()> {
+    let name = SO_TIMESTAMPNS.ok_or_else(unsupported)?;
+    set_int(fd, libc::SOL_SOCKET, name, libc::c_int::from(on))
+}
+
+/// What a datagram's control messages say of its arrival: address, interface, TOS byte,
+/// timestamp (see [`RecvMeta`]).
+pub(crate) fn recv_meta(control: &[u8]) -> RecvMeta {
+    let mut meta = RecvMeta::default();
+    let mut v4: Option<(Ipv4Addr, Ipv4Addr, u32)> = None;
+    let mut v6: Option<(Ipv6Addr, u32)> = None;
+    for m in ControlMessages::new(control) {
+        match (m.level, m.kind) {
+            (libc::IPPROTO_IP, libc::IP_PKTINFO) if m.data.len() >= PKTINFO_V4_LEN => {
+                // SAFETY: the data holds a whole in_pktinfo (checked above), a plain struct
+                // of integers, read unaligned.
+                let info: libc::in_pktinfo =
+                    unsafe { std::ptr::read_unaligned(m.data.as_ptr().cast()) };
+                v4 = Some((
+                    Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)),
+                    Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr)),
+                    info.ipi_ifindex as u32,
+                ));
+            }
+            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) if m.data.len() >= PKTINFO_V6_LEN => {
+                // SAFETY: the data holds a whole in6_pktinfo (checked above), a plain struct
+                // of integers and bytes, read unaligned.
+                let info: libc::in6_pktinfo =
+                    unsafe { std::ptr::read_unaligned(m.data.as_ptr().cast()) };
+                v6 = Some((Ipv6Addr::from(info.ipi6_addr.s6_addr), info.ipi6_ifindex));
+            }
+            (libc::IPPROTO_IP, libc::IP_TOS) => meta.tos = m.data.first().copied(),
+            (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) => {
+                meta.tos = m.u32().map(|class| (class & 0xff) as u8);
+            }
+            (libc::SOL_SOCKET, kind) if Some(kind) == SO_TIMESTAMPNS => {
+                meta.timestamp = timestamp(m.data);
+            }
+            _ => {}
+        }
+    }
+    match (v6, v4) {
+        // An IPv4 datagram on a dual-stack socket: the IPv4 message has the reply's source.
+        (Some((dst, index)), Some((_, spec, _))) => {
+            meta.destination = Some(IpAddr::V6(dst));
+            meta.reply_source = Some(IpAddr::V6(spec.to_ipv6_mapped()));
+            meta.interface = Some(index);
+        }
+        (Some((dst, index)), None) => {
+            meta.destination = Some(IpAddr::V6(dst));
+            // A group is never a source (EINVAL): the kernel chooses then.
+            let group =
+                dst.is_multicast() || dst.to_ipv4_mapped().is_some_and(|a| a.is_multicast());
+            meta.reply_source = (!group).then_some(IpAddr::V6(dst));
+            meta.interface = Some(index);
+        }
+        (None, Some((dst, spec, index))) => {
+            meta.destination = Some(IpAddr::V4(dst));
+            meta.reply_source = (!spec.is_unspecified()).then_some(IpAddr::V4(spec));
+            meta.interface = Some(index);
+        }
+        (None, None) => {}
+    }
+    meta
+}
+
+/// An `SCM_TIMESTAMPNS` message's `timespec` as a wall-clock time (`None` if too short or
+/// out of range).
+fn timestamp(data: &[u8]) -> Option<SystemTime> {
+    if data.len() < mem::size_of::<libc::timespec>() {
+        return None;
+    }
+    // SAFETY: the data holds a whole timespec (checked above), a plain struct of integers,
+    // read unaligned.
+    let ts: libc::timespec = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let nanos = u32::try_from(ts.tv_nsec)
+        .ok()
+        .filter(|&n| n < 1_000_000_000)?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+}
+
+/// Writes the control messages that send `meta` to `dest`: the source as an `IP_PKTINFO`
+/// (`ipi_spec_dst`, interface 0) or `IPV6_PKTINFO` (interface 0), the TOS byte as `IP_TOS`
+/// (also to an IPv4-mapped destination, where `IPV6_TCLASS` is ignored) or `IPV6_TCLASS`.
+/// False if the room cannot hold them.
+pub(crate) fn write_send_meta(
+    w: &mut ControlWriter<'_>,
+    meta: &SendMeta,
+    dest: &SocketAddr,
+) -> bool {
+    let mut fits = true;
+    if let Some(source) = meta.source {
+        fits &= match dest {
+            SocketAddr::V4(_) => {
+                let src = match source {
+                    IpAddr::V4(a) => a,
+                    IpAddr::V6(a) => a.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
+                };
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from(src).to_be(),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                w.push(libc::IPPROTO_IP, libc::IP_PKTINFO, pod_bytes(&info))
+            }
+            SocketAddr::V6(_) => {
+                let src = match source {
+                    IpAddr::V4(a) => a.to_ipv6_mapped(),
+                    IpAddr::V6(a) => a,
+                };
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: src.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                };
+                w.push(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, pod_bytes(&info))
+            }
+        };
+    }
+    if let Some(tos) = meta.tos {
+        let value = libc::c_int::from(tos).to_ne_bytes();
+        let mapped = match dest {
+            SocketAddr::V4(_) => true,
+            SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
+        };
+        fits &= if mapped {
+            w.push(libc::IPPROTO_IP, libc::IP_TOS, &value)
+        } else {
+            w.push(libc::IPPROTO_IPV6, libc::IPV6_TCLASS, &value)
+        };
+    }
+    fits
+}
+
+/// The bytes of a plain C struct (no padding inside: in_pktinfo, in6_pktinfo).
+fn pod_bytes<T: Copy>(value: &T) -> &[u8] {
+    // SAFETY: only called with libc's in_pktinfo and in6_pktinfo, made of integers and
+    // byte arrays without padding; the slice covers the value's memory for its lifetime.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), mem::size_of::<T>()) }
 }
 
 /// The socket's drop count now (`SO_MEMINFO`'s `SK_MEMINFO_DROPS`).

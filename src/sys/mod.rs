@@ -23,6 +23,11 @@
 //! - Receive offload: `set_receive_offload` (`UDP_GRO`); a coalesced read's
 //!   `Datagram::segment_size`; `ControlSpace`, the control room a receive slot reserves
 //!   for the options on, and `Datagram::control_truncated` (`MSG_CTRUNC`).
+//! - Per datagram: `set_arrival` (`IP_PKTINFO`/`IPV6_RECVPKTINFO`), `set_recv_tos`
+//!   (`IP_RECVTOS`/`IPV6_RECVTCLASS`), `set_timestamps` (`SO_TIMESTAMPNS`) and `set_tos`
+//!   (`IP_TOS`/`IPV6_TCLASS`); `recv_meta`, what a datagram's control messages say
+//!   (`RecvMeta`); `SendMeta`, a source address and TOS byte a send carries (in a
+//!   `SendBatch`, or alone with `send_with`), where `SEND_META` says the OS can.
 //! - What the kernel reports besides datagrams: `enable_drop_count`, `drops_or_log`
 //!   (`SO_RXQ_OVFL`, `SO_MEMINFO`), `set_recv_errors`, `read_queued_error` (the error
 //!   queue, `IP_RECVERR`/`IPV6_RECVERR`) and its entries, `QueuedError`.
@@ -46,8 +51,8 @@ mod platform;
 #[cfg(unix)]
 mod unix;
 
-pub use batch::{Datagram, RecvBatch, SendBatch};
-pub use cmsg::ControlSpace;
+pub use batch::{Datagram, RecvBatch, SendBatch, send_with};
+pub use cmsg::{ControlSpace, RecvMeta, SendMeta};
 pub use errno::segmentation_refused;
 pub use platform::pin_to_cpu;
 
@@ -56,8 +61,9 @@ pub(crate) use errno::{
 };
 pub(crate) use kernel_reports::{QueuedError, drops_or_log};
 pub(crate) use platform::{
-    enable_drop_count, multicast_all_v4, multicast_all_v6, read_queued_error, set_multicast_all_v4,
-    set_multicast_all_v6, set_receive_offload, set_recv_errors,
+    SEND_META, enable_drop_count, multicast_all_v4, multicast_all_v6, read_queued_error, recv_meta,
+    set_arrival, set_multicast_all_v4, set_multicast_all_v6, set_receive_offload, set_recv_errors,
+    set_recv_tos, set_timestamps, set_tos,
 };
 pub(crate) use unix::{
     dup_cloexec, inspect_socket, interface_exists, interface_index, signal_ignored,

@@ -2,11 +2,13 @@
 //! datagram for the batch calls and "unsupported" (or nothing to report) for the rest.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use socket2::SockRef;
 
 use super::QueuedError;
+use super::cmsg::{ControlWriter, RecvMeta, SendMeta};
 use super::unix::retrying;
 
 /// No `UDP_SEGMENT` here: `send_segmented` sends one datagram per message.
@@ -64,6 +66,39 @@ pub(super) const RECEIVE_OFFLOAD: bool = false;
 
 pub(crate) fn set_receive_offload(_fd: RawFd, _on: bool) -> io::Result<()> {
     Err(unsupported())
+}
+
+/// Sends carry no source address or TOS byte here.
+pub(crate) const SEND_META: bool = false;
+
+pub(crate) fn set_arrival(_fd: RawFd, _v6: bool, _on: bool) -> io::Result<()> {
+    Err(unsupported())
+}
+
+pub(crate) fn set_recv_tos(_fd: RawFd, _v6: bool, _on: bool) -> io::Result<()> {
+    Err(unsupported())
+}
+
+pub(crate) fn set_tos(_fd: RawFd, _v6: bool, _tos: u8) -> io::Result<()> {
+    Err(unsupported())
+}
+
+pub(crate) fn set_timestamps(_fd: RawFd, _on: bool) -> io::Result<()> {
+    Err(unsupported())
+}
+
+/// Nothing is asked of the kernel here, so nothing comes.
+pub(crate) fn recv_meta(_control: &[u8]) -> RecvMeta {
+    RecvMeta::default()
+}
+
+/// Never called here ([`SEND_META`] is false): writes nothing.
+pub(crate) fn write_send_meta(
+    _w: &mut ControlWriter<'_>,
+    meta: &SendMeta,
+    _dest: &SocketAddr,
+) -> bool {
+    meta.is_empty()
 }
 
 pub(crate) fn socket_drops(_fd: RawFd) -> io::Result<u32> {

@@ -57,6 +57,11 @@ pub struct ListenOptions {
     pub(crate) write_high: usize,
     pub(crate) write_low: usize,
     pub(crate) close_on_panic: bool,
+    pub(crate) arrival: bool,
+    pub(crate) reply_from_arrival: bool,
+    pub(crate) receive_tos: bool,
+    pub(crate) tos: Option<u8>,
+    pub(crate) timestamps: bool,
 }
 
 impl ListenOptions {
@@ -80,6 +85,11 @@ impl ListenOptions {
             write_high: DEFAULT_WRITE_HIGH,
             write_low: DEFAULT_WRITE_LOW,
             close_on_panic: false,
+            arrival: false,
+            reply_from_arrival: false,
+            receive_tos: false,
+            tos: None,
+            timestamps: false,
         }
     }
 
@@ -240,6 +250,154 @@ impl ListenOptions {
     /// runs). A panic in `start_protocol` or `stop_protocol` closes the port either way.
     pub fn close_on_panic(mut self, close: bool) -> Self {
         self.close_on_panic = close;
+        self
+    }
+
+    /// Whether the port learns, per datagram, the local address it was sent to and the
+    /// interface it arrived on (`IP_PKTINFO`; `IPV6_RECVPKTINFO` on an IPv6 port, with
+    /// `IP_PKTINFO` too for the IPv4 datagrams of a dual-stack port; off by default), for
+    /// [`UdpTransport::arrival`](crate::UdpTransport::arrival) to tell inside
+    /// `datagram_received`. The use: a port bound to a wildcard address on a host with
+    /// several addresses, which must know which of them a client asked, or answer from it
+    /// ([`reply_from_arrival`](Self::reply_from_arrival)). Where the OS lacks it, the
+    /// listen call fails with [`Error::SocketOption`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use twine::{ListenOptions, Reactor, from_fn};
+    /// let mut reactor = Reactor::new()?;
+    /// reactor.listen_udp_with(
+    ///     ListenOptions::new(0).interface("0.0.0.0").arrival_address(true),
+    ///     from_fn(|t, _data, from| {
+    ///         let to = t.arrival().destination;
+    ///         log::info!("{from} asked {to:?}");
+    ///     }),
+    /// )?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
+    #[doc(alias = "IP_PKTINFO")]
+    #[doc(alias = "pktinfo")]
+    pub fn arrival_address(mut self, on: bool) -> Self {
+        self.arrival = on;
+        self
+    }
+
+    /// Whether the writes a hook makes to the sender of the datagram it was handed leave
+    /// from the address that datagram arrived on (off by default; turns
+    /// [`arrival_address`](Self::arrival_address) on). It fixes the classic bug of a
+    /// server bound to `0.0.0.0` on a host with several addresses: a client that asked
+    /// 192.0.2.7 gets its answer from whichever address the route prefers, and a client
+    /// that checks where answers come from (a connected socket, a DNS resolver) drops it.
+    ///
+    /// The source used is the arrival's
+    /// [`reply_source`](crate::Arrival::reply_source): for a datagram sent to a multicast
+    /// or broadcast address, IPv4 gives a unicast address of the interface it arrived on,
+    /// and on IPv6 the kernel chooses (a group is never a source). It applies to writes
+    /// to the datagram's sender made in `datagram_received` and `datagram_truncated`;
+    /// writes to other addresses, and writes from timers and other hooks, leave from where
+    /// the kernel chooses, unless [`UdpTransport::write_with`](crate::UdpTransport::write_with)
+    /// names a source.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use twine::{ListenOptions, Reactor, from_fn};
+    /// let mut reactor = Reactor::new()?;
+    /// reactor.listen_udp_with(
+    ///     ListenOptions::new(0).interface("0.0.0.0").reply_from_arrival(true),
+    ///     from_fn(|t, data, from| {
+    ///         let _ = t.write(data, from);
+    ///     }),
+    /// )?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
+    pub fn reply_from_arrival(mut self, on: bool) -> Self {
+        self.reply_from_arrival = on;
+        self
+    }
+
+    /// Whether the port learns each datagram's TOS byte (IPv4) or traffic class (IPv6):
+    /// its DSCP and ECN bits (`IP_RECVTOS`; `IPV6_RECVTCLASS` on an IPv6 port, with
+    /// `IP_RECVTOS` too, without which a dual-stack port's IPv4 datagrams come without
+    /// one), for [`UdpTransport::arrival`](crate::UdpTransport::arrival). Off by default.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use twine::{ListenOptions, Reactor, from_fn};
+    /// let mut reactor = Reactor::new()?;
+    /// reactor.listen_udp_with(
+    ///     ListenOptions::new(0).interface("127.0.0.1").receive_tos(true),
+    ///     from_fn(|t, _data, _from| {
+    ///         if t.arrival().ecn() == Some(3) {
+    ///             log::debug!("congestion experienced");
+    ///         }
+    ///     }),
+    /// )?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
+    #[doc(alias = "IP_RECVTOS")]
+    #[doc(alias = "ecn")]
+    pub fn receive_tos(mut self, on: bool) -> Self {
+        self.receive_tos = on;
+        self
+    }
+
+    /// The TOS byte (IPv4) or traffic class (IPv6) of every datagram the port sends: DSCP
+    /// in the top six bits, ECN in the low two (`IP_TOS`; `IPV6_TCLASS` on an IPv6 port,
+    /// with `IP_TOS` too for the IPv4 peers of a dual-stack port). The kernel's default
+    /// (0) when not set. A write can carry its own
+    /// ([`WriteOptions::tos`](crate::WriteOptions::tos)), which replaces this whole byte
+    /// for that datagram, DSCP included.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use twine::ListenOptions;
+    /// // Expedited forwarding (DSCP 46), ECN-capable transport ECT(0).
+    /// let opts = ListenOptions::new(0).tos(46 << 2 | 0b10);
+    /// # let _ = opts;
+    /// ```
+    #[doc(alias = "IP_TOS")]
+    #[doc(alias = "dscp")]
+    pub fn tos(mut self, tos: u8) -> Self {
+        self.tos = Some(tos);
+        self
+    }
+
+    /// Whether the kernel stamps each datagram with the time it queued it
+    /// (`SO_TIMESTAMPNS`; off by default), for
+    /// [`UdpTransport::arrival`](crate::UdpTransport::arrival): the receive-to-reply
+    /// delay of a time server, the time a datagram waited in the socket's queue. The
+    /// stamp is the **wall clock** (`CLOCK_REALTIME`, a [`std::time::SystemTime`]): it
+    /// jumps when the clock is set, and cannot be compared with the reactor's
+    /// [`Instant`](std::time::Instant)s; compare it with `SystemTime::now()`. A coalesced
+    /// read ([`receive_offload`](Self::receive_offload)) has one stamp for all its
+    /// datagrams. Turning it on makes the kernel stamp every datagram the host receives,
+    /// for every socket, while any socket asks for it. Where the OS lacks it, the listen
+    /// call fails with [`Error::SocketOption`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use twine::{ListenOptions, Reactor, from_fn};
+    /// let mut reactor = Reactor::new()?;
+    /// reactor.listen_udp_with(
+    ///     ListenOptions::new(0).interface("127.0.0.1").receive_timestamps(true),
+    ///     from_fn(|t, _data, _from| {
+    ///         if let Some(at) = t.arrival().timestamp {
+    ///             let waited = SystemTime::now().duration_since(at).unwrap_or_default();
+    ///             log::debug!("queued for {waited:?}");
+    ///         }
+    ///     }),
+    /// )?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
+    #[doc(alias = "SO_TIMESTAMPNS")]
+    pub fn receive_timestamps(mut self, on: bool) -> Self {
+        self.timestamps = on;
         self
     }
 

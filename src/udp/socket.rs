@@ -80,6 +80,59 @@ impl PortSocket {
         }
     }
 
+    /// [`send_one`](Self::send_one) carrying a source address and a TOS byte; in memory
+    /// they are not simulated, and the datagram goes as a plain one.
+    pub(crate) fn send_one_with(
+        &mut self,
+        data: &[u8],
+        addr: SocketAddr,
+        to_peer: bool,
+        meta: &sys::SendMeta,
+    ) -> io::Result<usize> {
+        match self {
+            PortSocket::Kernel(s) => {
+                sys::send_with(s, data, (!to_peer).then_some(&addr), addr, meta)
+            }
+            PortSocket::Memory(_) => self.send_one(data, addr, to_peer),
+        }
+    }
+
+    /// Turns the arrival address per datagram on or off (`IP_PKTINFO`, ...); accepted and
+    /// not simulated in memory.
+    pub(crate) fn set_arrival(&mut self, v6: bool, on: bool) -> io::Result<()> {
+        match self {
+            PortSocket::Kernel(s) => sys::set_arrival(s.as_raw_fd(), v6, on),
+            PortSocket::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Turns the TOS byte per datagram on or off (`IP_RECVTOS`, ...); accepted and not
+    /// simulated in memory.
+    pub(crate) fn set_recv_tos(&mut self, v6: bool, on: bool) -> io::Result<()> {
+        match self {
+            PortSocket::Kernel(s) => sys::set_recv_tos(s.as_raw_fd(), v6, on),
+            PortSocket::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Turns receive timestamps on or off (`SO_TIMESTAMPNS`); accepted and not simulated
+    /// in memory.
+    pub(crate) fn set_timestamps(&mut self, on: bool) -> io::Result<()> {
+        match self {
+            PortSocket::Kernel(s) => sys::set_timestamps(s.as_raw_fd(), on),
+            PortSocket::Memory(_) => Ok(()),
+        }
+    }
+
+    /// The TOS byte of every datagram sent (`IP_TOS`, ...); accepted and not simulated in
+    /// memory.
+    pub(crate) fn set_tos(&mut self, v6: bool, tos: u8) -> io::Result<()> {
+        match self {
+            PortSocket::Kernel(s) => sys::set_tos(s.as_raw_fd(), v6, tos),
+            PortSocket::Memory(_) => Ok(()),
+        }
+    }
+
     pub(crate) fn connect(&mut self, addr: SocketAddr) -> io::Result<()> {
         match self {
             PortSocket::Kernel(s) => s.connect(addr),

@@ -228,7 +228,9 @@ impl<'a> UdpTransport<'a> {
     /// [`ListenOptions::send_queue_limit`](crate::ListenOptions::send_queue_limit): the
     /// send queue (filled while the kernel's buffer is full) and the writes gathered for
     /// the batch being dispatched, each datagram its payload plus 128 bytes for the entry
-    /// itself (what it costs in memory, at least), so that empty datagrams are bounded too.
+    /// itself (what it costs in memory, at least), so that empty datagrams are bounded too,
+    /// and 64 bytes more for one that carries a source address or a TOS byte of its own
+    /// ([`write_with`](Self::write_with), or a reply from the arrival address).
     ///
     /// A producer that heeds the pause never meets the bound: one that writes only while
     /// [`is_write_paused`](Self::is_write_paused) is false (checked before each write), or

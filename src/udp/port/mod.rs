@@ -138,7 +138,7 @@ pub(crate) struct PortCore {
     out: Option<Box<SendBatch>>,
     /// The send batch while the report hooks run (they send at once).
     parked_out: Option<Box<SendBatch>>,
-    queue: VecDeque<(Box<[u8]>, SocketAddr)>,
+    queue: SendQueue,
     /// What the queue's entries are charged ([`charge`]), against its marks and bound.
     queue_charge: usize,
     queue_limit: usize,
@@ -163,6 +163,16 @@ pub(crate) struct PortCore {
     /// The control messages the options on can attach to a datagram, which each receive
     /// slot has room for.
     control: sys::ControlSpace,
+    /// Some option whose messages the hooks read per datagram is on (the arrival address,
+    /// the TOS byte, the timestamp): each datagram's are read before its hook runs.
+    pub(crate) per_datagram: bool,
+    /// What the kernel said of the datagram whose hook runs now (`None` outside it).
+    pub(crate) arrival: Option<crate::udp::arrival::Arrival>,
+    /// Writes to a datagram's sender leave from its arrival address.
+    reply_from_arrival: bool,
+    /// The sender of the datagram whose hook runs now, and what replies to it carry
+    /// (with `reply_from_arrival`).
+    pub(crate) reply_to: Option<(SocketAddr, sys::SendMeta)>,
 }
 
 /// The receive slot of a port with receive offload: the most a coalesced read carries
@@ -214,7 +224,7 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 lead: false,
                 out: None,
                 parked_out: None,
-                queue: VecDeque::new(),
+                queue: SendQueue::default(),
                 queue_charge: 0,
                 queue_limit: opts.send_queue_limit,
                 write_high: write_high(opts, &local),
@@ -226,7 +236,11 @@ impl<P: DatagramProtocol> UdpPort<P> {
                 deliver_truncated: opts.deliver_truncated,
                 drops_seen: None,
                 receive_offload: false,
-                control: sys::ControlSpace::default(),
+                control: datagram_control(opts, local.is_ipv6()),
+                per_datagram: false,
+                arrival: None,
+                reply_from_arrival: opts.reply_from_arrival,
+                reply_to: None,
             },
         }
         .with_kernel_reports(opts.receive_offload)
@@ -257,6 +271,7 @@ impl<P: DatagramProtocol> UdpPort<P> {
             Err(_) => {}
         }
         self.core.control.segment_size = self.core.receive_offload;
+        self.core.per_datagram = self.core.control.per_datagram();
         self
     }
 
@@ -299,7 +314,11 @@ impl<P: DatagramProtocol> UdpPort<P> {
         catch_unwind(AssertUnwindSafe(|| {
             f(protocol, &mut UdpTransport::new(core, r))
         }))
-        .map_err(|panic| panic_message(&*panic))
+        .map_err(|panic| {
+            // A hook that panicked leaves its datagram's arrival behind.
+            self.core.clear_arrival();
+            panic_message(&*panic)
+        })
     }
 
     /// A hook that panicked during a dispatch: logs and counts it, naming the hook and
@@ -494,6 +513,59 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
+}
+
+/// The control messages the per-datagram options in `opts` attach (on an IPv6 port, the
+/// IPv4 kind too, for the IPv4 datagrams of a dual-stack socket).
+fn datagram_control(opts: &ListenOptions, v6: bool) -> sys::ControlSpace {
+    let arrival = opts.arrival || opts.reply_from_arrival;
+    sys::ControlSpace {
+        pktinfo_v4: arrival,
+        pktinfo_v6: arrival && v6,
+        tos_v4: opts.receive_tos,
+        tclass_v6: opts.receive_tos && v6,
+        timestamp: opts.timestamps,
+        ..sys::ControlSpace::default()
+    }
+}
+
+/// Turns on the per-datagram options `opts` asks for (and, on an adopted socket, off the
+/// ones it does not): the arrival address, the TOS byte received, the timestamp, and the
+/// TOS byte sent.
+pub(crate) fn apply_datagram_options(
+    socket: &mut PortSocket,
+    local: SocketAddr,
+    opts: &ListenOptions,
+) -> Result<()> {
+    let v6 = local.is_ipv6();
+    let failed = |option: &'static str| move |source| Error::SocketOption { option, source };
+    let arrival = opts.arrival || opts.reply_from_arrival;
+    let quiet = |asked: bool, done: std::io::Result<()>, option: &'static str| match done {
+        // Turning off what was never on: nothing to do where the OS lacks it.
+        Err(_) if !asked => Ok(()),
+        other => other.map_err(failed(option)),
+    };
+    quiet(
+        arrival,
+        socket.set_arrival(v6, arrival),
+        if v6 { "IPV6_RECVPKTINFO" } else { "IP_PKTINFO" },
+    )?;
+    quiet(
+        opts.receive_tos,
+        socket.set_recv_tos(v6, opts.receive_tos),
+        if v6 { "IPV6_RECVTCLASS" } else { "IP_RECVTOS" },
+    )?;
+    quiet(
+        opts.timestamps,
+        socket.set_timestamps(opts.timestamps),
+        "SO_TIMESTAMPNS",
+    )?;
+    if let Some(tos) = opts.tos {
+        socket
+            .set_tos(v6, tos)
+            .map_err(failed(if v6 { "IPV6_TCLASS" } else { "IP_TOS" }))?;
+    }
+    Ok(())
 }
 
 /// Whether `addr` names the connected peer `peer` (as the kernel gave it at connect): the

@@ -182,7 +182,8 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
 
 /// Delivers read `i` of the batch of a port with receive offload: a coalesced read
 /// datagram by datagram (from `st.seg` on, going on after a panic), each cut short as the
-/// max packet size says. Returns whether a stop came meanwhile.
+/// max packet size says, each told the read's arrival. Returns whether a stop came
+/// meanwhile.
 #[inline(never)]
 fn deliver_offloaded<P: DatagramProtocol>(
     p: &mut P,
@@ -194,6 +195,25 @@ fn deliver_offloaded<P: DatagramProtocol>(
     let Some(d) = batch.datagrams_from(i).next() else {
         return false;
     };
+    if !t.core.per_datagram {
+        return deliver_read(p, t, batch, i, d, st);
+    }
+    t.core.set_arrival(d.control, d.from);
+    let stopped = deliver_read(p, t, batch, i, d, st);
+    t.core.clear_arrival();
+    stopped
+}
+
+/// [`deliver_offloaded`] of read `i`, `d`.
+#[inline(always)]
+fn deliver_read<P: DatagramProtocol>(
+    p: &mut P,
+    t: &mut UdpTransport<'_>,
+    batch: &RecvBatch,
+    i: usize,
+    d: sys::Datagram<'_>,
+    st: &mut ReadState,
+) -> bool {
     let control_truncated = batch.control_truncated(i);
     let Some(size) = batch.segment_size(i) else {
         if control_truncated {
@@ -254,6 +274,9 @@ pub(super) fn deliver<P: DatagramProtocol>(
     t: &mut UdpTransport<'_>,
     d: sys::Datagram<'_>,
 ) {
+    if t.core.per_datagram {
+        return deliver_with_arrival(p, t, d);
+    }
     // One arm per family, so that each builds only its own kind of address for the
     // call (merged, the two would go through a field-by-field copy of both layouts).
     match d.from {
@@ -261,6 +284,23 @@ pub(super) fn deliver<P: DatagramProtocol>(
         Some(from @ SocketAddr::V6(_)) => deliver_from(p, t, d.data, d.truncated, d.len, from),
         None => t.core.stats.recv_errors += 1,
     }
+}
+
+/// [`deliver`] on a port with a per-datagram option on: the hook is told the datagram's
+/// arrival (its control messages read first), and nothing of it outlives the hook.
+#[inline(never)]
+fn deliver_with_arrival<P: DatagramProtocol>(
+    p: &mut P,
+    t: &mut UdpTransport<'_>,
+    d: sys::Datagram<'_>,
+) {
+    let Some(from) = d.from else {
+        t.core.stats.recv_errors += 1;
+        return;
+    };
+    t.core.set_arrival(d.control, d.from);
+    deliver_from(p, t, d.data, d.truncated, d.len, from);
+    t.core.clear_arrival();
 }
 
 #[inline(always)]
@@ -344,6 +384,32 @@ impl PortCore {
                 self.prefix, self.local
             );
         }
+    }
+
+    /// Reads what a datagram's control messages say, for the hook about to run: its
+    /// arrival, and with `reply_from_arrival`, the source of replies to `from`.
+    pub(super) fn set_arrival(&mut self, control: &[u8], from: Option<SocketAddr>) {
+        let arrival = crate::udp::arrival::Arrival::from(sys::recv_meta(control));
+        self.arrival = Some(arrival);
+        self.reply_to = None;
+        if self.reply_from_arrival
+            && let (Some(from), Some(source)) = (from, arrival.reply_source)
+        {
+            self.reply_to = Some((
+                from,
+                sys::SendMeta {
+                    source: Some(source),
+                    tos: None,
+                },
+            ));
+        }
+    }
+
+    /// Forgets the arrival of the datagram whose hook returned.
+    #[inline]
+    pub(crate) fn clear_arrival(&mut self) {
+        self.arrival = None;
+        self.reply_to = None;
     }
 
     /// Takes in the socket's drop count as the kernel reported it.

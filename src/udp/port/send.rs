@@ -3,11 +3,18 @@
 
 use super::*;
 
+use crate::sys::SendMeta;
+
 /// What one entry of the send queue is charged besides its payload, against the flow
 /// control marks and the queue's bound: what it costs in memory, at least (48 bytes in
 /// the queue's ring buffer, as much again while that buffer is half empty after growing,
 /// and up to 32 bytes the allocator adds to the payload's block).
 pub(crate) const QUEUE_ENTRY_OVERHEAD: usize = 128;
+
+/// What a queue entry that carries a source address or a TOS byte is charged on top of
+/// [`QUEUE_ENTRY_OVERHEAD`]: its entry in the queue's second ring (32 bytes, and as much
+/// again while that ring is half empty).
+pub(crate) const QUEUE_META_OVERHEAD: usize = 64;
 
 /// What a datagram of `len` bytes is charged once queued.
 #[inline(always)]
@@ -15,10 +22,83 @@ pub(super) fn charge(len: usize) -> usize {
     len + QUEUE_ENTRY_OVERHEAD
 }
 
+/// What a datagram of `len` bytes carrying `meta` is charged once queued.
+#[inline(always)]
+pub(super) fn charge_meta(len: usize, meta: &SendMeta) -> usize {
+    charge(len)
+        + if meta.is_empty() {
+            0
+        } else {
+            QUEUE_META_OVERHEAD
+        }
+}
+
 /// What the datagrams gathered in `out` would be charged once queued.
 #[inline(always)]
 pub(super) fn gathered_charge(out: &SendBatch) -> usize {
-    out.total_bytes() + out.len() * QUEUE_ENTRY_OVERHEAD
+    out.total_bytes() + out.len() * QUEUE_ENTRY_OVERHEAD + out.meta_count() * QUEUE_META_OVERHEAD
+}
+
+/// The send queue: datagrams the kernel's full buffer did not take, in order. What an
+/// entry carries besides its bytes (a source, a TOS byte) is kept in a second ring, by
+/// the entry's sequence number, so that the common entry stays its payload and address.
+#[derive(Debug, Default)]
+pub(crate) struct SendQueue {
+    entries: VecDeque<(Box<[u8]>, SocketAddr)>,
+    metas: VecDeque<(u64, SendMeta)>,
+    /// The sequence number of the front entry.
+    front: u64,
+}
+
+impl SendQueue {
+    #[inline(always)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn push_back(&mut self, data: Box<[u8]>, addr: SocketAddr, meta: SendMeta) {
+        if !meta.is_empty() {
+            let seq = self.front.wrapping_add(self.entries.len() as u64);
+            self.metas.push_back((seq, meta));
+        }
+        self.entries.push_back((data, addr));
+    }
+
+    fn push_front(&mut self, data: Box<[u8]>, addr: SocketAddr, meta: SendMeta) {
+        self.front = self.front.wrapping_sub(1);
+        if !meta.is_empty() {
+            self.metas.push_front((self.front, meta));
+        }
+        self.entries.push_front((data, addr));
+    }
+
+    fn pop_front(&mut self) -> Option<(Box<[u8]>, SocketAddr, SendMeta)> {
+        let (data, addr) = self.entries.pop_front()?;
+        let seq = self.front;
+        self.front = self.front.wrapping_add(1);
+        let meta = match self.metas.front() {
+            Some(&(at, meta)) if at == seq => {
+                self.metas.pop_front();
+                meta
+            }
+            _ => SendMeta::default(),
+        };
+        Some((data, addr, meta))
+    }
+
+    fn shrink(&mut self) {
+        if self.entries.is_empty() && self.entries.capacity() > QUEUE_KEPT_CAPACITY {
+            // A burst's ring buffer is not kept for ever.
+            self.entries.shrink_to(QUEUE_KEPT_CAPACITY);
+        }
+        if self.metas.is_empty() && self.metas.capacity() > QUEUE_KEPT_CAPACITY {
+            self.metas.shrink_to(QUEUE_KEPT_CAPACITY);
+        }
+    }
 }
 
 /// The high-water mark of a port: the one asked for, lowered if need be to leave room
@@ -39,10 +119,31 @@ impl PortCore {
     /// into the protocol's callback; everything else is [`send_checked`](Self::send_checked).
     #[inline]
     pub(crate) fn send(&mut self, data: &[u8], addr: SocketAddr) -> Result<()> {
-        if self.peer.is_none() && addr.is_ipv4() == self.local_is_v4 && self.gather(data, addr) {
+        if let Some((to, meta)) = self.reply_to
+            && to == addr
+        {
+            return self.send_checked(data, addr, meta);
+        }
+        if self.peer.is_none()
+            && addr.is_ipv4() == self.local_is_v4
+            && self.gather(data, addr, SendMeta::default())
+        {
             return Ok(());
         }
-        self.send_checked(data, addr)
+        self.send_checked(data, addr, SendMeta::default())
+    }
+
+    /// [`send`](Self::send) of a datagram carrying `meta` (checked by the caller).
+    pub(crate) fn send_meta(
+        &mut self,
+        data: &[u8],
+        addr: SocketAddr,
+        meta: SendMeta,
+    ) -> Result<()> {
+        if meta.is_empty() {
+            return self.send(data, addr);
+        }
+        self.send_checked(data, addr, meta)
     }
 
     /// Sends one datagram to the connected peer: [`send`](Self::send) without the address.
@@ -51,23 +152,32 @@ impl PortCore {
         let Some(peer) = self.peer else {
             return Err(Error::NotConnected);
         };
-        if self.gather(data, peer) {
+        if let Some((to, meta)) = self.reply_to
+            && is_peer(&peer, &to)
+        {
+            return self.send_checked(data, peer, meta);
+        }
+        if self.gather(data, peer, SendMeta::default()) {
             return Ok(());
         }
-        self.send_checked(data, peer)
+        self.send_checked(data, peer, SendMeta::default())
     }
 
     /// Adds the datagram to the batch being gathered, if there is one, nothing is queued
     /// before it and UDP can carry it (sending the batch once full); false otherwise.
     #[inline(always)]
-    pub(super) fn gather(&mut self, data: &[u8], addr: SocketAddr) -> bool {
+    pub(super) fn gather(&mut self, data: &[u8], addr: SocketAddr, meta: SendMeta) -> bool {
         if data.len() > self.max_send || !self.queue.is_empty() {
             return false;
         }
         let Some(out) = self.out.as_mut() else {
             return false;
         };
-        out.push(data, addr);
+        if meta.is_empty() {
+            out.push(data, addr);
+        } else {
+            out.push_with(data, addr, meta);
+        }
         // Sent at once when the batch is full, or when what it holds would count past the
         // high-water mark once queued: then the kernel says at once whether it takes them,
         // and what it does not take is queued and pauses the producer in time.
@@ -80,7 +190,12 @@ impl PortCore {
     /// [`send`](Self::send) with every check: connected ports, queued data, writes
     /// outside a dispatch batch, and the errors.
     #[inline(never)]
-    pub(super) fn send_checked(&mut self, data: &[u8], addr: SocketAddr) -> Result<()> {
+    pub(super) fn send_checked(
+        &mut self,
+        data: &[u8],
+        addr: SocketAddr,
+        meta: SendMeta,
+    ) -> Result<()> {
         if !same_family(&addr, &self.local) {
             return Err(Error::AddressFamilyMismatch {
                 address: addr,
@@ -100,25 +215,34 @@ impl PortCore {
             });
         }
         if !self.queue.is_empty() {
-            return self.enqueue(data, addr);
+            return self.enqueue(data, addr, meta);
         }
-        if self.gather(data, addr) {
+        if self.gather(data, addr, meta) {
             return Ok(());
         }
-        match self.send_now(data, addr) {
-            Err(e) if sys::classify(&e) == ErrorClass::WouldBlock => self.enqueue(data, addr),
+        match self.send_now(data, addr, meta) {
+            Err(e) if sys::classify(&e) == ErrorClass::WouldBlock => self.enqueue(data, addr, meta),
             Err(e) => self.send_failed(e, data.len(), addr),
             Ok(()) => Ok(()),
         }
     }
 
-    pub(super) fn send_now(&mut self, data: &[u8], addr: SocketAddr) -> std::io::Result<()> {
+    pub(super) fn send_now(
+        &mut self,
+        data: &[u8],
+        addr: SocketAddr,
+        meta: SendMeta,
+    ) -> std::io::Result<()> {
         let mut retries = 0;
         loop {
             // A datagram written before `connect` to another address still goes there
             // (Linux takes a destination on a connected UDP socket), never to the peer.
             let to_peer = self.peer.is_some_and(|p| is_peer(&p, &addr));
-            let sent = self.socket.send_one(data, addr, to_peer);
+            let sent = if meta.is_empty() {
+                self.socket.send_one(data, addr, to_peer)
+            } else {
+                self.socket.send_one_with(data, addr, to_peer, &meta)
+            };
             match sent {
                 Ok(_) => {
                     self.stats.datagrams_sent += 1;
@@ -167,25 +291,25 @@ impl PortCore {
 
     /// Queues a datagram the kernel's full buffer did not take, unless the queue is at
     /// its bound: each entry is charged its payload and [`QUEUE_ENTRY_OVERHEAD`].
-    pub(super) fn enqueue(&mut self, data: &[u8], addr: SocketAddr) -> Result<()> {
-        if self.queue_charge + charge(data.len()) > self.queue_limit {
+    pub(super) fn enqueue(&mut self, data: &[u8], addr: SocketAddr, meta: SendMeta) -> Result<()> {
+        if self.queue_charge + charge_meta(data.len(), &meta) > self.queue_limit {
             self.stats.send_dropped += 1;
             return Err(Error::SendQueueFull {
                 len: data.len(),
                 queued: self.queue_charge,
             });
         }
-        self.queue_entry(data, addr);
+        self.queue_entry(data, addr, meta);
         Ok(())
     }
 
     /// Queues a datagram already accepted (gathered by `write`, then not taken by the
     /// kernel). Gathered writes are sent before they could count past the high-water mark
     /// and only while the queue is empty, so this stays below the bound.
-    pub(super) fn queue_entry(&mut self, data: &[u8], addr: SocketAddr) {
+    pub(super) fn queue_entry(&mut self, data: &[u8], addr: SocketAddr, meta: SendMeta) {
         self.stats.send_queued += 1;
-        self.queue_charge += charge(data.len());
-        self.queue.push_back((data.into(), addr));
+        self.queue_charge += charge_meta(data.len(), &meta);
+        self.queue.push_back(data.into(), addr, meta);
         if self.queue_charge > self.write_high {
             self.write_paused = true;
         }
@@ -193,21 +317,18 @@ impl PortCore {
 
     /// Sends queued datagrams until the kernel's buffer is full again.
     pub(crate) fn flush_queue(&mut self) {
-        while let Some((data, addr)) = self.queue.pop_front() {
-            match self.send_now(&data, addr) {
+        while let Some((data, addr, meta)) = self.queue.pop_front() {
+            match self.send_now(&data, addr, meta) {
                 Err(e) if sys::classify(&e) == ErrorClass::WouldBlock => {
-                    self.queue.push_front((data, addr));
+                    self.queue.push_front(data, addr, meta);
                     break;
                 }
                 Err(e) => self.later_send_failed(e, data.len(), addr),
                 Ok(()) => {}
             }
-            self.queue_charge -= charge(data.len());
+            self.queue_charge -= charge_meta(data.len(), &meta);
         }
-        if self.queue.is_empty() && self.queue.capacity() > QUEUE_KEPT_CAPACITY {
-            // A burst's ring buffer is not kept for ever.
-            self.queue.shrink_to(QUEUE_KEPT_CAPACITY);
-        }
+        self.queue.shrink();
         if self.write_paused && self.queue_charge <= self.write_low {
             self.write_paused = false;
         }
@@ -291,7 +412,7 @@ impl PortCore {
                 Err(e) if sys::classify(&e) == ErrorClass::WouldBlock => {
                     for i in next..out.len() {
                         let (data, addr) = out.get(i);
-                        self.queue_entry(data, addr);
+                        self.queue_entry(data, addr, out.meta(i));
                     }
                     break;
                 }
@@ -377,5 +498,49 @@ pub(super) fn copy_io_error(e: &std::io::Error) -> std::io::Error {
     match e.raw_os_error() {
         Some(code) => std::io::Error::from_raw_os_error(code),
         None => std::io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entries with and without a source keep theirs through pushes and pops at both
+    /// ends, in order.
+    #[test]
+    fn the_queue_keeps_each_entrys_meta_in_order() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let meta = |n: u8| SendMeta {
+            source: None,
+            tos: Some(n),
+        };
+        let mut q = SendQueue::default();
+        for n in 0..6u8 {
+            let m = if n % 2 == 0 { meta(n) } else { SendMeta::default() };
+            q.push_back(vec![n].into(), addr, m);
+        }
+        let (data, _, m) = q.pop_front().expect("first");
+        assert_eq!((data[0], m), (0, meta(0)));
+        let (data, _, m) = q.pop_front().expect("second");
+        assert_eq!((data[0], m), (1, SendMeta::default()));
+        // Put back, as a send that met a full buffer does.
+        q.push_front(data, addr, m);
+        let (data, _, m) = q.pop_front().expect("second again");
+        assert_eq!((data[0], m), (1, SendMeta::default()));
+        let (data, _, m) = q.pop_front().expect("third");
+        q.push_front(data, addr, m);
+        let rest: Vec<(u8, SendMeta)> = std::iter::from_fn(|| q.pop_front())
+            .map(|(d, _, m)| (d[0], m))
+            .collect();
+        assert_eq!(
+            rest,
+            [
+                (2, meta(2)),
+                (3, SendMeta::default()),
+                (4, meta(4)),
+                (5, SendMeta::default())
+            ]
+        );
+        assert!(q.is_empty() && q.metas.is_empty());
     }
 }
