@@ -35,6 +35,11 @@ use crate::udp::transport::UdpTransport;
 ///         let _ = t.write(text.as_bytes(), from);
 ///     }
 /// }
+///
+/// let mut reactor = twine::Reactor::new()?;
+/// let opts = twine::ListenOptions::new(0).interface("0.0.0.0").arrival_address(true);
+/// reactor.listen_udp_with(opts, WhoAmI)?;
+/// # Ok::<(), twine::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -110,6 +115,11 @@ impl Arrival {
     ///         });
     ///     }
     /// }
+    ///
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("0.0.0.0").arrival_address(true);
+    /// reactor.listen_udp_with(opts, Slow)?;
+    /// # Ok::<(), twine::Error>(())
     /// ```
     pub fn reply_options(&self) -> WriteOptions {
         WriteOptions {
