@@ -1,4 +1,7 @@
-//! Echo server: every datagram, the empty one included, goes back to its sender.
+//! Echo server: every datagram, the empty one included, goes back to its sender. Bound to
+//! a wildcard address (`0.0.0.0:9999`, `[::]:9999`), each echo leaves from the address its
+//! datagram arrived on, so that a client that asked one of the host's several addresses
+//! gets the answer from that one (`ListenOptions::reply_from_arrival`).
 //!
 //! Run:  `cargo run --example echo [IP:PORT]` (default `127.0.0.1:9999`; port 0 picks one)
 //! Poke: `echo hello | nc -u -w1 127.0.0.1 9999`
@@ -25,7 +28,8 @@ fn main() -> Result<(), twine::Error> {
     common::init(&[]);
     let addr = common::addr_arg(0, "127.0.0.1:9999");
     let mut reactor = Reactor::new()?;
-    let port = reactor.listen_udp_with(ListenOptions::from(addr), Echo)?;
+    let opts = ListenOptions::from(addr).reply_from_arrival(addr.ip().is_unspecified());
+    let port = reactor.listen_udp_with(opts, Echo)?;
     common::announce(&mut reactor, format!("listening on {}", port.local_addr()));
     reactor.run()?;
     log::info!("bye");

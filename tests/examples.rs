@@ -41,6 +41,42 @@ fn echo_example_echoes_and_stops_on_ctrl_c() {
     assert_eq!(end.lines_with("received SIGINT").len(), 1, "{lines:?}");
 }
 
+/// Bound to 0.0.0.0, the echo example answers each request from the address it was sent
+/// to: a client connected to 127.0.0.2 (which drops anything from another address) gets
+/// its echo, and one connected to 127.0.0.3 gets its own.
+#[test]
+fn echo_example_on_a_wildcard_address_answers_from_the_address_asked() {
+    let mut echo = Running::example("echo", &["0.0.0.0:0"]);
+    let port = echo.listening_addr().port();
+    for asked in ["127.0.0.2", "127.0.0.3", "127.0.0.1"] {
+        let to: SocketAddr = format!("{asked}:{port}").parse().expect("addr");
+        let c = client();
+        c.connect(to).expect("connect");
+        c.send(asked.as_bytes()).expect("send");
+        let mut buf = [0u8; 64];
+        let n = c
+            .recv(&mut buf)
+            .expect("the echo reaches the connected client");
+        assert_eq!(&buf[..n], asked.as_bytes());
+    }
+    assert!(echo.interrupt().success);
+}
+
+/// The time server logs, at debug level, how long after the kernel stamped each request
+/// its answer was written.
+#[test]
+fn time_server_logs_the_receive_to_reply_delay() {
+    let mut cmd = std::process::Command::new(util::running::example("time_server"));
+    cmd.arg("127.0.0.1:0").env("RUST_LOG", "debug");
+    let mut server = Running::spawn(cmd);
+    let addr = server.listening_addr();
+    let c = client();
+    assert_ctime_now(&text(request(&c, addr, b"now?")));
+    let end = server.interrupt();
+    let lines = end.lines_with("µs after its request arrived");
+    assert_eq!(lines.len(), 1, "{:#?}", end.lines);
+}
+
 /// The echo example refuses a bind address that is not an IP literal, with exit code 2.
 #[test]
 fn echo_example_rejects_a_hostname() {

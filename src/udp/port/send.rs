@@ -516,7 +516,11 @@ mod tests {
         };
         let mut q = SendQueue::default();
         for n in 0..6u8 {
-            let m = if n % 2 == 0 { meta(n) } else { SendMeta::default() };
+            let m = if n % 2 == 0 {
+                meta(n)
+            } else {
+                SendMeta::default()
+            };
             q.push_back(vec![n].into(), addr, m);
         }
         let (data, _, m) = q.pop_front().expect("first");
