@@ -177,6 +177,8 @@
 //! | cross-thread wake-up | eventfd (mio `Waker`) | pipe or kqueue user event |
 //! | signals | signal-hook's self-pipe, registered while `run` runs | same |
 //! | adoption checks | `fcntl(F_GETFD)`, `SO_TYPE`, `getsockname` | same |
+//! | arrival address, TOS, timestamps ([`Arrival`]) | `IP_PKTINFO`/`IPV6_RECVPKTINFO`, `IP_RECVTOS`/`IPV6_RECVTCLASS`, `SO_TIMESTAMPNS`, read per datagram from its control messages | not available: the listen call fails with `SocketOption` |
+//! | a write's source and TOS byte ([`WriteOptions`]) | `IP_PKTINFO`/`IPV6_PKTINFO` and `IP_TOS`/`IPV6_TCLASS` control messages on `sendmmsg`/`sendmsg` | refused (`Error::Send`, unsupported) |
 //! | a reactor per core ([`ReactorPool`]) | one `SO_REUSEPORT` group, datagrams spread by a 4-tuple hash | `SO_REUSEPORT`, unicast not balanced |
 
 #![deny(unsafe_code)]

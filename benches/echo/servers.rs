@@ -36,6 +36,11 @@ pub enum Kind {
     TwineSpin,
     /// (a) with receive offload: reported apart, not toward the targets.
     TwineGro,
+    /// (a) with receive timestamps on: only with `--only`, for the option's cost.
+    TwineTs,
+    /// (a) with every per-datagram option on (arrival address, replies from it, TOS,
+    /// timestamps): only with `--only`.
+    TwineMeta,
     Std,
     Mio,
     Tokio,
@@ -54,6 +59,9 @@ impl Kind {
         Kind::Twisted,
     ];
 
+    /// The servers only `--only` runs: variants measured for the cost of an option.
+    pub const EXTRA: [Kind; 2] = [Kind::TwineTs, Kind::TwineMeta];
+
     /// The name `--only` takes.
     pub fn name(self) -> &'static str {
         match self {
@@ -61,6 +69,8 @@ impl Kind {
             Kind::TwinePlain => "twine_plain",
             Kind::TwineSpin => "twine_spin",
             Kind::TwineGro => "twine_gro",
+            Kind::TwineTs => "twine_ts",
+            Kind::TwineMeta => "twine_meta",
             Kind::Std => "std",
             Kind::Mio => "mio",
             Kind::Tokio => "tokio",
@@ -75,6 +85,8 @@ impl Kind {
             Kind::TwinePlain => "(a') twine, no GSO",
             Kind::TwineSpin => "(a-spin) twine, spin",
             Kind::TwineGro => "(a-gro) twine, GRO",
+            Kind::TwineTs => "(a-ts) twine, timestamps",
+            Kind::TwineMeta => "(a-meta) twine, every per-datagram option",
             Kind::Std => "(b) std blocking",
             Kind::Mio => "(c) mio + mmsg",
             Kind::Tokio => "(d) tokio",
@@ -97,7 +109,10 @@ impl Kind {
     pub const SWEPT: [Kind; 3] = [Kind::Twine, Kind::TwinePlain, Kind::Mio];
 
     pub fn from_name(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == name)
+        Kind::ALL
+            .into_iter()
+            .chain(Kind::EXTRA)
+            .find(|k| k.name() == name)
     }
 }
 
@@ -149,6 +164,8 @@ pub fn start(kind: Kind, cpu: Option<usize>) -> Result<Server, String> {
             spawn(Box::new(move || serve_twine_spin(cpu, tx)))?
         }
         Kind::TwineGro => spawn(Box::new(move || serve_twine_gro(cpu, tx)))?,
+        Kind::TwineTs => spawn(Box::new(move || serve_twine_ts(cpu, tx)))?,
+        Kind::TwineMeta => spawn(Box::new(move || serve_twine_meta(cpu, tx)))?,
         Kind::Std => spawn(Box::new(move || serve_std(cpu, tx)))?,
         Kind::Mio => spawn(Box::new(move || serve_mio(cpu, tx)))?,
         Kind::Tokio => spawn(Box::new(move || serve_tokio(cpu, tx)))?,
@@ -319,6 +336,24 @@ fn serve_twine_gro(cpu: Option<usize>, ready: Ready) {
         Kind::TwineGro,
         ListenOptions::new(0).receive_offload(true),
     );
+}
+
+/// (a-ts): (a) with receive timestamps (`ListenOptions::receive_timestamps(true)`).
+#[inline(never)]
+fn serve_twine_ts(cpu: Option<usize>, ready: Ready) {
+    let options = ListenOptions::new(0).receive_timestamps(true);
+    run_twine(cpu, ready, Kind::TwineTs, options);
+}
+
+/// (a-meta): (a) with every per-datagram option: the arrival address, replies from it,
+/// the TOS byte received, timestamps.
+#[inline(never)]
+fn serve_twine_meta(cpu: Option<usize>, ready: Ready) {
+    let options = ListenOptions::new(0)
+        .reply_from_arrival(true)
+        .receive_tos(true)
+        .receive_timestamps(true);
+    run_twine(cpu, ready, Kind::TwineMeta, options);
 }
 
 fn run_twine(cpu: Option<usize>, ready: Ready, kind: Kind, options: ListenOptions) {
