@@ -109,6 +109,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -276,7 +277,8 @@ impl RetryPolicy {
 }
 
 /// Names one request of a [`Requests`] table, for [`Requests::cancel`] and
-/// [`Requests::is_pending`]. Never reused by its table: a stale id names nothing.
+/// [`Requests::is_pending`]. Never reused, by any table of the process: a stale id (and
+/// the timer of a table since dropped or replaced) names nothing.
 ///
 /// # Examples
 ///
@@ -405,6 +407,10 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// The next request's id, for every table: a timer left behind by a table that was
+/// dropped or replaced in its protocol must not reach a request of the new one.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
 /// What a request's completion is.
 type OnDone<P> = Box<dyn FnOnce(&mut P, &mut UdpTransport<'_>, Outcome)>;
 
@@ -454,7 +460,6 @@ pub struct Requests<P, K> {
     policy: RetryPolicy,
     limit: usize,
     access: Access<P, K>,
-    next_id: u64,
     /// In the order they were sent, so that a refusal finishes a peer's requests in order.
     by_id: BTreeMap<RequestId, Entry<P, K>>,
     by_key: HashMap<(SocketAddr, K), RequestId>,
@@ -554,7 +559,6 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
             policy,
             limit,
             access,
-            next_id: 0,
             by_id: BTreeMap::new(),
             by_key: HashMap::new(),
         })
@@ -625,14 +629,13 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
         if self.by_key.contains_key(&index) {
             return Err(Error::DuplicateRequest { peer });
         }
-        let id = RequestId(self.next_id);
+        let id = RequestId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
         let timeout = self.policy.first_timeout();
         let timer = arm(self.access, t, id, timeout)?;
         if let Err(e) = t.write(request, peer) {
             t.cancel(timer);
             return Err(e);
         }
-        self.next_id += 1;
         let key = index.1.clone();
         self.by_key.insert(index, id);
         self.by_id.insert(

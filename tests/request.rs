@@ -801,3 +801,25 @@ fn over_real_sockets_requests_get_their_reply_after_ignored_tries() {
         );
     }
 }
+
+/// A table replaced inside its protocol leaves its timers behind; when they fire they
+/// reach the new table, and must not touch its requests (ids are never reused).
+#[test]
+fn a_replaced_tables_timers_do_not_reach_the_new_tables_requests() {
+    let mut sim = Simulation::new(1).expect("simulation");
+    let policy = RetryPolicy::new(3, ms(100));
+    let port = client_in(&mut sim, policy, 4, &[1]);
+    sim.advance(ms(50)).expect("advance");
+    sim.with_port(&port, |c, t| {
+        c.requests = Requests::new(policy, 4, |me: &mut Client| &mut me.requests).expect("table");
+        c.ask(t, 2)
+    })
+    .expect("open")
+    .expect("send");
+    sim.advance(Duration::from_secs(5)).expect("advance");
+    assert_eq!(sends_of(&sim, 1), [ms(0)]);
+    assert_eq!(sends_of(&sim, 2), [ms(50), ms(150), ms(250)]);
+    let done = done(&mut sim, &port);
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!((done[0].key, done[0].at), (2, ms(350)));
+}
