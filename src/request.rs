@@ -29,7 +29,8 @@
 //! on the next reactor turn (a zero-delay [`call_later`](UdpTransport::call_later)), never
 //! inside the call that finished it, so `on_done` gets the protocol (`&mut P`) while the
 //! hook that called [`reply`](Requests::reply) has it borrowed, and may itself send new
-//! requests. Completions run in the order the requests finished.
+//! requests. Completions put off to the next turn run in the order their requests
+//! finished.
 //!
 //! The one exception is the port's stop: once it is asked for
 //! ([`stop_listening`](UdpTransport::stop_listening), [`Reactor::stop`](crate::Reactor::stop),
