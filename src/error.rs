@@ -176,6 +176,18 @@ pub enum Error {
         /// The protocol type the closure takes.
         requested: &'static str,
     },
+    /// [`Requests::send`](crate::request::Requests::send) found its table at its bound of
+    /// outstanding requests; nothing was sent.
+    TooManyRequests {
+        /// The bound ([`Requests::limit`](crate::request::Requests::limit)).
+        limit: usize,
+    },
+    /// [`Requests::send`](crate::request::Requests::send) was given the key of a request
+    /// to the same peer that is still outstanding; nothing was sent.
+    DuplicateRequest {
+        /// The peer.
+        peer: SocketAddr,
+    },
     /// The protocol panicked in `start_protocol`; the port was closed.
     StartPanicked {
         /// The port's address.
@@ -300,6 +312,13 @@ impl fmt::Display for Error {
             ProtocolMismatch { port, requested } => write!(
                 f,
                 "timer closure takes {requested} but the port's protocol is {port}"
+            ),
+            TooManyRequests { limit } => {
+                write!(f, "too many requests outstanding: at most {limit} at once")
+            }
+            DuplicateRequest { peer } => write!(
+                f,
+                "a request with the same key to {peer} is still outstanding"
             ),
             StartPanicked { addr, message } => {
                 write!(f, "start_protocol on {addr} panicked: {message}")

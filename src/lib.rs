@@ -189,6 +189,7 @@ mod error;
 mod pool;
 mod protocol;
 mod reactor;
+pub mod request;
 #[allow(unsafe_code)]
 mod sys;
 pub mod testing;

@@ -10,6 +10,9 @@
 //! | `python_parses_the_time_from_time_server` | `time_server` |
 //! | `python_clients_register_get_pushes_and_unregister_with_push_server` | `push_server` |
 //! | `python_clients_chat_and_hear_bye_bye_from_chat_server` | `chat_server` |
+//!
+//! The other way round, `tests/peers/dns_standin.py` is a DNS server for the `dns_client`
+//! example (the `dns_client_*` tests).
 
 mod util;
 
@@ -326,4 +329,124 @@ fn python_clients_chat_and_hear_bye_bye_from_chat_server() {
         ]
     );
     assert_eq!(texts(&got, 1), ["ack hi there", "ack after the heartbeat"]);
+}
+
+// ----- dns_client against a Python DNS stand-in ------------------------------------------
+
+/// Starts `tests/peers/dns_standin.py` on 127.0.0.1 with `args`; returns it and its address.
+fn dns_standin(py: &Path, args: &[&str]) -> (Running, SocketAddr) {
+    let mut cmd = Command::new(py);
+    cmd.arg("-u")
+        .arg(script("dns_standin.py"))
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .args(args);
+    let mut standin = Running::spawn(cmd);
+    let addr = standin.listening_addr();
+    (standin, addr)
+}
+
+/// The stand-in ignores the first two tries of the query and answers the third, after
+/// datagrams with the query's id that are no answer to it (short, a pointer past the end,
+/// a compression loop, too many answers, another question): dns_client ignores those,
+/// prints the A record and exits 0, having sent three tries (the third answered).
+#[test]
+fn dns_client_gets_its_answer_from_the_python_standin_after_dropped_tries() {
+    let Some(py) =
+        python3("dns_client_gets_its_answer_from_the_python_standin_after_dropped_tries")
+    else {
+        return;
+    };
+    let (mut standin, server) = dns_standin(&py, &["--drop", "2", "--junk"]);
+    // Doubling from 0.5 s, so that the third try's answer has 2 s to come back.
+    let args = [
+        &server.to_string()[..],
+        "--tries",
+        "3",
+        "--timeout",
+        "0.5",
+        "--backoff",
+        "2",
+    ];
+    let end = Running::example("dns_client", &args).finish();
+    assert!(end.success, "dns_client: {:#?}", end.lines);
+    assert_eq!(
+        end.lines_with("answer: "),
+        ["answer: example.test A 127.0.0.7"],
+        "{:#?}",
+        end.lines
+    );
+    assert_eq!(
+        end.lines_with("answered after 3 tries").len(),
+        1,
+        "{:#?}",
+        end.lines
+    );
+    standin.wait_for("answered try 3 of query");
+    assert_eq!(
+        standin
+            .seen
+            .iter()
+            .filter(|l| l.contains("dropped try"))
+            .count(),
+        2
+    );
+}
+
+/// A stand-in that drops more tries than the client makes: dns_client gives up after its
+/// tries with exit code 1; a name the stand-in does not know gets NXDOMAIN, exit code 1.
+#[test]
+fn dns_client_times_out_or_reports_nxdomain_with_exit_code_1() {
+    let Some(py) = python3("dns_client_times_out_or_reports_nxdomain_with_exit_code_1") else {
+        return;
+    };
+    let (mut standin, server) = dns_standin(&py, &["--drop", "2"]);
+    let server = server.to_string();
+    let end =
+        Running::example("dns_client", &[&server, "--tries", "2", "--timeout", "0.2"]).finish();
+    assert_eq!(end.code, Some(1), "{:#?}", end.lines);
+    assert_eq!(
+        end.lines_with("timed out after 2 tries").len(),
+        1,
+        "{:#?}",
+        end.lines
+    );
+    assert!(end.lines_with("answer: ").is_empty());
+    standin.wait_for_count("dropped try 2 of query", 1);
+    let end = Running::example(
+        "dns_client",
+        &[
+            &server,
+            "--name",
+            "nope.test",
+            "--tries",
+            "4",
+            "--timeout",
+            "0.5",
+        ],
+    )
+    .finish();
+    assert_eq!(end.code, Some(1), "{:#?}", end.lines);
+    assert_eq!(
+        end.lines_with("the server says NXDOMAIN").len(),
+        1,
+        "{:#?}",
+        end.lines
+    );
+}
+
+/// `dns_client --help` prints its usage and exits 0; bad flags exit 2.
+#[test]
+fn dns_client_prints_usage_on_help_and_rejects_bad_flags() {
+    let end = Running::example("dns_client", &["--help"]).finish();
+    assert!(end.success, "{:#?}", end.lines);
+    assert!(end.lines.iter().any(|l| l.starts_with("usage: dns_client")));
+    for args in [
+        &["--tries", "0"][..],
+        &["--backoff", "0"],
+        &["--name", "a..b"],
+        &["localhost:53"],
+    ] {
+        let end = Running::example("dns_client", args).finish();
+        assert_eq!(end.code, Some(2), "{args:?}: {:#?}", end.lines);
+    }
 }
