@@ -378,6 +378,8 @@ pub struct SendBatch {
     /// Per datagram, its source address and TOS byte; empty while no datagram waiting
     /// carries either, so that the common case pushes nothing here.
     metas: Vec<SendMeta>,
+    /// How many of `metas` are not empty.
+    with_meta: usize,
     names: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<Mmsg>,
@@ -405,6 +407,7 @@ impl SendBatch {
             data: Vec::with_capacity(bytes),
             entries: Vec::with_capacity(capacity),
             metas: Vec::new(),
+            with_meta: 0,
             names: vec![zeroed(); capacity],
             iovs: vec![zeroed(); capacity],
             hdrs: vec![zeroed(); capacity],
@@ -467,6 +470,7 @@ impl SendBatch {
         self.data.extend_from_slice(data);
         self.entries.push((self.data.len(), addr));
         self.metas.push(meta);
+        self.with_meta += 1;
     }
 
     /// What datagram `i` carries besides its bytes.
@@ -476,8 +480,9 @@ impl SendBatch {
     }
 
     /// How many datagrams waiting carry a source address or a TOS byte.
+    #[inline]
     pub fn meta_count(&self) -> usize {
-        self.metas.iter().filter(|m| !m.is_empty()).count()
+        self.with_meta
     }
 
     /// Datagram `i`: its bytes and destination.
@@ -505,6 +510,7 @@ impl SendBatch {
         self.data.clear();
         self.entries.clear();
         self.metas.clear();
+        self.with_meta = 0;
     }
 
     /// Sends datagrams `from..` (at most the capacity at once) without blocking; returns
@@ -895,7 +901,8 @@ mod tests {
         assert_eq!(sized.recv(&rx, 8, 64).expect("recv"), 3);
         assert_eq!(sized.control_truncated_count(), 0);
         for d in sized.datagrams() {
-            let meta = p::recv_meta(d.control);
+            let mut meta = super::super::cmsg::Arrival::default();
+            p::recv_meta(d.control, &mut meta);
             assert_eq!(meta.destination, Some(to.ip()));
             assert_eq!(meta.reply_source, Some(to.ip()));
             assert_eq!(meta.tos, Some(0x2e));

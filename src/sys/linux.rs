@@ -14,7 +14,7 @@ use socket2::SockRef;
 
 use super::QueuedError;
 use super::cmsg::{
-    ControlMessages, ControlWriter, PKTINFO_V4_LEN, PKTINFO_V6_LEN, RecvMeta, SendMeta,
+    ControlMessages, ControlWriter, PKTINFO_V4_LEN, PKTINFO_V6_LEN, Arrival, SendMeta,
 };
 use super::errno::{ErrorClass, classify};
 use super::unix::{cvt, retrying, sockaddr_to_std};
@@ -165,10 +165,10 @@ pub(crate) fn set_timestamps(fd: RawFd, on: bool) -> io::Result<()> {
     set_int(fd, libc::SOL_SOCKET, name, libc::c_int::from(on))
 }
 
-/// What a datagram's control messages say of its arrival: address, interface, TOS byte,
-/// timestamp (see [`RecvMeta`]).
-pub(crate) fn recv_meta(control: &[u8]) -> RecvMeta {
-    let mut meta = RecvMeta::default();
+/// Fills `meta` (all `None` on entry) with what a datagram's control messages say of its
+/// arrival: address, interface, TOS byte, timestamp.
+#[inline]
+pub(crate) fn recv_meta(control: &[u8], meta: &mut Arrival) {
     let mut v4: Option<(Ipv4Addr, Ipv4Addr, u32)> = None;
     let mut v6: Option<(Ipv6Addr, u32)> = None;
     for m in ControlMessages::new(control) {
@@ -223,7 +223,6 @@ pub(crate) fn recv_meta(control: &[u8]) -> RecvMeta {
         }
         (None, None) => {}
     }
-    meta
 }
 
 /// An `SCM_TIMESTAMPNS` message's `timespec` as a wall-clock time (`None` if too short or

@@ -26,7 +26,7 @@
 //! - Per datagram: `set_arrival` (`IP_PKTINFO`/`IPV6_RECVPKTINFO`), `set_recv_tos`
 //!   (`IP_RECVTOS`/`IPV6_RECVTCLASS`), `set_timestamps` (`SO_TIMESTAMPNS`) and `set_tos`
 //!   (`IP_TOS`/`IPV6_TCLASS`); `recv_meta`, what a datagram's control messages say
-//!   (`RecvMeta`); `SendMeta`, a source address and TOS byte a send carries (in a
+//!   (`Arrival`); `SendMeta`, a source address and TOS byte a send carries (in a
 //!   `SendBatch`, or alone with `send_with`), where `SEND_META` says the OS can.
 //! - What the kernel reports besides datagrams: `enable_drop_count`, `drops_or_log`
 //!   (`SO_RXQ_OVFL`, `SO_MEMINFO`), `set_recv_errors`, `read_queued_error` (the error
@@ -52,7 +52,7 @@ mod platform;
 mod unix;
 
 pub use batch::{Datagram, RecvBatch, SendBatch, send_with};
-pub use cmsg::{ControlSpace, RecvMeta, SendMeta};
+pub use cmsg::{ControlSpace, Arrival, SendMeta};
 pub use errno::segmentation_refused;
 pub use platform::pin_to_cpu;
 

@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 use socket2::SockRef;
 
 use super::QueuedError;
-use super::cmsg::{ControlWriter, RecvMeta, SendMeta};
+use super::cmsg::{ControlWriter, Arrival, SendMeta};
 use super::unix::retrying;
 
 /// No `UDP_SEGMENT` here: `send_segmented` sends one datagram per message.
@@ -88,9 +88,7 @@ pub(crate) fn set_timestamps(_fd: RawFd, _on: bool) -> io::Result<()> {
 }
 
 /// Nothing is asked of the kernel here, so nothing comes.
-pub(crate) fn recv_meta(_control: &[u8]) -> RecvMeta {
-    RecvMeta::default()
-}
+pub(crate) fn recv_meta(_control: &[u8], _meta: &mut Arrival) {}
 
 /// Never called here ([`SEND_META`] is false): writes nothing.
 pub(crate) fn write_send_meta(

@@ -3,65 +3,12 @@
 //! local address a datagram arrived on or leaves from, its TOS byte, its receive time.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::SystemTime;
 
 use crate::error::{Error, Result};
-use crate::sys::{self, RecvMeta, SendMeta};
+pub use crate::sys::Arrival;
+use crate::sys::{self, SendMeta};
 use crate::udp::addr::PeerAddr;
 use crate::udp::transport::UdpTransport;
-
-/// What the kernel said of the datagram being delivered, besides its bytes and sender:
-/// [`UdpTransport::arrival`] inside `datagram_received` (and `datagram_truncated`).
-///
-/// Each field is `None` unless its listen option is on
-/// ([`ListenOptions::arrival_address`](crate::ListenOptions::arrival_address),
-/// [`receive_tos`](crate::ListenOptions::receive_tos),
-/// [`receive_timestamps`](crate::ListenOptions::receive_timestamps)), and outside those
-/// two hooks. Ports of the test kit's in-memory network get none of them.
-///
-/// # Examples
-///
-/// ```
-/// use std::net::SocketAddr;
-/// use twine::{Arrival, DatagramProtocol, UdpTransport};
-///
-/// /// Answers each request with the address it was sent to.
-/// struct WhoAmI;
-///
-/// impl DatagramProtocol for WhoAmI {
-///     fn datagram_received(&mut self, t: &mut UdpTransport<'_>, _: &[u8], from: SocketAddr) {
-///         let Arrival { destination, interface, .. } = t.arrival();
-///         let text = format!("you asked {destination:?} on interface {interface:?}");
-///         let _ = t.write(text.as_bytes(), from);
-///     }
-/// }
-///
-/// let mut reactor = twine::Reactor::new()?;
-/// let opts = twine::ListenOptions::new(0).interface("0.0.0.0").arrival_address(true);
-/// reactor.listen_udp_with(opts, WhoAmI)?;
-/// # Ok::<(), twine::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub struct Arrival {
-    /// The address the datagram was sent to: one of this host's, or the multicast or
-    /// broadcast address it was sent to (`ipi_addr`, `ipi6_addr`). On a dual-stack IPv6
-    /// port an IPv4 datagram's is IPv4-mapped (`::ffff:a.b.c.d`), as its sender's is.
-    pub destination: Option<IpAddr>,
-    /// The index of the interface it arrived on.
-    pub interface: Option<u32>,
-    /// The local address a reply should leave from: for IPv4 `ipi_spec_dst`, the
-    /// destination itself, or for a datagram sent to a group or a broadcast address a
-    /// unicast address of the interface it arrived on; for IPv6 the destination, or
-    /// `None` for a datagram sent to a group (a group is never a source, and the kernel
-    /// then chooses).
-    pub reply_source: Option<IpAddr>,
-    /// The TOS byte (IPv4) or traffic class (IPv6): DSCP in the top six bits, ECN in the
-    /// low two.
-    pub tos: Option<u8>,
-    /// When the kernel queued the datagram, by the wall clock (`SO_TIMESTAMPNS`).
-    pub timestamp: Option<SystemTime>,
-}
 
 impl Arrival {
     /// The ECN bits of [`tos`](Self::tos): 0 not ECN-capable, 1 ECT(1), 2 ECT(0), 3 CE
@@ -125,19 +72,6 @@ impl Arrival {
         WriteOptions {
             source: self.reply_source,
             tos: None,
-        }
-    }
-}
-
-impl From<RecvMeta> for Arrival {
-    #[inline]
-    fn from(m: RecvMeta) -> Self {
-        Arrival {
-            destination: m.destination,
-            interface: m.interface,
-            reply_source: m.reply_source,
-            tos: m.tos,
-            timestamp: m.timestamp,
         }
     }
 }

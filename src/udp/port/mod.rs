@@ -167,7 +167,7 @@ pub(crate) struct PortCore {
     /// the TOS byte, the timestamp): each datagram's are read before its hook runs.
     pub(crate) per_datagram: bool,
     /// What the kernel said of the datagram whose hook runs now (`None` outside it).
-    pub(crate) arrival: Option<crate::udp::arrival::Arrival>,
+    pub(crate) arrival: Option<sys::Arrival>,
     /// Writes to a datagram's sender leave from its arrival address.
     reply_from_arrival: bool,
     /// The sender of the datagram whose hook runs now, and what replies to it carry

@@ -388,12 +388,14 @@ impl PortCore {
 
     /// Reads what a datagram's control messages say, for the hook about to run: its
     /// arrival, and with `reply_from_arrival`, the source of replies to `from`.
+    #[inline]
     pub(super) fn set_arrival(&mut self, control: &[u8], from: Option<SocketAddr>) {
-        let arrival = crate::udp::arrival::Arrival::from(sys::recv_meta(control));
-        self.arrival = Some(arrival);
+        let arrival = self.arrival.insert(sys::Arrival::default());
+        sys::recv_meta(control, arrival);
+        let source = arrival.reply_source;
         self.reply_to = None;
         if self.reply_from_arrival
-            && let (Some(from), Some(source)) = (from, arrival.reply_source)
+            && let (Some(from), Some(source)) = (from, source)
         {
             self.reply_to = Some((
                 from,
