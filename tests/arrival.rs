@@ -151,6 +151,21 @@ fn a_wildcard_port_answers_from_the_address_the_request_arrived_on() {
     let got = receive(&mut reactor, &client, 5);
     assert_eq!(got.len(), 5, "every reply reaches the connected client");
     assert!(got.iter().all(|(_, from)| *from == to));
+    // A reply that sets only its TOS byte still leaves from the arrival address.
+    let (tos_only, _) = listen(
+        &mut reactor,
+        ListenOptions::new(0)
+            .interface("0.0.0.0")
+            .reply_from_arrival(true),
+        Answer {
+            reply: Some(WriteOptions::new().tos(0x04)),
+            ..Answer::default()
+        },
+    );
+    let to_tos = SocketAddr::new(ip("127.0.0.2"), tos_only.local_addr().port());
+    let c = connected_client("127.0.0.1", to_tos);
+    c.send(b"tos").expect("send");
+    assert_eq!(receive(&mut reactor, &c, 1), [(b"tos".to_vec(), to_tos)]);
     let seen = after_seen.borrow();
     assert_eq!(seen.len(), 5);
     for (_, _, arrival) in seen.iter() {
@@ -282,6 +297,13 @@ fn a_dual_stack_port_answers_ipv4_clients_from_their_arrival_address() {
         arrival.reply_source,
         Some(IpAddr::V6(Ipv4Addr::new(127, 0, 0, 2).to_ipv6_mapped()))
     );
+    // A source of the other family than the peer is refused before the kernel sees it.
+    let v6_source = WriteOptions::new().source(ip("::1"));
+    let err = with(&mut reactor, &port, |t| {
+        t.write_with(b"x", seen.borrow()[0].1, v6_source)
+    })
+    .expect_err("an IPv6 source for an IPv4 peer");
+    assert!(matches!(err, Error::InvalidAddress { .. }), "{err:?}");
     // IPv6 on the same port: ::1.
     let c6 = UdpSocket::bind("[::1]:0").expect("bind");
     c6.set_nonblocking(true).expect("nonblocking");

@@ -54,6 +54,7 @@ pub(crate) fn space(data: usize) -> usize {
 impl<'a> Iterator for ControlMessages<'a> {
     type Item = ControlMessage<'a>;
 
+    #[inline]
     fn next(&mut self) -> Option<ControlMessage<'a>> {
         if self.rest.len() < mem::size_of::<libc::cmsghdr>() {
             return None;
@@ -111,7 +112,8 @@ impl ControlSpace {
             (self.pktinfo_v6, PKTINFO_V6_LEN),
             (self.tos_v4, 1),
             (self.tclass_v6, mem::size_of::<libc::c_int>()),
-            (self.timestamp, mem::size_of::<libc::timespec>()),
+            // Two words: 16 bytes at most.
+            (self.timestamp, 2 * mem::size_of::<usize>()),
         ];
         let bytes: usize = sizes
             .iter()

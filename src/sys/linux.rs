@@ -14,7 +14,7 @@ use socket2::SockRef;
 
 use super::QueuedError;
 use super::cmsg::{
-    ControlMessages, ControlWriter, PKTINFO_V4_LEN, PKTINFO_V6_LEN, Arrival, SendMeta,
+    Arrival, ControlMessages, ControlWriter, PKTINFO_V4_LEN, PKTINFO_V6_LEN, SendMeta,
 };
 use super::errno::{ErrorClass, classify};
 use super::unix::{cvt, retrying, sockaddr_to_std};
@@ -210,10 +210,11 @@ pub(crate) fn recv_meta(control: &[u8], meta: &mut Arrival) {
         }
         (Some((dst, index)), None) => {
             meta.destination = Some(IpAddr::V6(dst));
-            // A group is never a source (EINVAL): the kernel chooses then.
-            let group =
-                dst.is_multicast() || dst.to_ipv4_mapped().is_some_and(|a| a.is_multicast());
-            meta.reply_source = (!group).then_some(IpAddr::V6(dst));
+            // A group is never a source (EINVAL): the kernel chooses then. Neither is an
+            // IPv4 broadcast address, which an IPv4-mapped destination may be: only the
+            // IPv4 message's `ipi_spec_dst` tells a source for those.
+            let usable = !dst.is_multicast() && dst.to_ipv4_mapped().is_none();
+            meta.reply_source = usable.then_some(IpAddr::V6(dst));
             meta.interface = Some(index);
         }
         (None, Some((dst, spec, index))) => {
@@ -226,16 +227,22 @@ pub(crate) fn recv_meta(control: &[u8], meta: &mut Arrival) {
 }
 
 /// An `SCM_TIMESTAMPNS` message's `timespec` as a wall-clock time (`None` if too short or
-/// out of range).
+/// out of range): two integers of the target's word size (option 35 is
+/// `SO_TIMESTAMPNS_OLD`, whose `timespec` is the kernel's native one, whatever
+/// `libc::timespec` a time64 C library has).
+#[inline]
 fn timestamp(data: &[u8]) -> Option<SystemTime> {
-    if data.len() < mem::size_of::<libc::timespec>() {
-        return None;
-    }
-    // SAFETY: the data holds a whole timespec (checked above), a plain struct of integers,
-    // read unaligned.
-    let ts: libc::timespec = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
-    let secs = u64::try_from(ts.tv_sec).ok()?;
-    let nanos = u32::try_from(ts.tv_nsec)
+    const WORD: usize = mem::size_of::<usize>();
+    let word = |at: usize| -> Option<i64> {
+        let bytes = data.get(at * WORD..(at + 1) * WORD)?;
+        Some(match *bytes {
+            [a, b, c, d] => i64::from(i32::from_ne_bytes([a, b, c, d])),
+            [a, b, c, d, e, f, g, h] => i64::from_ne_bytes([a, b, c, d, e, f, g, h]),
+            _ => return None,
+        })
+    };
+    let secs = u64::try_from(word(0)?).ok()?;
+    let nanos = u32::try_from(word(1)?)
         .ok()
         .filter(|&n| n < 1_000_000_000)?;
     SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))

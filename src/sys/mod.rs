@@ -52,7 +52,7 @@ mod platform;
 mod unix;
 
 pub use batch::{Datagram, RecvBatch, SendBatch, send_with};
-pub use cmsg::{ControlSpace, Arrival, SendMeta};
+pub use cmsg::{Arrival, ControlSpace, SendMeta};
 pub use errno::segmentation_refused;
 pub use platform::pin_to_cpu;
 

@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 use socket2::SockRef;
 
 use super::QueuedError;
-use super::cmsg::{ControlWriter, Arrival, SendMeta};
+use super::cmsg::{Arrival, ControlWriter, SendMeta};
 use super::unix::retrying;
 
 /// No `UDP_SEGMENT` here: `send_segmented` sends one datagram per message.

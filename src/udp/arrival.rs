@@ -181,7 +181,9 @@ impl UdpTransport<'_> {
     /// # Errors
     ///
     /// As [`write`](Self::write); and [`Error::AddressFamilyMismatch`] for an IPv6 source on
-    /// an IPv4 port, [`Error::InvalidAddress`] for a multicast or unspecified source,
+    /// an IPv4 port, [`Error::InvalidAddress`] for a multicast or unspecified source or one
+    /// of the other family than the destination (an IPv4 peer of a dual-stack port takes
+    /// an IPv4 or IPv4-mapped source, an IPv6 peer an IPv6 one),
     /// [`Error::Send`] for a source that is not one of this host's (`EINVAL` or
     /// `ENETUNREACH`, from the kernel; for a gathered write, counted and told to
     /// `error_received` instead), or where the OS cannot carry these options
@@ -258,6 +260,14 @@ impl UdpTransport<'_> {
         }
         if let Some(source) = meta.source {
             check_source(source, self.core.local)?;
+            // On a dual-stack port an IPv4 peer (IPv4-mapped) takes an IPv4 source, an IPv6
+            // peer an IPv6 one: the kernel refuses the others (EINVAL).
+            if source.to_canonical().is_ipv4() != addr.ip().to_canonical().is_ipv4() {
+                return Err(Error::InvalidAddress {
+                    address: source.to_string(),
+                    reason: "a source must be of the destination's family (IPv4, or IPv4-mapped, for an IPv4 peer)",
+                });
+            }
         }
         Ok(meta)
     }

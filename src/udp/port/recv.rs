@@ -145,23 +145,10 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
                 break;
             }
         }
+    } else if t.core.per_datagram {
+        stopped = deliver_each_with_arrival(p, t, recv_batch, rest, &mut next, &mut bytes, st);
     } else {
-        for d in recv_batch.datagrams_from(rest) {
-            next += 1;
-            // Where to go on from if this datagram's hook panics.
-            st.next = next;
-            bytes += d.data.len();
-            deliver(p, t, d);
-            // Flow control at once, after the hook whose write crossed a mark.
-            tell_flow(p, t);
-            // `stop_listening`, `Reactor::stop` and closing a port by handle all change
-            // the count: one comparison per datagram while nothing of the kind happens.
-            if t.stops_asked() != st.stops && t.must_stop() {
-                // Read but not delivered (the port is closing), and counted.
-                stopped = true;
-                break;
-            }
-        }
+        stopped = deliver_each::<P, false>(p, t, recv_batch, rest, &mut next, &mut bytes, st);
     }
     if stopped {
         t.core.stats.dropped_at_stop += st.left(recv_batch);
@@ -178,6 +165,54 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
     // Fewer than asked for: the socket was drained, and the next datagram to arrive
     // raises a new readiness event.
     !stopped && st.got >= st.want
+}
+
+/// Delivers datagrams `rest..` of the batch one by one (each told its arrival, with
+/// `ARRIVAL`), counting them in `next` and `bytes`; returns whether a stop came meanwhile
+/// (the rest is then read but not delivered).
+#[inline(always)]
+fn deliver_each<P: DatagramProtocol, const ARRIVAL: bool>(
+    p: &mut P,
+    t: &mut UdpTransport<'_>,
+    batch: &RecvBatch,
+    rest: usize,
+    next: &mut usize,
+    bytes: &mut usize,
+    st: &mut ReadState,
+) -> bool {
+    for d in batch.datagrams_from(rest) {
+        *next += 1;
+        // Where to go on from if this datagram's hook panics.
+        st.next = *next;
+        *bytes += d.data.len();
+        if ARRIVAL {
+            deliver_with_arrival(p, t, d);
+        } else {
+            deliver(p, t, d);
+        }
+        // Flow control at once, after the hook whose write crossed a mark.
+        tell_flow(p, t);
+        // `stop_listening`, `Reactor::stop` and closing a port by handle all change the
+        // count: one comparison per datagram while nothing of the kind happens.
+        if t.stops_asked() != st.stops && t.must_stop() {
+            return true;
+        }
+    }
+    false
+}
+
+/// [`deliver_each`] on a port with a per-datagram option on, apart from the plain loop.
+#[inline(never)]
+fn deliver_each_with_arrival<P: DatagramProtocol>(
+    p: &mut P,
+    t: &mut UdpTransport<'_>,
+    batch: &RecvBatch,
+    rest: usize,
+    next: &mut usize,
+    bytes: &mut usize,
+    st: &mut ReadState,
+) -> bool {
+    deliver_each::<P, true>(p, t, batch, rest, next, bytes, st)
 }
 
 /// Delivers read `i` of the batch of a port with receive offload: a coalesced read
@@ -198,7 +233,10 @@ fn deliver_offloaded<P: DatagramProtocol>(
     if !t.core.per_datagram {
         return deliver_read(p, t, batch, i, d, st);
     }
-    t.core.set_arrival(d.control, d.from);
+    t.core.set_arrival(d.control);
+    if let Some(from) = d.from {
+        t.core.note_reply_to(from);
+    }
     let stopped = deliver_read(p, t, batch, i, d, st);
     t.core.clear_arrival();
     stopped
@@ -274,9 +312,6 @@ pub(super) fn deliver<P: DatagramProtocol>(
     t: &mut UdpTransport<'_>,
     d: sys::Datagram<'_>,
 ) {
-    if t.core.per_datagram {
-        return deliver_with_arrival(p, t, d);
-    }
     // One arm per family, so that each builds only its own kind of address for the
     // call (merged, the two would go through a field-by-field copy of both layouts).
     match d.from {
@@ -288,18 +323,25 @@ pub(super) fn deliver<P: DatagramProtocol>(
 
 /// [`deliver`] on a port with a per-datagram option on: the hook is told the datagram's
 /// arrival (its control messages read first), and nothing of it outlives the hook.
-#[inline(never)]
+#[inline(always)]
 fn deliver_with_arrival<P: DatagramProtocol>(
     p: &mut P,
     t: &mut UdpTransport<'_>,
     d: sys::Datagram<'_>,
 ) {
-    let Some(from) = d.from else {
-        t.core.stats.recv_errors += 1;
-        return;
-    };
-    t.core.set_arrival(d.control, d.from);
-    deliver_from(p, t, d.data, d.truncated, d.len, from);
+    t.core.set_arrival(d.control);
+    // One arm per family, as in `deliver`.
+    match d.from {
+        Some(from @ SocketAddr::V4(_)) => {
+            t.core.note_reply_to(from);
+            deliver_from(p, t, d.data, d.truncated, d.len, from);
+        }
+        Some(from @ SocketAddr::V6(_)) => {
+            t.core.note_reply_to(from);
+            deliver_from(p, t, d.data, d.truncated, d.len, from);
+        }
+        None => t.core.stats.recv_errors += 1,
+    }
     t.core.clear_arrival();
 }
 
@@ -386,16 +428,19 @@ impl PortCore {
         }
     }
 
-    /// Reads what a datagram's control messages say, for the hook about to run: its
-    /// arrival, and with `reply_from_arrival`, the source of replies to `from`.
-    #[inline]
-    pub(super) fn set_arrival(&mut self, control: &[u8], from: Option<SocketAddr>) {
+    /// Reads what a datagram's control messages say, for the hook about to run.
+    #[inline(never)]
+    pub(super) fn set_arrival(&mut self, control: &[u8]) {
         let arrival = self.arrival.insert(sys::Arrival::default());
         sys::recv_meta(control, arrival);
-        let source = arrival.reply_source;
-        self.reply_to = None;
+    }
+
+    /// With `reply_from_arrival`, has writes to `from` (the sender of the datagram whose
+    /// arrival was just set) leave from its reply source.
+    #[inline(always)]
+    pub(super) fn note_reply_to(&mut self, from: SocketAddr) {
         if self.reply_from_arrival
-            && let (Some(from), Some(source)) = (from, source)
+            && let Some(source) = self.arrival.and_then(|a| a.reply_source)
         {
             self.reply_to = Some((
                 from,

@@ -47,6 +47,9 @@ pub(super) fn report_pending<P: DatagramProtocol>(protocol: &mut P, t: &mut UdpT
 pub(super) fn tell_flow<P: DatagramProtocol>(protocol: &mut P, t: &mut UdpTransport<'_>) {
     if t.core.write_paused != t.core.told_paused {
         t.core.told_paused = t.core.write_paused;
+        // Neither hook is about a datagram: the arrival of the one being delivered (on a
+        // port with receive offload, whose reads carry several) is put aside meanwhile.
+        let arrival = (t.core.arrival.take(), t.core.reply_to.take());
         if t.core.write_paused {
             t.core.reporting = Some("pause_producing");
             protocol.pause_producing(t);
@@ -55,6 +58,7 @@ pub(super) fn tell_flow<P: DatagramProtocol>(protocol: &mut P, t: &mut UdpTransp
             protocol.resume_producing(t);
         }
         t.core.reporting = None;
+        (t.core.arrival, t.core.reply_to) = arrival;
     }
 }
 

@@ -102,12 +102,12 @@ impl SendQueue {
 }
 
 /// The high-water mark of a port: the one asked for, lowered if need be to leave room
-/// below the queue's bound for one more datagram of the largest size, so that a producer
-/// that stops once paused never meets the bound.
+/// below the queue's bound for one more datagram of the largest size (with a source or a
+/// TOS byte of its own), so that a producer that stops once paused never meets the bound.
 pub(super) fn write_high(opts: &ListenOptions, local: &SocketAddr) -> usize {
     let room = opts
         .send_queue_limit
-        .saturating_sub(charge(max_datagram(local)));
+        .saturating_sub(charge(max_datagram(local)) + QUEUE_META_OVERHEAD);
     opts.write_high.min(room)
 }
 
@@ -120,7 +120,7 @@ impl PortCore {
     #[inline]
     pub(crate) fn send(&mut self, data: &[u8], addr: SocketAddr) -> Result<()> {
         if let Some((to, meta)) = self.reply_to
-            && to == addr
+            && is_peer(&to, &addr)
         {
             return self.send_checked(data, addr, meta);
         }
@@ -138,10 +138,17 @@ impl PortCore {
         &mut self,
         data: &[u8],
         addr: SocketAddr,
-        meta: SendMeta,
+        mut meta: SendMeta,
     ) -> Result<()> {
         if meta.is_empty() {
             return self.send(data, addr);
+        }
+        // A reply that sets only its TOS byte still leaves from the arrival address.
+        if meta.source.is_none()
+            && let Some((to, reply)) = self.reply_to
+            && is_peer(&to, &addr)
+        {
+            meta.source = reply.source;
         }
         self.send_checked(data, addr, meta)
     }
@@ -379,9 +386,13 @@ impl PortCore {
             );
             match sent {
                 Err(e) if retries < STALE_RETRIES && self.stale_error(&e) => retries += 1,
+                // A message with a source or TOS byte of its own may be refused for those
+                // (EINVAL for a source the kernel will not use): that is its datagram's
+                // error, not the kernel's refusal to segment.
                 Err(e)
                     if self.segmentation
                         && out.first_run() > 1
+                        && out.meta(next).is_empty()
                         && sys::segmentation_refused(&e) =>
                 {
                     // The kernel, route or device cannot segment: the same datagrams go
