@@ -146,9 +146,9 @@ pub(super) fn finish_batch<P: DatagramProtocol>(
             }
         }
     } else if t.core.per_datagram {
-        stopped = deliver_each_with_arrival(p, t, recv_batch, rest, &mut next, &mut bytes, st);
+        stopped |= deliver_each_with_arrival(p, t, recv_batch, rest, &mut next, &mut bytes, st);
     } else {
-        stopped = deliver_each::<P, false>(p, t, recv_batch, rest, &mut next, &mut bytes, st);
+        stopped |= deliver_each::<P, false>(p, t, recv_batch, rest, &mut next, &mut bytes, st);
     }
     if stopped {
         t.core.stats.dropped_at_stop += st.left(recv_batch);
