@@ -3,7 +3,9 @@
 //!
 //! Any UDP port can use these (Twisted keeps them to `MulticastPort`); a port opened with
 //! [`Reactor::listen_multicast`](crate::Reactor::listen_multicast) is the usual one, since
-//! it may share its port number with other listeners. IPv4 and IPv6 alike: on an IPv6
+//! it may share its port number with other listeners (each then gets every group
+//! datagram, while a unicast datagram to the port reaches only one of them: see
+//! [`ListenOptions::listen_multiple`](crate::ListenOptions::listen_multiple)). IPv4 and IPv6 alike: on an IPv6
 //! port the TTL is the hop limit (`IPV6_MULTICAST_HOPS`), which Twisted lacks.
 //!
 //! Two Linux facts worth knowing: multicast sent out through `lo` is delivered to this
