@@ -99,13 +99,20 @@ pub enum Error {
         /// The address given.
         group: IpAddr,
     },
+    /// A group given for a source-specific join that is multicast but outside the
+    /// source-specific ranges, 232.0.0.0/8 and ff3x::/32 (RFC 4607).
+    NotSourceSpecific {
+        /// The address given.
+        group: IpAddr,
+    },
     /// Joining or leaving a multicast group failed (Twisted: `MulticastJoinError`).
     Multicast {
-        /// `"join"` or `"leave"`.
+        /// `"join"` or `"leave"`; `"join source-specific"` or `"leave source-specific"`.
         op: &'static str,
         /// The group.
         group: IpAddr,
-        /// The interface as described to the kernel.
+        /// The interface as described to the kernel; for a source-specific membership,
+        /// followed by `for source S`.
         interface: String,
         /// What the kernel said.
         source: io::Error,
@@ -283,6 +290,10 @@ impl fmt::Display for Error {
             NotConnected => write!(f, "port is not connected: write needs an address"),
             Connect { addr, source } => write!(f, "couldn't connect to {addr}: {source}"),
             NotMulticast { group } => write!(f, "{group} is not a multicast group address"),
+            NotSourceSpecific { group } => write!(
+                f,
+                "{group} is not a source-specific multicast group (232.0.0.0/8, ff3x::/32)"
+            ),
             Multicast {
                 op,
                 group,

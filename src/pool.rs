@@ -69,7 +69,8 @@ use crate::udp::socket::apply_buffer_sizes;
 ///
 /// [`ListenOptions::listen_multiple`] is Twisted's `listenMultiple`: several programs
 /// sharing a multicast port (`SO_REUSEADDR` as well), each receiving every multicast
-/// datagram. A pool is load balancing: one program, one address, each unicast datagram to
+/// datagram; a unicast datagram to that port still reaches only one of them, by the hash
+/// above. A pool is load balancing: one program, one address, each unicast datagram to
 /// exactly one of its reactors. The two are kept apart: a pool refuses options with
 /// `listen_multiple` set.
 ///

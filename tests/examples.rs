@@ -119,8 +119,9 @@ fn connected_example_logs_refusal_and_goes_on() {
     assert!(!end.lines_with("hello #2").is_empty(), "{:?}", end.lines);
 }
 
-/// Two copies of the multicast example share one port; each hears the other's `Notify`
-/// and answers it.
+/// Two copies of the multicast example share the group's port; each logs the other's
+/// `Notify` and `Acknowledge`, both from the other's own port (the one its first line
+/// names: `speaking from IP:PORT`).
 #[test]
 fn two_multicast_examples_share_a_port_and_talk() {
     let probe = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -128,14 +129,18 @@ fn two_multicast_examples_share_a_port_and_talk() {
     drop(probe);
     let group = format!("228.0.0.77:{port}");
     let mut first = Running::example("multicast", &[&group]);
-    first.wait_for("listening on");
+    let first_own = first.addr_after("speaking from ");
     let mut second = Running::example("multicast", &[&group]);
-    second.wait_for("listening on");
-    // The first copy hears its own Notify and then the second's: both sockets on the
-    // one port get the group's datagrams. (Unicast Acknowledges to a shared port go to
-    // one socket of the kernel's choosing, so they are not asserted per copy.)
-    first.wait_for_count("received \"Notify\"", 2);
-    second.wait_for("received \"Notify\"");
+    let second_own = second.addr_after("speaking from ");
+    assert_ne!(first_own, second_own);
+    assert_eq!(first.listening_addr().port(), port);
+    assert_eq!(second.listening_addr().port(), port);
+    for (copy, other) in [(&mut first, second_own), (&mut second, first_own)] {
+        for what in ["Notify", "Acknowledge"] {
+            let line = copy.wait_for(&format!("received \"{what}\" from {other}"));
+            assert!(line.ends_with(&other.to_string()), "{line}");
+        }
+    }
     assert!(first.interrupt().success);
     assert!(second.interrupt().success);
 }

@@ -113,6 +113,80 @@ fn two_listeners_on_one_port_both_receive_one_group_datagram() {
     assert_eq!(datagrams(&first_events)[0].1, from.local_addr());
 }
 
+/// Unicast to a port two sockets share with `listen_multiple` (`SO_REUSEADDR` +
+/// `SO_REUSEPORT`) is not copied: each of 32 senders (distinct source ports) sends 5
+/// datagrams, and every datagram arrives once, every sender's datagrams all on one of the
+/// two sockets (the one the kernel's hash of the sender's address picks), and each socket
+/// gets some senders' (not "the other copy" or the last bound: both are used).
+#[test]
+fn unicast_to_a_shared_port_reaches_one_socket_per_sender() {
+    const SENDERS: usize = 32;
+    const EACH: usize = 5;
+    // An address of its own, and a port no socket holds (bound without sharing, then
+    // freed), so that no other test's shared socket joins this port's group.
+    const IP: &str = "127.0.0.91";
+    let number = util::dead_addr_on(IP).port();
+    let mut reactor = reactor();
+    let opts = || {
+        ListenOptions::new(number)
+            .interface(IP)
+            .listen_multiple(true)
+    };
+    let (rec, a_events) = Recorder::new();
+    let a = reactor
+        .listen_udp_with(opts(), rec)
+        .expect("first shared port");
+    let (rec, b_events) = Recorder::new();
+    let _b = reactor
+        .listen_udp_with(opts(), rec)
+        .expect("second shared port");
+    let to = a.local_addr();
+    let senders: Vec<UdpSocket> = (0..SENDERS).map(|_| util::client()).collect();
+    for round in 0..EACH {
+        for (i, s) in senders.iter().enumerate() {
+            s.send_to(format!("s{i} #{round}").as_bytes(), to)
+                .expect("send to the shared port");
+        }
+    }
+    let total = SENDERS * EACH;
+    drive(&mut reactor, "every datagram on one of the two", |_| {
+        datagrams(&a_events).len() + datagrams(&b_events).len() >= total
+    });
+    drive_for(&mut reactor, Duration::from_millis(50));
+    let (got_a, got_b) = (datagrams(&a_events), datagrams(&b_events));
+    assert_eq!(got_a.len() + got_b.len(), total, "no datagram is copied");
+    let mut on_a = 0;
+    for (i, s) in senders.iter().enumerate() {
+        let from = s.local_addr().expect("sender address");
+        let count = |got: &[(Vec<u8>, SocketAddr)]| {
+            let mut rounds: Vec<Vec<u8>> = got
+                .iter()
+                .filter(|(_, a)| *a == from)
+                .map(|(d, _)| d.clone())
+                .collect();
+            rounds.sort();
+            rounds.dedup();
+            (got.iter().filter(|(_, a)| *a == from).count(), rounds.len())
+        };
+        let ((a_all, a_distinct), (b_all, b_distinct)) = (count(&got_a), count(&got_b));
+        assert_eq!(a_all, a_distinct, "sender {i}: a duplicate on the first");
+        assert_eq!(b_all, b_distinct, "sender {i}: a duplicate on the second");
+        assert!(
+            (a_all, b_all) == (EACH, 0) || (a_all, b_all) == (0, EACH),
+            "sender {i} ({from}): {a_all} on the first socket, {b_all} on the second"
+        );
+        on_a += usize::from(a_all == EACH);
+    }
+    println!(
+        "senders on the first socket: {on_a}, on the second: {}",
+        SENDERS - on_a
+    );
+    assert!(
+        on_a > 0 && on_a < SENDERS,
+        "the kernel's hash puts every sender on one socket: {on_a} of {SENDERS} on the first"
+    );
+}
+
 /// A listener in another process on the same port number, joined to the group, receives
 /// the same group datagram as the one in this process.
 #[test]

@@ -141,7 +141,7 @@ fn twisted_client_talks_to_the_echo_example() {
 
 /// A Twisted `listenMulticast(PORT, listenMultiple=True)` that joined the group via
 /// 127.0.0.1 hears the `Notify` the multicast example sends on start, from the example's
-/// port on 127.0.0.1.
+/// own port on 127.0.0.1 (`speaking from`).
 #[test]
 #[ignore = "needs Twisted: bash .ci/twisted-venv, then cargo test --test twisted -- --ignored"]
 fn twisted_multicast_listener_hears_a_twine_sender() {
@@ -151,14 +151,11 @@ fn twisted_multicast_listener_hears_a_twine_sender() {
     let mut listener = peer(&py, "twisted_multicast_listener.py", &[group, &port]);
     listener.wait_for("TWISTED-JOINED");
     let mut twine = Running::example("multicast", &[&format!("{group}:{port}")]);
-    twine.wait_for("listening on");
+    let own = twine.addr_after("speaking from ");
 
     let end = listener.finish();
     assert_peer_done(&end, "twisted_multicast_listener.py");
-    // The example also hears its own Notify and acknowledges it by unicast to its port,
-    // which the Twisted listener shares (SO_REUSEPORT): the kernel hands that
-    // Acknowledge to one of the two sockets, so Twisted may print it too.
-    let notify = format!("TWISTED-GOT b'Notify' FROM 127.0.0.1:{port}");
+    let notify = format!("TWISTED-GOT b'Notify' FROM {own}");
     assert!(
         end.lines.contains(&notify),
         "no {notify:?}; Twisted's output:\n{}",
@@ -170,7 +167,7 @@ fn twisted_multicast_listener_hears_a_twine_sender() {
 
 /// A Twisted sender on its own port sends `Notify` to the group via 127.0.0.1: the
 /// multicast example logs it from that port, and the example's unicast `Acknowledge`
-/// comes back to Twisted from the example's port.
+/// comes back to Twisted from the example's own port (`speaking from`).
 #[test]
 #[ignore = "needs Twisted: bash .ci/twisted-venv, then cargo test --test twisted -- --ignored"]
 fn twine_multicast_example_hears_a_twisted_sender() {
@@ -178,7 +175,7 @@ fn twine_multicast_example_hears_a_twisted_sender() {
     let port = free_port().to_string();
     let group = "228.0.0.92";
     let mut twine = Running::example("multicast", &[&format!("{group}:{port}")]);
-    twine.wait_for("listening on");
+    let own = twine.addr_after("speaking from ");
     let mut sender = peer(&py, "twisted_multicast_sender.py", &[group, &port]);
     let sent = sender.wait_for("TWISTED-SENT b'Notify' FROM PORT ");
     let sender_port: u16 = sent
@@ -186,14 +183,13 @@ fn twine_multicast_example_hears_a_twisted_sender() {
         .next()
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {sent:?}"));
-    // The example's own Notify loops back to it as well, from its own port.
     twine.wait_for(&format!("received \"Notify\" from 127.0.0.1:{sender_port}"));
 
     let end = sender.finish();
     assert_peer_done(&end, "twisted_multicast_sender.py");
     assert_eq!(
         starting(&end, "TWISTED-GOT "),
-        [format!("TWISTED-GOT b'Acknowledge' FROM 127.0.0.1:{port}")],
+        [format!("TWISTED-GOT b'Acknowledge' FROM {own}")],
         "Twisted's output:\n{}",
         shown(&end.lines)
     );

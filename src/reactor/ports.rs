@@ -69,7 +69,9 @@ impl Reactor {
     /// Listens on `port` for multicast, on every IPv4 interface, as Twisted's
     /// `listenMulticast`. With `listen_multiple`, other sockets (in this process or
     /// another) may bind the same port (`SO_REUSEADDR` + `SO_REUSEPORT`), and each gets
-    /// every multicast datagram. Join groups with [`UdpTransport::join_group`].
+    /// every multicast datagram; a unicast datagram to the port reaches only one of them,
+    /// chosen by the kernel (see [`ListenOptions::listen_multiple`]). Join groups with
+    /// [`UdpTransport::join_group`] or [`UdpTransport::join_source_group`].
     ///
     /// For an IPv6 port or other options, use
     /// [`listen_udp_with`](Self::listen_udp_with) and

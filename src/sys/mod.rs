@@ -14,7 +14,8 @@
 //!   `dup_cloexec(fd) -> io::Result<OwnedFd>` (a close-on-exec duplicate).
 //! - Interfaces: `interface_index(name) -> io::Result<u32>`, `interface_exists(index)`.
 //! - Multicast: `multicast_all_v4/v6`, `set_multicast_all_v4/v6` (Linux's
-//!   `IP_MULTICAST_ALL`, "unsupported" elsewhere).
+//!   `IP_MULTICAST_ALL`, "unsupported" elsewhere); `source_membership` (source-specific
+//!   joins and leaves, IPv4 and IPv6).
 //! - Signals: `signal_ignored(signal) -> bool` (whether its disposition is `SIG_IGN`).
 //! - Batches: `RecvBatch`, `SendBatch` and `Datagram`, reusable batches read with one
 //!   `recvmmsg` and sent with one `sendmmsg` on Linux (a `recvmsg`/`sendmsg` loop
@@ -67,4 +68,5 @@ pub(crate) use platform::{
 };
 pub(crate) use unix::{
     dup_cloexec, inspect_socket, interface_exists, interface_index, signal_ignored,
+    source_membership,
 };

@@ -1,12 +1,14 @@
 //! What every Unix shares: the one wrapper of a system call's return, socket address
-//! conversion, socket inspection for adoption, `dup`, interfaces, signal dispositions.
+//! conversion, socket inspection for adoption, `dup`, interfaces, signal dispositions,
+//! source-specific multicast.
 
 use std::io;
 use std::mem::{self, MaybeUninit};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use crate::error::Error;
+use crate::udp::addr::Interface;
 
 /// A system call's return type, whose `-1` means failure with `errno` set.
 pub(super) trait SysRet: Copy + PartialEq {
@@ -208,6 +210,133 @@ pub(crate) fn interface_exists(index: u32) -> bool {
     let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname may write.
     !unsafe { libc::if_indextoname(index, name.as_mut_ptr()) }.is_null()
+}
+
+/// The systems where libc has `struct group_source_req` and `MCAST_JOIN_SOURCE_GROUP`, and
+/// socket2 `join_ssm_v4`: there, source-specific multicast works; elsewhere it is
+/// "unsupported".
+macro_rules! with_ssm {
+    ($($item:item)*) => {$(
+        #[cfg(any(
+            target_os = "linux",
+            target_os = "android",
+            target_os = "freebsd",
+            target_vendor = "apple"
+        ))]
+        $item
+    )*};
+}
+
+with_ssm! {
+    /// Joins (`join`) or leaves the source-specific group `(source, group)` on `interface`.
+    ///
+    /// IPv4 on an interface address (or any interface): `IP_ADD_SOURCE_MEMBERSHIP` /
+    /// `IP_DROP_SOURCE_MEMBERSHIP`. IPv4 on an interface index, and IPv6 (on an index, or 0
+    /// for any): the protocol-independent `MCAST_JOIN_SOURCE_GROUP` /
+    /// `MCAST_LEAVE_SOURCE_GROUP`, at `IPPROTO_IP` or `IPPROTO_IPV6`. The caller checks the
+    /// families; a mix of them, or an IPv6 group on an interface address, is `InvalidInput`.
+    pub(crate) fn source_membership(
+        sock: &socket2::SockRef<'_>,
+        join: bool,
+        source: IpAddr,
+        group: IpAddr,
+        interface: Interface,
+    ) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let index = match (source, group, interface) {
+            (IpAddr::V4(s), IpAddr::V4(g), Interface::Any | Interface::V4(_)) => {
+                let address = match interface {
+                    Interface::V4(a) => a,
+                    _ => Ipv4Addr::UNSPECIFIED,
+                };
+                return if join {
+                    sock.join_ssm_v4(&s, &g, &address)
+                } else {
+                    sock.leave_ssm_v4(&s, &g, &address)
+                };
+            }
+            (IpAddr::V4(_), IpAddr::V4(_), Interface::Index(i)) => i,
+            (IpAddr::V6(_), IpAddr::V6(_), Interface::Any) => 0,
+            (IpAddr::V6(_), IpAddr::V6(_), Interface::Index(i)) => i,
+            _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
+        };
+        source_group_request(sock.as_raw_fd(), join, index, source, group)
+    }
+}
+
+/// Source-specific multicast where the system (or libc) lacks it: "unsupported".
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_vendor = "apple"
+)))]
+pub(crate) fn source_membership(
+    _sock: &socket2::SockRef<'_>,
+    _join: bool,
+    _source: IpAddr,
+    _group: IpAddr,
+    _interface: Interface,
+) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "source-specific multicast is not supported on this system",
+    ))
+}
+
+with_ssm! {
+    /// `MCAST_JOIN_SOURCE_GROUP` / `MCAST_LEAVE_SOURCE_GROUP` of `(source, group)` on the
+    /// interface with index `index` (0: the kernel picks by its routes), at the level of the
+    /// group's family. The families must agree (checked by the caller).
+    fn source_group_request(
+        fd: RawFd,
+        join: bool,
+        index: u32,
+        source: IpAddr,
+        group: IpAddr,
+    ) -> io::Result<()> {
+        let level = if group.is_ipv4() {
+            libc::IPPROTO_IP
+        } else {
+            libc::IPPROTO_IPV6
+        };
+        let name = if join {
+            libc::MCAST_JOIN_SOURCE_GROUP
+        } else {
+            libc::MCAST_LEAVE_SOURCE_GROUP
+        };
+        // SAFETY: group_source_req is plain old data; all-zero is a valid value.
+        let mut req: libc::group_source_req = unsafe { mem::zeroed() };
+        req.gsr_interface = index;
+        // Whole fields are assigned (Apple packs the struct: no references into it).
+        req.gsr_group = storage_for(group);
+        req.gsr_source = storage_for(source);
+        // SAFETY: `req` is a live group_source_req and its size is passed; the kernel only
+        // reads it.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&req as *const libc::group_source_req).cast(),
+                mem::size_of::<libc::group_source_req>() as libc::socklen_t,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// `ip` (port 0) as a kernel socket address in a `sockaddr_storage`, with its length
+    /// field set where the system has one (the BSDs check it here).
+    fn storage_for(ip: IpAddr) -> libc::sockaddr_storage {
+        // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let _len = std_to_sockaddr(&SocketAddr::new(ip, 0), &mut storage);
+        #[cfg(any(target_os = "freebsd", target_vendor = "apple"))]
+        {
+            storage.ss_len = _len as u8;
+        }
+        storage
+    }
 }
 
 #[cfg(test)]

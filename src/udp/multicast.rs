@@ -1,8 +1,11 @@
-//! Multicast on a transport: group membership, TTL (hops), loopback, outgoing interface.
+//! Multicast on a transport: group membership (any-source and source-specific), TTL
+//! (hops), loopback, outgoing interface.
 //!
 //! Any UDP port can use these (Twisted keeps them to `MulticastPort`); a port opened with
 //! [`Reactor::listen_multicast`](crate::Reactor::listen_multicast) is the usual one, since
-//! it may share its port number with other listeners. IPv4 and IPv6 alike: on an IPv6
+//! it may share its port number with other listeners (each then gets every group
+//! datagram, while a unicast datagram to the port reaches only one of them: see
+//! [`ListenOptions::listen_multiple`](crate::ListenOptions::listen_multiple)). IPv4 and IPv6 alike: on an IPv6
 //! port the TTL is the hop limit (`IPV6_MULTICAST_HOPS`), which Twisted lacks.
 //!
 //! Two Linux facts worth knowing: multicast sent out through `lo` is delivered to this
@@ -66,6 +69,142 @@ impl UdpTransport<'_> {
         interface: impl IntoInterface,
     ) -> Result<()> {
         self.membership("leave", group.ip()?, interface.interface()?)
+    }
+
+    /// Joins the source-specific group `(source, group)` on `interface`: the port then
+    /// receives the group's datagrams sent by `source` only (RFC 4607; Linux's
+    /// `IP_ADD_SOURCE_MEMBERSHIP`, and `MCAST_JOIN_SOURCE_GROUP` for IPv6 or an IPv4
+    /// interface index). Each call adds one source; call it again for more.
+    ///
+    /// The group must be in a source-specific range, 232.0.0.0/8 or ff3x::/32 (Linux would
+    /// take any group and filter its sources; this crate keeps source filtering of
+    /// any-source groups out of this call). The source is a unicast address of the port's
+    /// family. The interface is as for [`join_group`](Self::join_group): `""` (the kernel
+    /// chooses by its routes), an IPv4 port's interface address, index or name, or an IPv6
+    /// port's interface name or index (a name is looked up once, when called).
+    ///
+    /// Twisted has no such call (its ticket 9098).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAddress`] for a source, group or interface that is not a literal,
+    /// name or index, for a source that is not unicast (multicast, unspecified,
+    /// broadcast), or for an IPv6 group on an interface address;
+    /// [`Error::NotMulticast`] for a unicast group; [`Error::NotSourceSpecific`] for a
+    /// multicast group outside the source-specific ranges;
+    /// [`Error::AddressFamilyMismatch`] for a group or source of the other family than the
+    /// port's; [`Error::Multicast`] (op `"join source-specific"`) if the kernel refuses, or
+    /// the system lacks source-specific multicast.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let port = reactor.listen_multicast(0, twine::from_fn(|_t, data, from| {
+    ///     println!("{} bytes from {from}", data.len());
+    /// }), true)?;
+    /// reactor.with_port(&port, |_, t| {
+    ///     // Datagrams to 232.1.2.3 from 127.0.0.1, on the loopback interface.
+    ///     t.join_source_group("127.0.0.1", "232.1.2.3", "127.0.0.1")?;
+    ///     assert!(matches!(
+    ///         t.join_source_group("127.0.0.1", "239.1.2.3", "127.0.0.1"),
+    ///         Err(twine::Error::NotSourceSpecific { .. })
+    ///     ));
+    ///     t.leave_source_group("127.0.0.1", "232.1.2.3", "127.0.0.1")
+    /// })??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
+    #[doc(alias = "IP_ADD_SOURCE_MEMBERSHIP")]
+    #[doc(alias = "MCAST_JOIN_SOURCE_GROUP")]
+    pub fn join_source_group(
+        &mut self,
+        source: impl IpLiteral,
+        group: impl IpLiteral,
+        interface: impl IntoInterface,
+    ) -> Result<()> {
+        let (source, group) = (source.ip()?, group.ip()?);
+        self.source_membership(true, source, group, interface.interface()?)
+    }
+
+    /// Leaves the source-specific group `(source, group)` on `interface`: the port no
+    /// longer receives the group's datagrams from `source` (the membership of the group
+    /// ends with its last source).
+    ///
+    /// # Errors
+    ///
+    /// As [`join_source_group`](Self::join_source_group); leaving a `(source, group)` not
+    /// joined is an [`Error::Multicast`] (op `"leave source-specific"`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let port = reactor.listen_multicast(0, twine::from_fn(|_t, _data, _from| {}), true)?;
+    /// reactor.with_port(&port, |_, t| {
+    ///     t.join_source_group("127.0.0.1", "232.1.2.4", "lo")?;
+    ///     t.leave_source_group("127.0.0.1", "232.1.2.4", "lo")?;
+    ///     // Not joined any more.
+    ///     assert!(matches!(
+    ///         t.leave_source_group("127.0.0.1", "232.1.2.4", "lo"),
+    ///         Err(twine::Error::Multicast { .. })
+    ///     ));
+    ///     Ok::<(), twine::Error>(())
+    /// })??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
+    #[doc(alias = "IP_DROP_SOURCE_MEMBERSHIP")]
+    #[doc(alias = "MCAST_LEAVE_SOURCE_GROUP")]
+    pub fn leave_source_group(
+        &mut self,
+        source: impl IpLiteral,
+        group: impl IpLiteral,
+        interface: impl IntoInterface,
+    ) -> Result<()> {
+        let (source, group) = (source.ip()?, group.ip()?);
+        self.source_membership(false, source, group, interface.interface()?)
+    }
+
+    fn source_membership(
+        &mut self,
+        join: bool,
+        source: IpAddr,
+        group: IpAddr,
+        interface: Interface,
+    ) -> Result<()> {
+        self.check_group(group)?;
+        if !is_source_specific(group) {
+            return Err(Error::NotSourceSpecific { group });
+        }
+        let probe = SocketAddr::new(source, 0);
+        if probe.is_ipv4() != self.core.local.is_ipv4() {
+            return Err(Error::AddressFamilyMismatch {
+                address: probe,
+                local: self.core.local,
+            });
+        }
+        if !is_unicast(source) {
+            return Err(Error::InvalidAddress {
+                address: source.to_string(),
+                reason: "a multicast source is a unicast address",
+            });
+        }
+        if let (IpAddr::V6(_), Interface::V4(a)) = (group, interface) {
+            return Err(Error::InvalidAddress {
+                address: a.to_string(),
+                reason: "an IPv6 group is joined on an interface name or index",
+            });
+        }
+        self.with_sock(|sock| sys::source_membership(&sock, join, source, group, interface))
+            .map_err(|e| Error::Multicast {
+                op: if join {
+                    "join source-specific"
+                } else {
+                    "leave source-specific"
+                },
+                group,
+                interface: format!("{} for source {source}", describe(interface)),
+                source: e,
+            })
     }
 
     fn membership(&mut self, op: &'static str, group: IpAddr, interface: Interface) -> Result<()> {
@@ -311,10 +450,69 @@ fn v4_membership(
     }
 }
 
+/// Whether `group` is in a source-specific range: 232.0.0.0/8, or ff3x::/32 (flags P and
+/// T set, any scope, the prefix-length and network-prefix fields zero).
+fn is_source_specific(group: IpAddr) -> bool {
+    match group {
+        IpAddr::V4(g) => g.octets()[0] == 232,
+        IpAddr::V6(g) => {
+            let s = g.segments();
+            s[0] & 0xfff0 == 0xff30 && s[1] == 0
+        }
+    }
+}
+
+/// Whether `ip` may be a datagram's source: not multicast, unspecified or broadcast.
+fn is_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => !(a.is_multicast() || a.is_unspecified() || a.is_broadcast()),
+        IpAddr::V6(a) => !(a.is_multicast() || a.is_unspecified()),
+    }
+}
+
 fn describe(interface: Interface) -> String {
     match interface {
         Interface::Any => "any interface".to_owned(),
         Interface::V4(a) => a.to_string(),
         Interface::Index(i) => format!("interface #{i}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_specific_ranges() {
+        for yes in [
+            "232.0.0.0",
+            "232.1.2.3",
+            "232.255.255.255",
+            "ff3e::8000:1",
+            "ff32::1",
+        ] {
+            assert!(is_source_specific(yes.parse().unwrap()), "{yes}");
+        }
+        for no in [
+            "231.255.255.255",
+            "233.0.0.1",
+            "239.1.2.3",
+            "ff1e::1",
+            "ff02::1",
+            "ff3e:40:fd00::1",
+            "ff2e::1",
+        ] {
+            assert!(!is_source_specific(no.parse().unwrap()), "{no}");
+        }
+    }
+
+    #[test]
+    fn sources_are_unicast() {
+        for yes in ["127.0.0.1", "10.0.0.1", "::1", "fd00::1", "fe80::1"] {
+            assert!(is_unicast(yes.parse().unwrap()), "{yes}");
+        }
+        for no in ["0.0.0.0", "255.255.255.255", "224.0.0.1", "::", "ff02::1"] {
+            assert!(!is_unicast(no.parse().unwrap()), "{no}");
+        }
     }
 }

@@ -133,12 +133,26 @@ impl ListenOptions {
         self
     }
 
-    /// Lets several sockets bind the same port (`SO_REUSEADDR` + `SO_REUSEPORT`), as
-    /// Twisted's `listenMultiple`. This is for sharing a multicast port (each socket gets
-    /// every multicast datagram; a unicast datagram goes to only one of them, picked by a
-    /// hash of the sender's address); to spread one program's load over several reactors,
-    /// use [`ReactorPool`](crate::ReactorPool), which sets `SO_REUSEPORT` alone and
-    /// refuses this option.
+    /// Lets several sockets bind the same port (`SO_REUSEADDR` + `SO_REUSEPORT`, set as
+    /// Twisted's `listenMultiple` sets them), in this program or others of the same user.
+    /// This is for sharing a multicast port. What reaches which socket:
+    ///
+    /// - **A multicast or broadcast datagram reaches every socket on the port**: on Linux,
+    ///   for a group, every socket that joined it and, while any socket on the host has
+    ///   joined it, every other socket too, unless it turned
+    ///   [`multicast_all`](crate::UdpTransport::set_multicast_all) off.
+    /// - **A unicast datagram reaches exactly one of them**, picked by the kernel's hash of
+    ///   the sender's address and port (Linux): every datagram of one sender reaches the
+    ///   same socket as long as no socket is bound to the port or closed, and which one has
+    ///   nothing to do with what the sender meant. A reply sent to a shared port therefore
+    ///   reaches one copy of the kernel's choosing, not necessarily the one that sent what
+    ///   it answers. A program that wants answers sends from a second port of its own,
+    ///   unshared (as the `multicast` example does). Other Unix systems do not spread
+    ///   unicast: one socket may get all of it.
+    ///
+    /// To spread one program's load over several reactors, use
+    /// [`ReactorPool`](crate::ReactorPool), which sets `SO_REUSEPORT` alone and refuses
+    /// this option.
     #[doc(alias = "listenMultiple")]
     pub fn listen_multiple(mut self, yes: bool) -> Self {
         self.listen_multiple = yes;

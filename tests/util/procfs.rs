@@ -1,7 +1,7 @@
 //! What the kernel's `/proc` files say about this process and its sockets: resident
-//! memory, socket drop counts, and drops no socket counts.
+//! memory, socket drop counts, drops no socket counts, and multicast source filters.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Fields of this process's `/proc/self/status` that are given in kB (`"VmRSS:"`,
 /// `"RssAnon:"`), all from one reading; panics naming a field that is missing.
@@ -73,4 +73,55 @@ pub fn softnet_dropped() -> u64 {
         .filter_map(|l| l.split_whitespace().nth(1))
         .filter_map(|c| u64::from_str_radix(c, 16).ok())
         .sum()
+}
+
+/// One source filter of an interface's multicast membership, as `/proc/net/mcfilter` or
+/// `/proc/net/mcfilter6` lists it: the interface's name, how many sockets include the
+/// source, how many exclude it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFilter {
+    pub device: String,
+    pub include: u64,
+    pub exclude: u64,
+}
+
+/// The source filters for `(source, group)` in this network namespace
+/// (`/proc/net/mcfilter` for IPv4, `/proc/net/mcfilter6` for IPv6); empty if none, or
+/// if the file cannot be read.
+pub fn source_filters(source: IpAddr, group: IpAddr) -> Vec<SourceFilter> {
+    let file = if group.is_ipv4() {
+        "/proc/net/mcfilter"
+    } else {
+        "/proc/net/mcfilter6"
+    };
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let [_index, device, g, s, include, exclude] = cols[..] else {
+                return None;
+            };
+            (parse_proc_ip(g, group.is_ipv4())? == group
+                && parse_proc_ip(s, group.is_ipv4())? == source)
+                .then(|| {
+                    Some(SourceFilter {
+                        device: device.to_owned(),
+                        include: include.parse().ok()?,
+                        exclude: exclude.parse().ok()?,
+                    })
+                })
+                .flatten()
+        })
+        .collect()
+}
+
+/// An address as the mcfilter files print it: `0xe8010203` (IPv4, in host order of the
+/// big-endian value, i.e. read as written) or 32 hex digits (IPv6).
+fn parse_proc_ip(text: &str, v4: bool) -> Option<IpAddr> {
+    if v4 {
+        let hex = text.strip_prefix("0x")?;
+        Some(Ipv4Addr::from(u32::from_str_radix(hex, 16).ok()?).into())
+    } else {
+        Some(Ipv6Addr::from(u128::from_str_radix(text, 16).ok()?).into())
+    }
 }

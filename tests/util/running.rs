@@ -140,6 +140,17 @@ impl Running {
         });
     }
 
+    /// The address after `label` (e.g. `"speaking from "`) in the first output line that
+    /// has it.
+    #[track_caller]
+    pub fn addr_after(&mut self, label: &str) -> SocketAddr {
+        let line = self.wait_for(label);
+        let rest = &line[line.find(label).expect("found") + label.len()..];
+        let addr = rest.split_whitespace().next().expect("an address");
+        addr.parse()
+            .unwrap_or_else(|e| panic!("IP:PORT after {label:?} in {line:?}: {e}"))
+    }
+
     /// The address in the program's `listening on IP:PORT` line.
     #[track_caller]
     pub fn listening_addr(&mut self) -> SocketAddr {
