@@ -26,6 +26,14 @@
 //!   datagrams into one read, cut back into those datagrams before any hook sees one
 //!   ([`ListenOptions::receive_offload`], off by default); and a reactor may poll without
 //!   blocking for a while before it sleeps ([`Reactor::set_spin`]).
+//! - **What real hosts need**: per datagram, the address it arrived on, its interface,
+//!   TOS byte and kernel receive time ([`UdpTransport::arrival`], with
+//!   [`ListenOptions::arrival_address`], [`ListenOptions::receive_tos`],
+//!   [`ListenOptions::receive_timestamps`]); replies from the arrival address
+//!   ([`ListenOptions::reply_from_arrival`]) and a source and TOS byte per write
+//!   ([`UdpTransport::write_with`]); source-specific multicast
+//!   ([`UdpTransport::join_source_group`]); and requests resent on a timeout until their
+//!   reply comes ([`request::Requests`]).
 //!
 //! # Example: an echo server
 //!
