@@ -103,54 +103,57 @@ fn ip(text: &str) -> IpAddr {
     text.parse().expect("an IP literal")
 }
 
+/// The bug and its fix on a port bound to `wildcard`: a client on `client_ip` (the
+/// address a plain reply to it leaves from) connected to `asked`, another local address,
+/// never sees the reply of a plain port, and gets all five of a port with
+/// `reply_from_arrival`, whose arrivals are returned.
+#[track_caller]
+fn before_and_after(reactor: &mut Reactor, wildcard: &str, client_ip: &str, asked: &str) -> Seen {
+    let plain = ListenOptions::new(0).interface(wildcard);
+    let (before, before_seen) = listen(reactor, plain.clone(), Answer::default());
+    let (after, after_seen) = listen(reactor, plain.reply_from_arrival(true), Answer::default());
+
+    let to = SocketAddr::new(ip(asked), before.local_addr().port());
+    let client = connected_client(client_ip, to);
+    client.send(b"plain").expect("send");
+    drive(reactor, "the request on the plain port", |_| {
+        before_seen.borrow().len() == 1
+    });
+    assert_eq!(reactor.port_stats(&before).expect("open").datagrams_sent, 1);
+    drive_for(reactor, ms(300));
+    let mut buf = [0u8; 64];
+    assert!(
+        client.recv(&mut buf).is_err(),
+        "a plain reply leaves from {client_ip}, which the client connected to {asked} drops"
+    );
+    // An unconnected client sees where it came from.
+    let loose = UdpSocket::bind((client_ip, 0)).expect("bind");
+    loose.set_nonblocking(true).expect("nonblocking");
+    loose.send_to(b"where", to).expect("send");
+    let got = receive(reactor, &loose, 1);
+    assert_eq!(
+        got,
+        [(b"where".to_vec(), SocketAddr::new(ip(client_ip), to.port()))]
+    );
+
+    let to = SocketAddr::new(ip(asked), after.local_addr().port());
+    let client = connected_client(client_ip, to);
+    for i in 0..5u8 {
+        client.send(&[i; 10]).expect("send");
+    }
+    let got = receive(reactor, &client, 5);
+    assert_eq!(got.len(), 5, "every reply reaches the connected client");
+    assert!(got.iter().all(|(_, from)| *from == to));
+    after_seen
+}
+
 /// The bug the option fixes, and the fix: a port bound to 0.0.0.0 answers a client that
 /// asked 127.0.0.2 from 127.0.0.1, which a connected client never sees; with
 /// `reply_from_arrival` the answer leaves from 127.0.0.2 and arrives.
 #[test]
 fn a_wildcard_port_answers_from_the_address_the_request_arrived_on() {
     let mut reactor = reactor();
-    let plain = ListenOptions::new(0).interface("0.0.0.0");
-    let (before, before_seen) = listen(&mut reactor, plain.clone(), Answer::default());
-    let (after, after_seen) = listen(
-        &mut reactor,
-        plain.reply_from_arrival(true),
-        Answer::default(),
-    );
-
-    let to = SocketAddr::new(ip("127.0.0.2"), before.local_addr().port());
-    let client = connected_client("127.0.0.1", to);
-    client.send(b"plain").expect("send");
-    drive(&mut reactor, "the request on the plain port", |_| {
-        before_seen.borrow().len() == 1
-    });
-    assert_eq!(reactor.port_stats(&before).expect("open").datagrams_sent, 1);
-    drive_for(&mut reactor, ms(300));
-    let mut buf = [0u8; 64];
-    assert!(
-        client.recv(&mut buf).is_err(),
-        "a plain reply leaves from 127.0.0.1, which the connected client drops"
-    );
-    // An unconnected client sees where it came from.
-    let loose = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    loose.set_nonblocking(true).expect("nonblocking");
-    loose.send_to(b"where", to).expect("send");
-    let got = receive(&mut reactor, &loose, 1);
-    assert_eq!(
-        got,
-        [(
-            b"where".to_vec(),
-            SocketAddr::new(ip("127.0.0.1"), to.port())
-        )]
-    );
-
-    let to = SocketAddr::new(ip("127.0.0.2"), after.local_addr().port());
-    let client = connected_client("127.0.0.1", to);
-    for i in 0..5u8 {
-        client.send(&[i; 10]).expect("send");
-    }
-    let got = receive(&mut reactor, &client, 5);
-    assert_eq!(got.len(), 5, "every reply reaches the connected client");
-    assert!(got.iter().all(|(_, from)| *from == to));
+    let after_seen = before_and_after(&mut reactor, "0.0.0.0", "127.0.0.1", "127.0.0.2");
     // A reply that sets only its TOS byte still leaves from the arrival address.
     let (tos_only, _) = listen(
         &mut reactor,
@@ -702,42 +705,8 @@ fn netns_inner_ipv6_replies_leave_from_the_arrival_address() {
         return;
     }
     let mut reactor = reactor();
-    let opts = ListenOptions::new(0).interface("::");
-    let (plain, plain_seen) = listen(&mut reactor, opts.clone(), Answer::default());
-    let (fixed, fixed_seen) = listen(
-        &mut reactor,
-        opts.reply_from_arrival(true),
-        Answer::default(),
-    );
-
-    let to = SocketAddr::new(ip("fd00::2"), plain.local_addr().port());
-    let client = connected_client("fd00::1", to);
-    client.send(b"plain").expect("send");
-    drive(&mut reactor, "the request", |_| {
-        plain_seen.borrow().len() == 1
-    });
-    drive_for(&mut reactor, ms(300));
-    let mut buf = [0u8; 64];
-    assert!(
-        client.recv(&mut buf).is_err(),
-        "the plain reply left from fd00::1"
-    );
-    let loose = UdpSocket::bind("[fd00::1]:0").expect("bind");
-    loose.set_nonblocking(true).expect("nonblocking");
-    loose.send_to(b"where", to).expect("send");
-    let got = receive(&mut reactor, &loose, 1);
-    assert_eq!(
-        got[0].1.ip(),
-        ip("fd00::1"),
-        "where the plain reply leaves from"
-    );
-
-    let to = SocketAddr::new(ip("fd00::2"), fixed.local_addr().port());
-    let client = connected_client("fd00::1", to);
-    client.send(b"fixed").expect("send");
-    let got = receive(&mut reactor, &client, 1);
-    assert_eq!(got, [(b"fixed".to_vec(), to)]);
-    let a = fixed_seen.borrow()[0].2;
+    let seen = before_and_after(&mut reactor, "::", "fd00::1", "fd00::2");
+    let a = seen.borrow()[0].2;
     assert_eq!(
         (a.destination, a.reply_source),
         (Some(ip("fd00::2")), Some(ip("fd00::2")))
