@@ -588,32 +588,57 @@ fn every_option_on_together_fits_the_control_room() {
     }
 }
 
-/// In the test kit's simulation the options are accepted and nothing is told (the
-/// in-memory network has no interfaces): a protocol that uses them runs unchanged.
+/// The test kit's simulation tells each datagram the address it was sent to (on
+/// interface 1) and sends replies from it, so that a protocol's reply-from-the-arrival
+/// logic is tested in virtual time: a client connected to 127.0.0.2 gets the reply of a
+/// wildcard port with `reply_from_arrival`, and not the plain one's (from 127.0.0.1);
+/// the TOS byte and timestamps are accepted and not simulated.
 #[test]
-fn the_simulation_accepts_the_options_and_tells_nothing() {
+fn the_simulation_tells_the_arrival_address_and_sends_from_it() {
     let mut sim = twine::testing::Simulation::new(3).expect("simulation");
-    let seen = Seen::default();
-    let port = sim
-        .listen_udp_with(
-            ListenOptions::new(0)
-                .interface("127.0.0.1")
-                .reply_from_arrival(true)
-                .receive_tos(true)
-                .receive_timestamps(true)
-                .tos(0x10),
-            Answer {
-                seen: seen.clone(),
-                ..Answer::default()
-            },
-        )
-        .expect("listen");
-    let from: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
-    sim.inject(port.local_addr(), from, b"hi");
-    sim.advance(ms(10)).expect("advance");
-    assert_eq!(seen.borrow().len(), 1);
-    assert_eq!(seen.borrow()[0].2, Arrival::default());
-    assert!(sim.sent().iter().any(|s| s.to == from && s.data == b"hi"));
+    let quiet = || Answer {
+        quiet: true,
+        ..Answer::default()
+    };
+    let mut results = Vec::new();
+    for (number, fixed) in [(53, false), (54, true)] {
+        let server = ListenOptions::new(number)
+            .interface("0.0.0.0")
+            .reply_from_arrival(fixed)
+            .arrival_address(true)
+            .receive_tos(true)
+            .receive_timestamps(true)
+            .tos(0x10);
+        let (_, server_seen) = listen(&mut sim, server, Answer::default());
+        let (client, client_seen) = listen(
+            &mut sim,
+            ListenOptions::new(0).interface("127.0.0.1"),
+            quiet(),
+        );
+        let to = SocketAddr::new(ip("127.0.0.2"), number);
+        with(&mut sim, &client, |t| t.connect(to)).expect("connect");
+        with(&mut sim, &client, |t| t.send(b"hi")).expect("send");
+        sim.advance(ms(10)).expect("advance");
+        let a = server_seen.borrow()[0].2;
+        assert_eq!(a.destination, Some(ip("127.0.0.2")));
+        assert_eq!(a.reply_source, Some(ip("127.0.0.2")));
+        assert_eq!(a.interface, Some(1));
+        assert_eq!((a.tos, a.timestamp), (None, None));
+        let reply_from = sim
+            .sent()
+            .iter()
+            .find(|s| s.to == client.local_addr())
+            .map(|s| s.from);
+        results.push((reply_from, client_seen.borrow().len()));
+    }
+    assert_eq!(
+        results,
+        [
+            (Some(SocketAddr::new(ip("127.0.0.1"), 53)), 0),
+            (Some(SocketAddr::new(ip("127.0.0.2"), 54)), 1),
+        ],
+        "the plain reply leaves from 127.0.0.1 and the connected client never sees it"
+    );
 }
 
 /// Replies from the arrival address that the kernel's full buffer does not take wait in

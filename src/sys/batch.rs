@@ -43,6 +43,16 @@ pub struct RecvBatch {
     filled_drops: Option<u32>,
 }
 
+/// One datagram [`RecvBatch::fill`] copies in: its sender, its bytes, the drop count the
+/// socket had when it was queued, and the address it was sent to, if the socket tells it.
+#[derive(Debug, Clone, Copy)]
+pub struct Filled<'d> {
+    pub from: SocketAddr,
+    pub data: &'d [u8],
+    pub drops: u32,
+    pub destination: Option<std::net::IpAddr>,
+}
+
 /// One datagram of a [`RecvBatch`].
 #[derive(Debug)]
 pub struct Datagram<'a> {
@@ -208,14 +218,14 @@ impl RecvBatch {
 
     /// Fills the batch as a read of up to `count` datagrams of up to `max` bytes would,
     /// from `next` instead of a socket (the in-memory socket of [`crate::testing`]): each
-    /// datagram `next` yields (its sender, its bytes, and the drop count the socket had
-    /// when it was queued) is copied in, cut to `max` bytes and marked truncated if
-    /// longer. Returns how many were filled in.
+    /// datagram `next` yields is copied in, cut to `max` bytes and marked truncated if
+    /// longer, with its address message (as `IP_PKTINFO` writes it, on interface 1) where
+    /// it names a destination and the room holds it. Returns how many were filled in.
     pub fn fill<'d>(
         &mut self,
         count: usize,
         max: usize,
-        mut next: impl FnMut() -> Option<(SocketAddr, &'d [u8], u32)>,
+        mut next: impl FnMut() -> Option<Filled<'d>>,
     ) -> usize {
         let count = self.lay_out(count, max);
         let slot = self.max;
@@ -223,7 +233,13 @@ impl RecvBatch {
         self.filled_drops = None;
         self.control_truncated = 0;
         while self.used < count {
-            let Some((from, data, drops)) = next() else {
+            let Some(Filled {
+                from,
+                data,
+                drops,
+                destination,
+            }) = next()
+            else {
                 break;
             };
             let i = self.used;
@@ -237,6 +253,14 @@ impl RecvBatch {
                 0
             };
             hdr.msg_hdr.msg_controllen = 0;
+            if let Some(destination) = destination {
+                let words = self.control_words;
+                let room = &mut self.controls[i * words..(i + 1) * words];
+                let mut w = ControlWriter::new(room);
+                if imp::write_arrival(&mut w, destination) {
+                    hdr.msg_hdr.msg_controllen = w.len() as _;
+                }
+            }
             hdr.msg_len = data.len() as _;
             // As the kernel does, a count is attached only once something was dropped.
             self.filled_drops = (drops != 0).then_some(drops);

@@ -142,7 +142,9 @@ pub(crate) const PKTINFO_V6_LEN: usize = 20;
 /// ([`ListenOptions::arrival_address`](crate::ListenOptions::arrival_address),
 /// [`receive_tos`](crate::ListenOptions::receive_tos),
 /// [`receive_timestamps`](crate::ListenOptions::receive_timestamps)), and outside those
-/// two hooks. Ports of the test kit's in-memory network get none of them.
+/// two hooks. Ports of the test kit's in-memory network
+/// ([`testing::Simulation`](crate::testing::Simulation)) are told the destination, its
+/// reply source and interface 1, never a TOS byte or a timestamp.
 ///
 /// # Examples
 ///
@@ -212,12 +214,12 @@ pub(crate) const SEND_CONTROL_WORDS: usize = 12;
 /// Writes control messages one after the other into a room of 8-byte words (aligned for
 /// a `cmsghdr`), as `CMSG_NXTHDR` lays them out.
 pub(crate) struct ControlWriter<'a> {
-    room: &'a mut [u64; SEND_CONTROL_WORDS],
+    room: &'a mut [u64],
     len: usize,
 }
 
 impl<'a> ControlWriter<'a> {
-    pub(crate) fn new(room: &'a mut [u64; SEND_CONTROL_WORDS]) -> Self {
+    pub(crate) fn new(room: &'a mut [u64]) -> Self {
         ControlWriter { room, len: 0 }
     }
 
@@ -228,7 +230,7 @@ impl<'a> ControlWriter<'a> {
         if self.len + need > bytes {
             return false;
         }
-        let room: &mut [u8] = words_as_bytes_mut(&mut self.room[..]);
+        let room: &mut [u8] = words_as_bytes_mut(self.room);
         let at = &mut room[self.len..self.len + need];
         at.fill(0);
         // SAFETY: all-zero bytes are a valid cmsghdr.

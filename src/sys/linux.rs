@@ -304,6 +304,38 @@ pub(crate) fn write_send_meta(
     fits
 }
 
+/// Writes the address message the kernel attaches to a datagram sent to `destination`
+/// (`IP_PKTINFO`, or `IPV6_PKTINFO`), as it would on interface 1 (`lo`), for the test kit's
+/// in-memory socket; a broadcast or multicast destination gets 127.0.0.1 to reply from.
+/// False if the room cannot hold it.
+pub(crate) fn write_arrival(w: &mut ControlWriter<'_>, destination: IpAddr) -> bool {
+    match destination {
+        IpAddr::V4(dst) => {
+            let unicast = !dst.is_multicast() && !dst.is_broadcast();
+            let spec = if unicast { dst } else { Ipv4Addr::LOCALHOST };
+            let info = libc::in_pktinfo {
+                ipi_ifindex: 1,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from(spec).to_be(),
+                },
+                ipi_addr: libc::in_addr {
+                    s_addr: u32::from(dst).to_be(),
+                },
+            };
+            w.push(libc::IPPROTO_IP, libc::IP_PKTINFO, pod_bytes(&info))
+        }
+        IpAddr::V6(dst) => {
+            let info = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: dst.octets(),
+                },
+                ipi6_ifindex: 1,
+            };
+            w.push(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, pod_bytes(&info))
+        }
+    }
+}
+
 /// The bytes of a plain C struct (no padding inside: in_pktinfo, in6_pktinfo).
 fn pod_bytes<T: Copy>(value: &T) -> &[u8] {
     // SAFETY: only called with libc's in_pktinfo and in6_pktinfo, made of integers and

@@ -52,7 +52,7 @@ mod platform;
 #[cfg(unix)]
 mod unix;
 
-pub use batch::{Datagram, RecvBatch, SendBatch, send_with};
+pub use batch::{Datagram, Filled, RecvBatch, SendBatch, send_with};
 pub use cmsg::{Arrival, ControlSpace, SendMeta};
 pub use errno::segmentation_refused;
 pub use platform::pin_to_cpu;

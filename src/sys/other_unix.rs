@@ -90,6 +90,11 @@ pub(crate) fn set_timestamps(_fd: RawFd, _on: bool) -> io::Result<()> {
 /// Nothing is asked of the kernel here, so nothing comes.
 pub(crate) fn recv_meta(_control: &[u8], _meta: &mut Arrival) {}
 
+/// Nothing is asked of the kernel here, so the test kit writes nothing either.
+pub(crate) fn write_arrival(_w: &mut ControlWriter<'_>, _destination: std::net::IpAddr) -> bool {
+    false
+}
+
 /// Never called here ([`SEND_META`] is false): writes nothing.
 pub(crate) fn write_send_meta(
     _w: &mut ControlWriter<'_>,

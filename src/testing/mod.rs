@@ -34,12 +34,15 @@
 //!
 //! Socket options other than `SO_BROADCAST` ([`UdpTransport::set_broadcast_allowed`](crate::UdpTransport::set_broadcast_allowed))
 //! return [`Error::SocketOption`](crate::Error::SocketOption) (unsupported): multicast
-//! groups, TTLs and interfaces need real sockets. The per-datagram options
-//! ([`ListenOptions::arrival_address`](crate::ListenOptions::arrival_address),
-//! `reply_from_arrival`, `receive_tos`, `receive_timestamps`, `tos`) are accepted and
-//! tell nothing ([`UdpTransport::arrival`](crate::UdpTransport::arrival) is all `None`),
-//! and a write's [`WriteOptions`](crate::WriteOptions) are not simulated: the datagram
-//! leaves from the port's address. A port listening on the wildcard
+//! groups, TTLs and interfaces need real sockets. Of the per-datagram options, the
+//! arrival address is simulated
+//! ([`ListenOptions::arrival_address`](crate::ListenOptions::arrival_address): the
+//! address each datagram was sent to, on interface 1, which
+//! [`reply_from_arrival`](crate::ListenOptions::reply_from_arrival) replies from) and so
+//! is a write's source ([`WriteOptions::source`](crate::WriteOptions::source)); the TOS
+//! byte and receive timestamps are accepted and not simulated
+//! ([`Arrival::tos`](crate::Arrival::tos) and `timestamp` stay `None`). A port listening
+//! on the wildcard
 //! address sends from the loopback address of its family. Sockets adopted from file
 //! descriptors are real kernel sockets, polled (without waiting) in each turn.
 //!

@@ -75,13 +75,13 @@ impl PortSocket {
             PortSocket::Kernel(s) => s.send_to(data, addr),
             PortSocket::Memory(m) => {
                 let to = (!to_peer).then_some(addr);
-                m.net.borrow_mut().send_one(m.addr, data, to)
+                m.net.borrow_mut().send_one(m.addr, data, to, None)
             }
         }
     }
 
-    /// [`send_one`](Self::send_one) carrying a source address and a TOS byte; in memory
-    /// they are not simulated, and the datagram goes as a plain one.
+    /// [`send_one`](Self::send_one) carrying a source address and a TOS byte; in memory the
+    /// source is simulated, the TOS byte is not.
     pub(crate) fn send_one_with(
         &mut self,
         data: &[u8],
@@ -93,16 +93,18 @@ impl PortSocket {
             PortSocket::Kernel(s) => {
                 sys::send_with(s, data, (!to_peer).then_some(&addr), addr, meta)
             }
-            PortSocket::Memory(_) => self.send_one(data, addr, to_peer),
+            PortSocket::Memory(m) => {
+                let to = (!to_peer).then_some(addr);
+                m.net.borrow_mut().send_one(m.addr, data, to, meta.source)
+            }
         }
     }
 
-    /// Turns the arrival address per datagram on or off (`IP_PKTINFO`, ...); accepted and
-    /// not simulated in memory.
+    /// Turns the arrival address per datagram on or off (`IP_PKTINFO`, ...).
     pub(crate) fn set_arrival(&mut self, v6: bool, on: bool) -> io::Result<()> {
         match self {
             PortSocket::Kernel(s) => sys::set_arrival(s.as_raw_fd(), v6, on),
-            PortSocket::Memory(_) => Ok(()),
+            PortSocket::Memory(m) => m.net.borrow_mut().set_arrival(m.addr, on),
         }
     }
 

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use super::{Answer, Network, RX_OVERHEAD, source};
-use crate::sys::{QueuedError, RecvBatch, SendBatch};
+use crate::sys::{Filled, QueuedError, RecvBatch, SendBatch};
 
 /// The socket of one in-memory port: its address on a shared [`Network`].
 pub(crate) struct MemSocket {
@@ -54,30 +54,36 @@ impl Network {
         // dequeued: as the kernel, never a datagram the call cannot return (the batch may
         // hold fewer than `count`).
         let mut queued = s.rx.iter();
+        let arrival = s.arrival;
         let filled = batch.fill(count, max, || {
-            queued
-                .next()
-                .map(|(from, data, drops)| (*from, &data[..], *drops))
+            queued.next().map(|(from, data, drops, to)| Filled {
+                from: *from,
+                data: &data[..],
+                drops: *drops,
+                destination: arrival.then_some(to.ip()),
+            })
         });
-        for (_, data, _) in s.rx.drain(..filled) {
+        for (_, data, _, _) in s.rx.drain(..filled) {
             s.rx_charge -= data.len() + RX_OVERHEAD;
         }
         Ok(filled)
     }
 
-    /// One send of `data` to `to` (`None`: the peer): its scripted answer first.
+    /// One send of `data` to `to` (`None`: the peer), from `source` where given: its
+    /// scripted answer first.
     pub(crate) fn send_one(
         &mut self,
         at: SocketAddr,
         data: &[u8],
         to: Option<SocketAddr>,
+        source: Option<IpAddr>,
     ) -> io::Result<usize> {
         match self.state(at)?.send_script.pop_front() {
             Some(Answer::Error(errno)) => return Err(io::Error::from_raw_os_error(errno)),
             Some(Answer::Limit(0)) => return Err(io::Error::from_raw_os_error(libc::EAGAIN)),
             Some(Answer::Limit(_)) | None => {}
         }
-        self.send_datagram(at, data, to)
+        self.send_datagram(at, data, to, source)
     }
 
     /// What the kernel does with one datagram sent from `at`: a pending error is
@@ -88,6 +94,7 @@ impl Network {
         at: SocketAddr,
         data: &[u8],
         to: Option<SocketAddr>,
+        source_ip: Option<IpAddr>,
     ) -> io::Result<usize> {
         let s = self.state(at)?;
         if let Some(errno) = s.pending_error.take() {
@@ -102,7 +109,12 @@ impl Network {
         if is_broadcast(&to) && !s.broadcast {
             return Err(io::Error::from_raw_os_error(libc::EACCES));
         }
-        let from = source(at, to);
+        // A source given with the datagram (`IP_PKTINFO`) replaces the one the port's
+        // address gives; the port number stays the port's.
+        let from = match source_ip {
+            Some(ip) => SocketAddr::new(ip, at.port()),
+            None => source(at, to),
+        };
         self.transmit(from, to, data, true);
         Ok(data.len())
     }
@@ -125,7 +137,8 @@ impl Network {
         while sent < limit {
             let (data, addr) = out.get(from + sent);
             let to = (!connected).then_some(addr);
-            match self.send_datagram(at, data, to) {
+            let source_ip = out.meta(from + sent).source;
+            match self.send_datagram(at, data, to, source_ip) {
                 Ok(_) => sent += 1,
                 Err(e) if sent == 0 => return Err(e),
                 // sendmmsg reports the count; the error of the message after is lost.
@@ -181,6 +194,12 @@ impl Network {
         if let Some(s) = self.sockets.get_mut(&at) {
             s.want_writable = want;
         }
+    }
+
+    /// Turns on or off telling each datagram read the address it was sent to.
+    pub(crate) fn set_arrival(&mut self, at: SocketAddr, on: bool) -> io::Result<()> {
+        self.state(at)?.arrival = on;
+        Ok(())
     }
 
     pub(crate) fn set_broadcast(&mut self, at: SocketAddr, on: bool) -> io::Result<()> {

@@ -48,8 +48,8 @@ pub(crate) enum Answer {
 #[derive(Debug)]
 struct SockState {
     key: PortKey,
-    /// Sender, bytes, and the drop count when it was queued.
-    rx: VecDeque<(SocketAddr, Vec<u8>, u32)>,
+    /// Sender, bytes, the drop count when it was queued, and the address it was sent to.
+    rx: VecDeque<(SocketAddr, Vec<u8>, u32, SocketAddr)>,
     rx_charge: usize,
     rx_limit: usize,
     pending_error: Option<i32>,
@@ -62,6 +62,8 @@ struct SockState {
     recv_script: VecDeque<Answer>,
     send_script: VecDeque<Answer>,
     broadcast: bool,
+    /// Each datagram read tells the address it was sent to (`IP_PKTINFO`).
+    arrival: bool,
 }
 
 impl SockState {
@@ -179,6 +181,7 @@ impl Network {
                 recv_script: VecDeque::new(),
                 send_script: VecDeque::new(),
                 broadcast: false,
+                arrival: false,
             },
         );
         Ok(addr)
@@ -299,7 +302,7 @@ impl Network {
             return;
         }
         s.rx_charge += charge;
-        s.rx.push_back((f.from, f.data, s.drops));
+        s.rx.push_back((f.from, f.data, s.drops, f.to));
     }
 
     /// Queues a datagram at the socket bound to `to` now, as if it had just arrived.
@@ -477,7 +480,7 @@ mod tests {
         net.connect(busy, "127.0.0.3:9".parse().unwrap()).unwrap();
         let nobody: SocketAddr = "127.0.0.9:9".parse().unwrap();
         for to in [nobody, busy] {
-            net.send_one(wild, b"x", Some(to)).unwrap();
+            net.send_one(wild, b"x", Some(to), None).unwrap();
             net.deliver_due();
             let q = net.read_queued_error(wild).unwrap().expect("refused");
             assert_eq!((q.dest, q.errno), (Some(to), libc::ECONNREFUSED));
