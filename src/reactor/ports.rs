@@ -147,7 +147,10 @@ impl Reactor {
     }
 
     /// [`adopt_datagram_port`](Self::adopt_datagram_port) with options: the max packet
-    /// size, buffer sizes, read budget and send queue bound apply; the port number,
+    /// size, buffer sizes, read budget and send queue bound apply, and so do the
+    /// per-datagram options (the arrival address, the TOS byte received, timestamps,
+    /// receive offload: each turned on as asked, and off on the socket where not asked, so
+    /// that no control message the port does not read takes room); the port number,
     /// interface and port sharing are the socket's own.
     ///
     /// # Errors
