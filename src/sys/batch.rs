@@ -399,11 +399,9 @@ pub struct SendBatch {
     data: Vec<u8>,
     /// (end offset in `data`, destination) per datagram.
     entries: Vec<(usize, SocketAddr)>,
-    /// Per datagram, its source address and TOS byte; empty while no datagram waiting
-    /// carries either, so that the common case pushes nothing here.
-    metas: Vec<SendMeta>,
-    /// How many of `metas` are not empty.
-    with_meta: usize,
+    /// The datagrams that carry a source address or a TOS byte, by index, in order: the
+    /// common case, none, costs a plain push nothing.
+    metas: Vec<(usize, SendMeta)>,
     names: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<Mmsg>,
@@ -431,7 +429,6 @@ impl SendBatch {
             data: Vec::with_capacity(bytes),
             entries: Vec::with_capacity(capacity),
             metas: Vec::new(),
-            with_meta: 0,
             names: vec![zeroed(); capacity],
             iovs: vec![zeroed(); capacity],
             hdrs: vec![zeroed(); capacity],
@@ -478,9 +475,6 @@ impl SendBatch {
     pub fn push(&mut self, data: &[u8], addr: SocketAddr) {
         self.data.extend_from_slice(data);
         self.entries.push((self.data.len(), addr));
-        if !self.metas.is_empty() {
-            self.metas.push(SendMeta::default());
-        }
     }
 
     /// Adds a datagram (a copy of `data`) for `addr`, sent from `meta.source` with TOS
@@ -489,24 +483,27 @@ impl SendBatch {
         if meta.is_empty() {
             return self.push(data, addr);
         }
-        // The datagrams before carried nothing.
-        self.metas.resize(self.entries.len(), SendMeta::default());
+        self.metas.push((self.entries.len(), meta));
         self.data.extend_from_slice(data);
         self.entries.push((self.data.len(), addr));
-        self.metas.push(meta);
-        self.with_meta += 1;
     }
 
     /// What datagram `i` carries besides its bytes.
     #[inline]
     pub fn meta(&self, i: usize) -> SendMeta {
-        self.metas.get(i).copied().unwrap_or_default()
+        if self.metas.is_empty() {
+            return SendMeta::default();
+        }
+        match self.metas.binary_search_by_key(&i, |&(at, _)| at) {
+            Ok(found) => self.metas[found].1,
+            Err(_) => SendMeta::default(),
+        }
     }
 
     /// How many datagrams waiting carry a source address or a TOS byte.
     #[inline]
     pub fn meta_count(&self) -> usize {
-        self.with_meta
+        self.metas.len()
     }
 
     /// Datagram `i`: its bytes and destination.
@@ -534,7 +531,6 @@ impl SendBatch {
         self.data.clear();
         self.entries.clear();
         self.metas.clear();
-        self.with_meta = 0;
     }
 
     /// Sends datagrams `from..` (at most the capacity at once) without blocking; returns
@@ -624,14 +620,41 @@ impl SendBatch {
     /// says how many datagrams each header carries), the first at most `lead` of them.
     #[inline]
     fn prepare(&mut self, from: usize, connected: bool, segment: bool, lead: usize) -> usize {
+        if self.metas.is_empty() {
+            self.prepare_as::<true>(from, connected, segment, lead)
+        } else {
+            self.prepare_as::<false>(from, connected, segment, lead)
+        }
+    }
+
+    /// [`prepare`](Self::prepare), with `PLAIN` when no datagram carries a source or a TOS
+    /// byte (the common case, compiled without any of their work).
+    #[inline(always)]
+    fn prepare_as<const PLAIN: bool>(
+        &mut self,
+        from: usize,
+        connected: bool,
+        segment: bool,
+        lead: usize,
+    ) -> usize {
         let base = self.data.as_mut_ptr();
         let mut i = from;
         let mut k = 0;
+        // Where in `metas` the datagrams from `i` on are (they are walked in order).
+        let mut cursor = if PLAIN {
+            0
+        } else {
+            self.metas.partition_point(|&(at, _)| at < from)
+        };
         while i < self.entries.len() && k < self.hdrs.len() {
             let start = if i == 0 { 0 } else { self.entries[i - 1].0 };
             let (mut end, addr) = self.entries[i];
             let size = end - start;
-            let meta = self.meta(i);
+            let meta = if PLAIN {
+                SendMeta::default()
+            } else {
+                meta_at(&self.metas, &mut cursor, i)
+            };
             let mut run = 1;
             if segment && size > 0 && size <= MAX_SEGMENT {
                 // Extend while the next has the same destination and the same length (a
@@ -639,13 +662,19 @@ impl SendBatch {
                 let most = MAX_SEGMENTS.min(MAX_SEGMENTED_BYTES / size);
                 let most = if k == 0 { most.min(lead.max(1)) } else { most };
                 let last = self.entries.len().min(i + most);
-                for (j, (next_end, next_addr)) in self.entries[i + 1..last].iter().enumerate() {
+                // One message has one source and one TOS byte: a run of datagrams that
+                // carry them ends where they change.
+                let last = if PLAIN {
+                    last
+                } else {
+                    let mut ahead = cursor;
+                    (i + 1..last)
+                        .find(|&j| meta_at(&self.metas, &mut ahead, j) != meta)
+                        .unwrap_or(last)
+                };
+                for (next_end, next_addr) in &self.entries[i + 1..last] {
                     let next_size = next_end - end;
                     if *next_addr != addr || next_size == 0 || next_size > size {
-                        break;
-                    }
-                    // One message has one source and one TOS byte.
-                    if !self.metas.is_empty() && self.metas[i + 1 + j] != meta {
                         break;
                     }
                     end = *next_end;
@@ -682,7 +711,7 @@ impl SendBatch {
             let hdr = &mut self.hdrs[k].msg_hdr;
             hdr.msg_iov = &mut self.iovs[k];
             hdr.msg_iovlen = 1;
-            if run > 1 || !meta.is_empty() {
+            if run > 1 || (!PLAIN && !meta.is_empty()) {
                 let room = &mut self.controls[k];
                 let mut w = ControlWriter::new(room);
                 if run > 1 {
@@ -690,7 +719,9 @@ impl SendBatch {
                     let segment = (size as u16).to_ne_bytes();
                     w.push(libc::IPPROTO_UDP, UDP_SEGMENT, &segment);
                 }
-                imp::write_send_meta(&mut w, &meta, &addr);
+                if !PLAIN {
+                    imp::write_send_meta(&mut w, &meta, &addr);
+                }
                 hdr.msg_controllen = w.len() as _;
                 hdr.msg_control = room.as_mut_ptr().cast();
             } else {
@@ -702,6 +733,20 @@ impl SendBatch {
             k += 1;
         }
         k
+    }
+}
+
+/// What datagram `i` carries, from `metas` (by index, in order) read on from `cursor`,
+/// which moves past the entries before `i`: datagrams asked for in order cost a step
+/// each.
+#[inline(always)]
+fn meta_at(metas: &[(usize, SendMeta)], cursor: &mut usize, i: usize) -> SendMeta {
+    while metas.get(*cursor).is_some_and(|&(at, _)| at < i) {
+        *cursor += 1;
+    }
+    match metas.get(*cursor) {
+        Some(&(at, meta)) if at == i => meta,
+        _ => SendMeta::default(),
     }
 }
 

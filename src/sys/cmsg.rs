@@ -223,7 +223,9 @@ impl<'a> ControlWriter<'a> {
         ControlWriter { room, len: 0 }
     }
 
-    /// Appends one message; false (and nothing written) if the room cannot hold it.
+    /// Appends one message; false (and nothing written) if the room cannot hold it. (The
+    /// padding after its data keeps whatever bytes the room had: the kernel reads none.)
+    #[inline(always)]
     pub(crate) fn push(&mut self, level: libc::c_int, kind: libc::c_int, data: &[u8]) -> bool {
         let need = space(data.len());
         let bytes = mem::size_of_val(self.room);
@@ -232,7 +234,6 @@ impl<'a> ControlWriter<'a> {
         }
         let room: &mut [u8] = words_as_bytes_mut(self.room);
         let at = &mut room[self.len..self.len + need];
-        at.fill(0);
         // SAFETY: all-zero bytes are a valid cmsghdr.
         let mut hdr: libc::cmsghdr = unsafe { mem::zeroed() };
         hdr.cmsg_len = (header_len() + data.len()) as _;

@@ -119,18 +119,33 @@ impl PortCore {
     /// into the protocol's callback; everything else is [`send_checked`](Self::send_checked).
     #[inline]
     pub(crate) fn send(&mut self, data: &[u8], addr: SocketAddr) -> Result<()> {
-        if let Some((to, meta)) = self.reply_to
-            && is_peer(&to, &addr)
-        {
-            return self.send_checked(data, addr, meta);
-        }
         if self.peer.is_none()
             && addr.is_ipv4() == self.local_is_v4
-            && self.gather(data, addr, SendMeta::default())
+            && self.reply_to.is_none()
+            && self.gather(data, addr)
         {
             return Ok(());
         }
-        self.send_checked(data, addr, SendMeta::default())
+        self.send_reply(data, addr)
+    }
+
+    /// [`send_checked`](Self::send_checked) of a write to `addr` with what it carries as
+    /// a reply ([`reply_meta`](Self::reply_meta)); kept out of line, so that the common
+    /// case inlined into the hook only compares and copies the address.
+    #[inline(never)]
+    fn send_reply(&mut self, data: &[u8], addr: SocketAddr) -> Result<()> {
+        let meta = self.reply_meta(&addr);
+        self.send_checked(data, addr, meta)
+    }
+
+    /// What a write to `addr` carries: with `reply_from_arrival`, inside the hook of a
+    /// datagram from `addr`, its arrival address as the source; else nothing.
+    #[inline]
+    fn reply_meta(&self, addr: &SocketAddr) -> SendMeta {
+        match self.reply_to {
+            Some((to, meta)) if is_peer(&to, addr) => meta,
+            _ => SendMeta::default(),
+        }
     }
 
     /// [`send`](Self::send) of a datagram carrying `meta` (checked by the caller).
@@ -144,11 +159,8 @@ impl PortCore {
             return self.send(data, addr);
         }
         // A reply that sets only its TOS byte still leaves from the arrival address.
-        if meta.source.is_none()
-            && let Some((to, reply)) = self.reply_to
-            && is_peer(&to, &addr)
-        {
-            meta.source = reply.source;
+        if meta.source.is_none() {
+            meta.source = self.reply_meta(&addr).source;
         }
         self.send_checked(data, addr, meta)
     }
@@ -159,32 +171,35 @@ impl PortCore {
         let Some(peer) = self.peer else {
             return Err(Error::NotConnected);
         };
-        if let Some((to, meta)) = self.reply_to
-            && is_peer(&peer, &to)
-        {
-            return self.send_checked(data, peer, meta);
-        }
-        if self.gather(data, peer, SendMeta::default()) {
+        if self.reply_to.is_none() && self.gather(data, peer) {
             return Ok(());
         }
-        self.send_checked(data, peer, SendMeta::default())
+        self.send_reply(data, peer)
     }
 
     /// Adds the datagram to the batch being gathered, if there is one, nothing is queued
     /// before it and UDP can carry it (sending the batch once full); false otherwise.
     #[inline(always)]
-    pub(super) fn gather(&mut self, data: &[u8], addr: SocketAddr, meta: SendMeta) -> bool {
+    pub(super) fn gather(&mut self, data: &[u8], addr: SocketAddr) -> bool {
+        self.gather_into(data, |out| out.push(data, addr))
+    }
+
+    /// [`gather`](Self::gather) of a datagram carrying `meta`.
+    pub(super) fn gather_meta(&mut self, data: &[u8], addr: SocketAddr, meta: SendMeta) -> bool {
+        self.gather_into(data, |out| out.push_with(data, addr, meta))
+    }
+
+    /// Gathers a datagram of `data`'s length with `push`, if there is a batch to gather
+    /// into, nothing is queued and UDP can carry it; see [`gather`](Self::gather).
+    #[inline(always)]
+    fn gather_into(&mut self, data: &[u8], push: impl FnOnce(&mut SendBatch)) -> bool {
         if data.len() > self.max_send || !self.queue.is_empty() {
             return false;
         }
         let Some(out) = self.out.as_mut() else {
             return false;
         };
-        if meta.is_empty() {
-            out.push(data, addr);
-        } else {
-            out.push_with(data, addr, meta);
-        }
+        push(out);
         // Sent at once when the batch is full, or when what it holds would count past the
         // high-water mark once queued: then the kernel says at once whether it takes them,
         // and what it does not take is queued and pauses the producer in time.
@@ -224,7 +239,7 @@ impl PortCore {
         if !self.queue.is_empty() {
             return self.enqueue(data, addr, meta);
         }
-        if self.gather(data, addr, meta) {
+        if self.gather_meta(data, addr, meta) {
             return Ok(());
         }
         match self.send_now(data, addr, meta) {
