@@ -9,6 +9,10 @@
 # (--separate-threads=yes) and the server's is the one that ran `serve_<name>`. The load
 # generator's thread is counted apart, shown for reference, and not included.
 #
+# Then the cost of the per-datagram options, apart: (a-ts) is (a) with receive timestamps
+# on, (a-meta) with every per-datagram option on (the arrival address, replies from it,
+# the TOS byte received, timestamps); each against (a).
+#
 # Usage: bash benches/echo/callgrind.sh [--write]    (N1=20000 N2=120000 by default)
 #   --write   also put the result in BENCHMARKS.md, replacing the section an earlier
 #             --write left there (`cargo bench --bench echo` keeps that section)
@@ -27,8 +31,9 @@ esac
 
 N1=${N1:-20000}
 N2=${N2:-120000}
-SERVERS=(twine twine_plain std mio tokio)
-LABELS=("(a) twine" "(a') twine, no GSO" "(b) std blocking" "(c) mio + mmsg" "(d) tokio")
+SERVERS=(twine twine_plain std mio tokio twine_ts twine_meta)
+LABELS=("(a) twine" "(a') twine, no GSO" "(b) std blocking" "(c) mio + mmsg" "(d) tokio"
+    "(a-ts) timestamps" "(a-meta) all options")
 
 fail() {
     echo "callgrind.sh: $*" >&2
@@ -95,6 +100,13 @@ say "$(awk -v a="${per[twine_plain]}" -v b="${per[mio]}" \
     'BEGIN { printf "twine, no GSO / mio: %.2f", a / b }')"
 say "$(awk -v a="${per[twine]}" -v b="${per[mio]}" \
     'BEGIN { r = a / b; printf "target: twine / mio (c) <= 1.05: %s", (r <= 1.05 ? "met" : "NOT met") }')"
+
+say
+say "The per-datagram options, against (a) (shown apart, not toward the target):"
+for other in twine_ts twine_meta; do
+    say "$(awk -v a="${per[$other]}" -v b="${per[twine]}" -v o="$other" \
+        'BEGIN { printf "%s / twine: %.2f (+%.1f instructions per echo)", o, a / b, a - b }')"
+done
 
 if [ "$write" = 1 ]; then
     md=BENCHMARKS.md
