@@ -44,6 +44,9 @@ mod dns {
 
     /// Type A (a host address).
     const TYPE_A: u16 = 1;
+    const TYPE_CNAME: u16 = 5;
+    /// The most aliases followed from the question's name.
+    const MAX_ALIASES: usize = 8;
     /// Class IN (the Internet).
     const CLASS_IN: u16 = 1;
     /// The most a name takes on the wire (RFC 1035 §2.3.4).
@@ -167,11 +170,22 @@ mod dns {
         }
     }
 
-    /// Reads the name at `at`, following compression pointers: its labels in lower case
-    /// joined by dots, and where the name ends in the message (after its first pointer,
-    /// if any).
-    fn read_name(m: &[u8], at: usize) -> Result<(String, usize), DnsError> {
-        let mut name = String::new();
+    /// A name as compared: its labels in ASCII lower case (a dot inside a label stays a
+    /// byte of that label, so `a.b` as one label is not `a` then `b`).
+    type Name = Vec<Vec<u8>>;
+
+    /// The labels of `name` (a query name, as `encode_name` takes it) as compared.
+    fn labels(name: &str) -> Name {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        name.split('.')
+            .map(|label| label.as_bytes().to_ascii_lowercase())
+            .collect()
+    }
+
+    /// Reads the name at `at`, following compression pointers: its labels as compared,
+    /// and where the name ends in the message (after its first pointer, if any).
+    fn read_name(m: &[u8], at: usize) -> Result<(Name, usize), DnsError> {
+        let mut name = Name::new();
         let mut pos = at;
         let mut end = None;
         let mut wire_len = 0usize;
@@ -191,10 +205,7 @@ mod dns {
                     if wire_len >= MAX_NAME {
                         return Err(DnsError::BadName("over 255 bytes"));
                     }
-                    if !name.is_empty() {
-                        name.push('.');
-                    }
-                    name.extend(label.iter().map(|&b| char::from(b.to_ascii_lowercase())));
+                    name.push(label.to_ascii_lowercase());
                     pos += 1 + len;
                 }
                 0xC0 => {
@@ -244,23 +255,33 @@ mod dns {
         let qtype = u16_at(m, pos, "question")?;
         let qclass = u16_at(m, pos + 2, "question")?;
         pos += 4;
-        let ours = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        let ours = labels(name);
         if qname != ours || qtype != TYPE_A || qclass != CLASS_IN {
             return Err(DnsError::NotOurQuestion);
         }
+        // The names whose A records answer the question: ours, and the aliases a CNAME
+        // among the answers leads to from it (in order, as servers send them).
+        let mut names = vec![ours];
         let mut addresses = Vec::new();
         for _ in 0..answers {
-            let (_owner, after) = read_name(m, pos)?;
+            let (owner, after) = read_name(m, pos)?;
             let rtype = u16_at(m, after, "answer")?;
             let rclass = u16_at(m, after + 2, "answer")?;
             let rdlen = usize::from(u16_at(m, after + 8, "answer")?);
+            let start = after + 10;
             let rdata = m
-                .get(after + 10..after + 10 + rdlen)
+                .get(start..start + rdlen)
                 .ok_or(DnsError::Short("answer's data"))?;
-            if let (TYPE_A, CLASS_IN, &[a, b, c, d]) = (rtype, rclass, rdata) {
-                addresses.push(Ipv4Addr::new(a, b, c, d));
+            if rclass == CLASS_IN && names.contains(&owner) {
+                match (rtype, rdata) {
+                    (TYPE_A, &[a, b, c, d]) => addresses.push(Ipv4Addr::new(a, b, c, d)),
+                    (TYPE_CNAME, _) if names.len() < MAX_ALIASES => {
+                        names.push(read_name(m, start)?.0);
+                    }
+                    _ => {}
+                }
             }
-            pos = after + 10 + rdlen;
+            pos = start + rdlen;
         }
         Ok(Response { rcode, addresses })
     }
@@ -280,6 +301,56 @@ mod dns {
                 r.extend_from_slice(ip);
             }
             r
+        }
+
+        /// Only A records of the question's name (or of an alias a CNAME leads to from it)
+        /// answer it; a label with a dot in it is not two labels.
+        #[test]
+        fn only_the_questions_name_and_its_aliases_answer() {
+            let mut r = answer(7, "example.test", &[]);
+            // An A record for another name (written out), a CNAME from ours to
+            // alias.test, and A records for alias.test and ours.
+            let other: &[u8] = b"\x04evil\x04test\x00";
+            r.extend_from_slice(other);
+            r.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, 1]);
+            let alias: &[u8] = b"\x05alias\x04test\x00";
+            r.extend_from_slice(&[0xC0, 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, alias.len() as u8]);
+            let alias_at = r.len();
+            r.extend_from_slice(alias);
+            r.extend_from_slice(&[
+                0xC0,
+                alias_at as u8,
+                0,
+                1,
+                0,
+                1,
+                0,
+                0,
+                0,
+                60,
+                0,
+                4,
+                127,
+                0,
+                0,
+                9,
+            ]);
+            r.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 7]);
+            r[7] = 4;
+            let parsed = parse_response(&r, 7, "example.test").expect("parsed");
+            assert_eq!(
+                parsed.addresses,
+                [Ipv4Addr::new(127, 0, 0, 9), Ipv4Addr::new(127, 0, 0, 7)]
+            );
+            // One label `example.test` is not the two labels of our question.
+            let mut one = query(7, "x").expect("query");
+            one.truncate(12);
+            one.extend_from_slice(b"\x0cexample.test\x00\x00\x01\x00\x01");
+            one[2] = 0x81;
+            assert!(matches!(
+                parse_response(&one, 7, "example.test"),
+                Err(DnsError::NotOurQuestion)
+            ));
         }
 
         #[test]

@@ -32,24 +32,42 @@
 //! requests. Completions put off to the next turn run in the order their requests
 //! finished.
 //!
-//! The one exception is the port's stop: once it is asked for
-//! ([`stop_listening`](UdpTransport::stop_listening), [`Reactor::stop`](crate::Reactor::stop),
-//! a signal), no port timer runs again, so the requests still outstanding are
-//! **abandoned**: no more tries are sent and their `on_done` closures are dropped without
-//! being called (what they own is freed: a channel's sender inside one is dropped, and its
-//! receiver sees the disconnect). So are the completions of requests that finished in the
-//! turn the stop was asked for. [`stop_protocol`](crate::DatagramProtocol::stop_protocol)
-//! still sees the abandoned requests in [`len`](Requests::len) and
-//! [`is_pending`](Requests::is_pending), and may log them.
+//! The one exception is the port's close: its port timers never run again once its stop
+//! is asked for ([`stop_listening`](UdpTransport::stop_listening), or closing it by
+//! handle), nor once the reactor has stopped ([`Reactor::stop`](crate::Reactor::stop), a
+//! signal: the timers due in the turn the stop was asked in still run). So the requests
+//! still outstanding then are **abandoned**: no more tries are sent and their `on_done`
+//! closures are dropped without being called (what they own is freed: a channel's sender
+//! inside one is dropped, and its receiver sees the disconnect). So are the completions
+//! of finished requests that had not run yet.
+//! [`stop_protocol`](crate::DatagramProtocol::stop_protocol) still sees the abandoned
+//! requests in [`len`](Requests::len) and [`is_pending`](Requests::is_pending), and may log
+//! them.
+//!
+//! A table serves the one port whose protocol owns it: its timers are that port's.
 //!
 //! # Matching
 //!
 //! A reply matches a request when its key is equal and it came from the address the
-//! request was sent to (the same IP and port; an IPv6 flow label is ignored): a datagram
-//! from anywhere else never finishes a request, so a remote host that guesses a key
-//! cannot answer another peer's request. At most one request per key and peer is
-//! outstanding ([`Error::DuplicateRequest`]); the same key may be outstanding to two
-//! peers. A reply to any try of a request matches it.
+//! request was sent to (the same IP and port; an IPv6 flow label and scope id are
+//! ignored): a datagram from anywhere else never finishes a request, so a remote host
+//! that guesses a key cannot answer another peer's request. At most one request per key
+//! and peer is outstanding ([`Error::DuplicateRequest`]); the same key may be outstanding
+//! to two peers. A reply to any try of a request matches it, and so does a late reply to
+//! an earlier request that had the same key: draw keys afresh (a random DNS query id, a
+//! sequence number), rather than reusing one as soon as its request finished.
+//!
+//! # Errors about a peer
+//!
+//! A refusal (ICMP port unreachable, from [`error_received`](Requests::error) or a
+//! connected port's [`connection_refused`](Requests::refused)) ends the requests to that
+//! peer early, as [`Outcome::Refused`]: nothing listens there. Other ICMP errors (host
+//! or network unreachable, which any router on the path may send, and anyone may forge)
+//! end nothing: the tries go on, and a request none of them reaches times out. An ICMP
+//! refusal can be forged too, by anyone who knows the client's port and the peer's
+//! address; a client for which that matters does not hand refusals on. Errors the
+//! kernel gave about a later send of a request (a gathered resend refused as too long,
+//! say) end it with [`Outcome::Failed`].
 //!
 //! # Example: a client that asks three times
 //!
@@ -105,7 +123,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::hash::Hash;
 use std::io;
@@ -346,8 +364,8 @@ pub enum Outcome {
     /// told through [`Requests::refused`] or [`Requests::error`], or met by a resend on a
     /// connected port.
     Refused,
-    /// Another error about the peer, told through [`Requests::error`] (host or network
-    /// unreachable, a gathered write the kernel refused).
+    /// An error about a send to the peer, told through [`Requests::error`] (a gathered
+    /// write the kernel refused), or the table's timer could not be armed.
     Failed(Error),
     /// [`Requests::cancel`] was called.
     Cancelled,
@@ -464,6 +482,9 @@ pub struct Requests<P, K> {
     /// In the order they were sent, so that a refusal finishes a peer's requests in order.
     by_id: BTreeMap<RequestId, Entry<P, K>>,
     by_key: HashMap<(SocketAddr, K), RequestId>,
+    /// The outstanding requests to each peer (as compared), so that an error about a peer
+    /// costs its own requests, not a walk of the table.
+    by_peer: HashMap<SocketAddr, BTreeSet<RequestId>>,
 }
 
 impl<P, K> fmt::Debug for Requests<P, K> {
@@ -476,11 +497,13 @@ impl<P, K> fmt::Debug for Requests<P, K> {
     }
 }
 
-/// The address a reply must come from, as compared: an IPv6 flow label is not part of it.
+/// The address a reply must come from, as compared: an IPv6 flow label and scope id are
+/// not part of it (a request sent without a scope gets its reply with the interface's).
 fn matched(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V6(mut v6) => {
             v6.set_flowinfo(0);
+            v6.set_scope_id(0);
             SocketAddr::V6(v6)
         }
         v4 => v4,
@@ -562,6 +585,7 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
             access,
             by_id: BTreeMap::new(),
             by_key: HashMap::new(),
+            by_peer: HashMap::new(),
         })
     }
 
@@ -638,6 +662,7 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
             return Err(e);
         }
         let key = index.1.clone();
+        self.by_peer.entry(index.0).or_default().insert(id);
         self.by_key.insert(index, id);
         self.by_id.insert(
             id,
@@ -767,10 +792,13 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
     }
 
     /// Hands on an error the port reported about `addr`, from
-    /// [`error_received`](crate::DatagramProtocol::error_received): it finishes every
-    /// request to `addr`, with [`Outcome::Refused`] for a refusal (an ICMP port
-    /// unreachable: `ECONNREFUSED`) and [`Outcome::Failed`] with a copy of the error
-    /// otherwise. Returns how many it finished (none when no request went to `addr`).
+    /// [`error_received`](crate::DatagramProtocol::error_received): a refusal (an ICMP
+    /// port unreachable: `ECONNREFUSED`) finishes every request to `addr` with
+    /// [`Outcome::Refused`]; another ICMP error ([`Error::Unreachable`]: host or network
+    /// unreachable ...) finishes none, and the tries go on (see
+    /// [Errors about a peer](self#errors-about-a-peer)); any other error the port reported
+    /// about a send to `addr` finishes them with [`Outcome::Failed`] and a copy of it.
+    /// Returns how many it finished.
     ///
     /// # Examples
     ///
@@ -806,6 +834,8 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
     pub fn error(&mut self, t: &mut UdpTransport<'_>, error: &Error, addr: SocketAddr) -> usize {
         if is_refusal(error) {
             self.finish_peer(t, addr, || Outcome::Refused)
+        } else if let Error::Unreachable { .. } = error {
+            0
         } else {
             self.finish_peer(t, addr, || Outcome::Failed(copy_error(error)))
         }
@@ -925,8 +955,14 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
     /// Removes a request and cancels its timer.
     fn remove(&mut self, t: &mut UdpTransport<'_>, id: RequestId) -> Option<Entry<P, K>> {
         let mut entry = self.by_id.remove(&id)?;
-        self.by_key
-            .remove(&(matched(entry.peer), entry.key.clone()));
+        let peer = matched(entry.peer);
+        self.by_key.remove(&(peer, entry.key.clone()));
+        if let Some(ids) = self.by_peer.get_mut(&peer) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_peer.remove(&peer);
+            }
+        }
         if let Some(timer) = entry.timer.take() {
             t.cancel(timer);
         }
@@ -939,13 +975,10 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
         peer: SocketAddr,
         outcome: impl Fn() -> Outcome,
     ) -> usize {
-        let peer = matched(peer);
-        let ids: Vec<RequestId> = self
-            .by_id
-            .iter()
-            .filter(|(_, e)| matched(e.peer) == peer)
-            .map(|(&id, _)| id)
-            .collect();
+        let Some(ids) = self.by_peer.get(&matched(peer)) else {
+            return 0;
+        };
+        let ids: Vec<RequestId> = ids.iter().copied().collect();
         for &id in &ids {
             if let Some(entry) = self.remove(t, id) {
                 deliver(t, entry.on_done, outcome());

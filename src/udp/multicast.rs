@@ -185,7 +185,7 @@ impl UdpTransport<'_> {
         if !is_unicast(source) {
             return Err(Error::InvalidAddress {
                 address: source.to_string(),
-                reason: "a multicast source is a unicast address",
+                reason: "a multicast source is a unicast address of the group's family (not IPv4-mapped)",
             });
         }
         if let (IpAddr::V6(_), Interface::V4(a)) = (group, interface) {
@@ -462,11 +462,13 @@ fn is_source_specific(group: IpAddr) -> bool {
     }
 }
 
-/// Whether `ip` may be a datagram's source: not multicast, unspecified or broadcast.
+/// Whether `ip` may be the source of a multicast datagram of its family: not multicast,
+/// unspecified or broadcast, and not IPv4-mapped (an IPv4 host never sends IPv6
+/// multicast).
 fn is_unicast(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => !(a.is_multicast() || a.is_unspecified() || a.is_broadcast()),
-        IpAddr::V6(a) => !(a.is_multicast() || a.is_unspecified()),
+        IpAddr::V6(a) => !(a.is_multicast() || a.is_unspecified() || a.to_ipv4_mapped().is_some()),
     }
 }
 
@@ -511,7 +513,15 @@ mod tests {
         for yes in ["127.0.0.1", "10.0.0.1", "::1", "fd00::1", "fe80::1"] {
             assert!(is_unicast(yes.parse().unwrap()), "{yes}");
         }
-        for no in ["0.0.0.0", "255.255.255.255", "224.0.0.1", "::", "ff02::1"] {
+        for no in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::",
+            "ff02::1",
+            "::ffff:10.0.0.1",
+            "::ffff:0.0.0.0",
+        ] {
             assert!(!is_unicast(no.parse().unwrap()), "{no}");
         }
     }
