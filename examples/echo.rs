@@ -28,8 +28,17 @@ fn main() -> Result<(), twine::Error> {
     common::init(&[]);
     let addr = common::addr_arg(0, "127.0.0.1:9999");
     let mut reactor = Reactor::new()?;
-    let opts = ListenOptions::from(addr).reply_from_arrival(addr.ip().is_unspecified());
-    let port = reactor.listen_udp_with(opts, Echo)?;
+    let wildcard = addr.ip().is_unspecified();
+    let port = match reactor
+        .listen_udp_with(ListenOptions::from(addr).reply_from_arrival(wildcard), Echo)
+    {
+        // An OS without the arrival address (IP_PKTINFO): echo from where the kernel says.
+        Err(twine::Error::SocketOption { option, source }) if wildcard => {
+            log::warn!("{option}: {source}; echoes leave from the kernel's choice of address");
+            reactor.listen_udp_with(ListenOptions::from(addr), Echo)?
+        }
+        other => other?,
+    };
     common::announce(&mut reactor, format!("listening on {}", port.local_addr()));
     reactor.run()?;
     log::info!("bye");

@@ -43,10 +43,15 @@ fn main() -> Result<(), twine::Error> {
     common::init(&[]);
     let addr = common::addr_arg(0, "127.0.0.1:9994");
     let mut reactor = Reactor::new()?;
-    let opts = ListenOptions::from(addr)
-        .receive_timestamps(true)
-        .reply_from_arrival(addr.ip().is_unspecified());
-    let port = reactor.listen_udp_with(opts, TimeServer)?;
+    let plain = ListenOptions::from(addr).reply_from_arrival(addr.ip().is_unspecified());
+    let port = match reactor.listen_udp_with(plain.clone().receive_timestamps(true), TimeServer) {
+        // An OS without SO_TIMESTAMPNS: answers as well, without the delay.
+        Err(twine::Error::SocketOption { option, source }) => {
+            log::warn!("{option}: {source}; the receive-to-reply delay is not logged");
+            reactor.listen_udp_with(plain, TimeServer)?
+        }
+        other => other?,
+    };
     common::announce(&mut reactor, format!("listening on {}", port.local_addr()));
     reactor.run()
 }
