@@ -1,5 +1,10 @@
 //! Twisted's reactor model for UDP, on a hand-rolled mio event loop.
 //!
+//! The package `twine-udp`, imported as `twine`. Unix only (Linux, the BSDs, macOS):
+//! elsewhere it does not compile. The batch I/O, the offloads, the error queue and the
+//! per-datagram options are Linux's; the table at the end says what other Unix systems
+//! get instead.
+//!
 //! # The model
 //!
 //! - A [`Reactor`] is one event loop on one thread. It owns every port, every timer, and
@@ -192,6 +197,11 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 #![doc(test(attr(deny(warnings))))]
+
+#[cfg(not(unix))]
+compile_error!(
+    "twine supports Unix only (Linux, the BSDs, macOS): it is built on Unix sockets, signals and fds"
+);
 
 mod error;
 mod pool;
