@@ -101,7 +101,25 @@ pub(crate) enum Lifecycle {
 /// A handle to a listening port, returned by the listen and adopt calls: its address, and
 /// the key to stop it, read its counters or reach its protocol through the [`Reactor`].
 ///
-/// It stays harmless after the port closes: it never reaches a later port.
+/// It stays harmless after the port closes: it never reaches a later port. Handles are
+/// `Copy`, and compare and hash by the port they name, so that they can key a map.
+///
+/// # Examples
+///
+/// ```
+/// use std::collections::HashSet;
+/// use twine::{ListenOptions, Reactor, respond};
+/// let mut reactor = Reactor::new()?;
+/// let mut ports = HashSet::new();
+/// for _ in 0..2 {
+///     let echo = respond(|data, _from| Some(data.to_vec()));
+///     let port = reactor.listen_udp_with(ListenOptions::new(0).interface("127.0.0.1"), echo)?;
+///     assert!(ports.insert(port));
+///     assert!(!ports.insert(port), "the same port twice");
+/// }
+/// assert_eq!(ports.len(), 2);
+/// # Ok::<(), twine::Error>(())
+/// ```
 pub struct ListeningPort<P> {
     key: PortKey,
     local: SocketAddr,
@@ -115,6 +133,22 @@ impl<P> Clone for ListeningPort<P> {
 }
 
 impl<P> Copy for ListeningPort<P> {}
+
+/// Two handles are equal when they name the same port (of the same reactor, opened by the
+/// same call), whatever became of it since.
+impl<P> PartialEq for ListeningPort<P> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl<P> Eq for ListeningPort<P> {}
+
+impl<P> std::hash::Hash for ListeningPort<P> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+    }
+}
 
 impl<P> fmt::Debug for ListeningPort<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -145,6 +179,16 @@ impl<P> ListeningPort<P> {
 /// ([`stop`](Self::stop), a signal, a [`ReactorHandle::stop`]) and the turn that carries
 /// it out (the last turn of [`run`](Self::run), or an [`iterate`](Self::iterate) that
 /// returns true). Stop it first when the protocols have something to say at the end.
+///
+/// A reactor is neither `Send` nor `Sync`: it and its protocols stay on the thread that
+/// made it (a protocol need not be `Send` either). Other threads reach it through a
+/// [`ReactorHandle`]; for a reactor per core, see [`ReactorPool`](crate::ReactorPool).
+///
+/// ```compile_fail
+/// fn on_another_thread<T: Send>(_: T) {}
+/// on_another_thread(twine::Reactor::new()?);
+/// # Ok::<(), twine::Error>(())
+/// ```
 pub struct Reactor {
     poll: Poll,
     events: Option<Events>,

@@ -104,6 +104,7 @@ impl IpLiteral for &String {
 
 /// A network interface for multicast: which one joins a group, or sends to one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Interface {
     /// Let the kernel pick by its routes (`0.0.0.0`, or index 0 for IPv6).
     Any,

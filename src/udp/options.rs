@@ -39,7 +39,7 @@ pub(crate) const MAX_BATCH_SIZE: usize = 1024;
 ///     .recv_buffer_size(1 << 20);
 /// # let _ = opts;
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenOptions {
     pub(crate) port: u16,
     pub(crate) interface: String,
@@ -62,6 +62,21 @@ pub struct ListenOptions {
     pub(crate) receive_tos: bool,
     pub(crate) tos: Option<u8>,
     pub(crate) timestamps: bool,
+}
+
+/// [`ListenOptions::new(0)`](ListenOptions::new): a free port on every IPv4 interface,
+/// with Twisted's defaults.
+///
+/// # Examples
+///
+/// ```
+/// use twine::ListenOptions;
+/// assert_eq!(ListenOptions::default(), ListenOptions::new(0));
+/// ```
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions::new(0)
+    }
 }
 
 impl ListenOptions {
@@ -94,6 +109,16 @@ impl ListenOptions {
     }
 
     /// Options for exactly `addr` (its IP as the interface, its port).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use twine::ListenOptions;
+    /// let addr: SocketAddr = "127.0.0.1:9999".parse()?;
+    /// assert_eq!(ListenOptions::from_addr(addr), ListenOptions::new(9999).interface("127.0.0.1"));
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
     pub fn from_addr(addr: SocketAddr) -> Self {
         let options = ListenOptions::new(addr.port()).interface(addr.ip().to_string());
         match addr {
@@ -105,11 +130,22 @@ impl ListenOptions {
         }
     }
 
-    /// The interface to bind: an IPv4 or IPv6 literal (`"127.0.0.1"`, `"::1"`, `"::"`,
-    /// `"fe80::1%2"`), or `""` for every IPv4 interface. An IPv6 literal makes an IPv6
-    /// port. A hostname is refused with [`Error::InvalidAddress`] when the port is opened.
-    pub fn interface(mut self, interface: impl Into<String>) -> Self {
-        self.interface = interface.into();
+    /// The interface to bind: an IPv4 or IPv6 address, or its literal (`"127.0.0.1"`,
+    /// `"::1"`, `"::"`, `"fe80::1%2"`), or `""` for every IPv4 interface. An IPv6 address
+    /// makes an IPv6 port. A hostname is refused with [`Error::InvalidAddress`] when the
+    /// port is opened.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::{IpAddr, Ipv6Addr};
+    /// use twine::ListenOptions;
+    /// let by_text = ListenOptions::new(0).interface("::1");
+    /// let by_address = ListenOptions::new(0).interface(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    /// assert_eq!(by_text, by_address);
+    /// ```
+    pub fn interface(mut self, interface: impl std::fmt::Display) -> Self {
+        self.interface = interface.to_string();
         self
     }
 

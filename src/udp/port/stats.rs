@@ -15,7 +15,9 @@ pub struct PortStats {
     pub datagrams_sent: u64,
     /// Payload bytes handed to the kernel.
     pub bytes_sent: u64,
-    /// Datagrams longer than the receive buffer, dropped rather than delivered cut short.
+    /// Datagrams longer than the receive buffer (the max packet size): dropped, or with
+    /// [`ListenOptions::deliver_truncated`](crate::ListenOptions::deliver_truncated)
+    /// handed to `datagram_truncated` cut short; never to `datagram_received`.
     pub truncated: u64,
     /// Datagrams the kernel refused to send (other than a full buffer).
     pub send_errors: u64,
