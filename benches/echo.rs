@@ -1105,7 +1105,7 @@ fn write_files(
     pinning: &Pinning,
     notes: &[String],
 ) -> Result<(), String> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let search = &settings.search;
     let ms = |d: Duration| d.as_millis();
     let method = format!(

@@ -142,7 +142,7 @@ pub struct Server {
 
 /// Where the Twisted venv's Python would be.
 pub fn twisted_python() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/twisted-venv/bin/python")
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("target/twisted-venv/bin/python")
 }
 
 /// Starts a server of `kind`, pinned to `cpu` when given.
@@ -554,7 +554,8 @@ fn serve_tokio(cpu: Option<usize>, ready: Ready) {
 /// port once listening and exits when its stdin closes (or it is killed).
 fn start_twisted(cpu: Option<usize>) -> Result<Server, String> {
     let python = twisted_python();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/echo/twisted_echo.py");
+    let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .join("benches/echo/twisted_echo.py");
     let mut cmd = Command::new(&python);
     cmd.arg("-B").arg(&script);
     if let Some(cpu) = cpu {
