@@ -218,6 +218,7 @@ pub use error::{Error, Result};
 /// Not part of the API, and not stable: the batch I/O primitives the reactor uses and
 /// CPU pinning, exported only so the benchmarks' hand-written peer loops measure the same
 /// system calls without `unsafe` of their own.
+#[cfg(feature = "bench-support")]
 #[doc(hidden)]
 pub mod bench_support {
     pub use crate::sys::{Datagram, RecvBatch, SendBatch, pin_to_cpu};

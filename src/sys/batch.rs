@@ -311,6 +311,7 @@ impl RecvBatch {
 
     /// The datagrams of the last [`recv`](Self::recv), in order: [`get`](Self::get) for
     /// each, without an index to check per datagram.
+    #[cfg(any(test, feature = "bench-support"))]
     #[inline]
     pub fn datagrams(&self) -> impl Iterator<Item = Datagram<'_>> {
         self.datagrams_from(0)
@@ -557,6 +558,7 @@ impl SendBatch {
         self.data.len()
     }
 
+    #[cfg(any(test, feature = "bench-support"))]
     /// [`send`](Self::send), with each run of datagrams to one destination, all of one
     /// length (the run's last may be shorter), handed the kernel as one message that it
     /// cuts back into those datagrams (UDP generic segmentation offload, Linux's
