@@ -216,8 +216,9 @@ mod udp;
 pub use error::{Error, Result};
 
 /// Not part of the API, and not stable: the batch I/O primitives the reactor uses and
-/// CPU pinning, exported only so the benchmarks' hand-written peer loops measure the same
-/// system calls without `unsafe` of their own.
+/// CPU pinning, exported only with the `bench-support` feature, so that the benchmarks'
+/// and tests' hand-written peer loops make the same system calls without `unsafe` of their
+/// own.
 #[cfg(feature = "bench-support")]
 #[doc(hidden)]
 pub mod bench_support {
