@@ -27,7 +27,7 @@ impl DatagramProtocol for Echo {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), common::Failed> {
     common::init(&[]);
     let addr = common::addr_arg(0, "127.0.0.1:9997");
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;

@@ -136,7 +136,7 @@ fn forward_stdin(reactor: &Reactor, port: ListeningPort<ChatClient>) {
     });
 }
 
-fn main() -> Result<(), twine::Error> {
+fn main() -> Result<(), common::Failed> {
     common::init(&["--interval", "--heartbeats"]);
     let server = common::addr_arg(0, "127.0.0.1:9995");
     let interval = common::seconds_flag("--interval", Duration::from_secs(5));
@@ -155,5 +155,5 @@ fn main() -> Result<(), twine::Error> {
     if quit_at_once {
         reactor.stop();
     }
-    reactor.run()
+    Ok(reactor.run()?)
 }

@@ -123,7 +123,7 @@ impl DatagramProtocol for ChatServer {
     }
 }
 
-fn main() -> Result<(), twine::Error> {
+fn main() -> Result<(), common::Failed> {
     common::init(&["--expire"]);
     let addr = common::addr_arg(0, "127.0.0.1:9995");
     let expire = common::seconds_flag("--expire", Duration::from_secs(30));
@@ -134,5 +134,5 @@ fn main() -> Result<(), twine::Error> {
         port.local_addr()
     );
     common::announce(&mut reactor, text);
-    reactor.run()
+    Ok(reactor.run()?)
 }

@@ -71,7 +71,7 @@ impl DatagramProtocol for Greeter {
     }
 }
 
-fn main() -> Result<(), twine::Error> {
+fn main() -> Result<(), common::Failed> {
     common::init(&["--count"]);
     let server = common::addr_arg(0, "127.0.0.1:9999");
     let count: u32 = common::parsed_flag("--count", 5);
@@ -86,5 +86,5 @@ fn main() -> Result<(), twine::Error> {
     if count == 0 {
         reactor.stop();
     }
-    reactor.run()
+    Ok(reactor.run()?)
 }

@@ -569,7 +569,7 @@ fn random_id() -> u16 {
     h.finish() as u16
 }
 
-fn main() -> Result<(), twine::Error> {
+fn main() -> Result<(), common::Failed> {
     if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
         return Ok(());

@@ -24,7 +24,7 @@ impl DatagramProtocol for Echo {
     }
 }
 
-fn main() -> Result<(), twine::Error> {
+fn main() -> Result<(), common::Failed> {
     common::init(&[]);
     let addr = common::addr_arg(0, "127.0.0.1:9999");
     let mut reactor = Reactor::new()?;

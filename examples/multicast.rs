@@ -132,7 +132,7 @@ impl DatagramProtocol for Listener {
     }
 }
 
-fn main() -> Result<(), twine::Error> {
+fn main() -> Result<(), common::Failed> {
     common::init(&["--interface"]);
     let group = common::addr_arg(0, "228.0.0.5:8005");
     let default_interface = if group.is_ipv4() { "127.0.0.1" } else { "" };
@@ -165,5 +165,5 @@ fn main() -> Result<(), twine::Error> {
             peers: HashSet::new(),
         },
     )?;
-    reactor.run()
+    Ok(reactor.run()?)
 }

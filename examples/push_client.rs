@@ -80,7 +80,7 @@ impl DatagramProtocol for User {
     }
 }
 
-fn main() -> Result<(), twine::Error> {
+fn main() -> Result<(), common::Failed> {
     common::init(&["--users", "--pushes"]);
     let server = common::addr_arg(0, "127.0.0.1:9996");
     let users = common::flag("--users").unwrap_or_else(|| "A,B,C,D,E".to_owned());
@@ -109,5 +109,5 @@ fn main() -> Result<(), twine::Error> {
     if waiting.get() == 0 || wanted == Some(0) {
         reactor.stop();
     }
-    reactor.run()
+    Ok(reactor.run()?)
 }

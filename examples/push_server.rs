@@ -119,7 +119,7 @@ impl DatagramProtocol for PushServer {
     }
 }
 
-fn main() -> Result<(), twine::Error> {
+fn main() -> Result<(), common::Failed> {
     common::init(&["--every"]);
     let addr = common::addr_arg(0, "127.0.0.1:9996");
     let every = common::seconds_flag("--every", Duration::from_secs(10));
@@ -134,5 +134,5 @@ fn main() -> Result<(), twine::Error> {
         port.local_addr()
     );
     common::announce(&mut reactor, text);
-    reactor.run()
+    Ok(reactor.run()?)
 }

@@ -215,7 +215,7 @@ impl DatagramProtocol for RetryClient {
     }
 }
 
-fn main() -> Result<(), twine::Error> {
+fn main() -> Result<(), common::Failed> {
     common::init(&["--timeout", "--tries"]);
     let server = common::addr_arg(0, "127.0.0.1:9994");
     let timeout = common::seconds_flag("--timeout", Duration::from_secs(1));

@@ -39,7 +39,7 @@ impl DatagramProtocol for TimeServer {
     }
 }
 
-fn main() -> Result<(), twine::Error> {
+fn main() -> Result<(), common::Failed> {
     common::init(&[]);
     let addr = common::addr_arg(0, "127.0.0.1:9994");
     let mut reactor = Reactor::new()?;
@@ -53,5 +53,5 @@ fn main() -> Result<(), twine::Error> {
         other => other?,
     };
     common::announce(&mut reactor, format!("listening on {}", port.local_addr()));
-    reactor.run()
+    Ok(reactor.run()?)
 }

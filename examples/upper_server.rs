@@ -9,12 +9,12 @@ mod common;
 
 use twine::{ListenOptions, Reactor, respond};
 
-fn main() -> Result<(), twine::Error> {
+fn main() -> Result<(), common::Failed> {
     common::init(&[]);
     let addr = common::addr_arg(0, "127.0.0.1:9993");
     let mut reactor = Reactor::new()?;
     let upper = respond(|data, _from| Some(data.to_ascii_uppercase()));
     let port = reactor.listen_udp_with(ListenOptions::from(addr), upper.named("UpperServer"))?;
     common::announce(&mut reactor, format!("listening on {}", port.local_addr()));
-    reactor.run()
+    Ok(reactor.run()?)
 }

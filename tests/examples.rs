@@ -88,6 +88,23 @@ fn echo_example_rejects_a_hostname() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("IP literal"));
 }
 
+/// An error out of an example's `main` is printed by its `Display`, not its `Debug`, with
+/// exit code 1: the echo example on an address in use.
+#[test]
+fn an_examples_error_is_printed_as_text() {
+    let taken = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let out: Output = Command::new(example("echo"))
+        .arg(addr.to_string())
+        .output()
+        .expect("run echo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let said = format!("Error: couldn't listen on {addr}: ");
+    assert!(stderr.contains(&said), "{stderr}");
+    assert!(!stderr.contains("CannotListen"), "{stderr}");
+}
+
 /// The connected example gets `--count` replies from the echo example, prints each as
 /// `reply from IP:PORT: TEXT`, then exits by itself.
 #[test]

@@ -201,3 +201,20 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let year = era * 400 + yoe + u64::from(month <= 2);
     (year, month, day)
 }
+
+/// What `main` returns on failure: any error, printed by its `Display` (`Error: couldn't
+/// listen on 127.0.0.1:9999: Address in use`) where `main() -> Result` would print its
+/// `Debug`; the exit code is 1.
+pub struct Failed(Box<dyn std::error::Error>);
+
+impl<E: Into<Box<dyn std::error::Error>>> From<E> for Failed {
+    fn from(e: E) -> Self {
+        Failed(e.into())
+    }
+}
+
+impl std::fmt::Debug for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
