@@ -27,8 +27,11 @@ impl DatagramProtocol for Echo {
     }
 }
 
+/// What `--help` prints.
+const USAGE: &str = "usage: adopt [IP:PORT]\n\nServes echo on a socket made and bound with socket2 and handed over by fd\n(default 127.0.0.1:9997; port 0 picks one). Ctrl-C stops it.";
+
 fn main() -> Result<(), common::Failed> {
-    common::init(&[]);
+    common::init(USAGE, &[], 1);
     let addr = common::addr_arg(0, "127.0.0.1:9997");
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.bind(&addr.into())?;

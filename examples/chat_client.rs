@@ -136,12 +136,19 @@ fn forward_stdin(reactor: &Reactor, port: ListeningPort<ChatClient>) {
     });
 }
 
+/// What `--help` prints.
+const USAGE: &str = "usage: chat_client [SERVER_IP:PORT] [MESSAGE ...] [--interval SECONDS] [--heartbeats N]\n\nSays hello to the chat server (default 127.0.0.1:9995), sends a heartbeat every\nSECONDS (default 5), each MESSAGE, then each line typed on stdin. With --heartbeats N\nit quits after N heartbeats, else at Ctrl-C. A first argument without a colon is a\nmessage, to the default server.";
+
 fn main() -> Result<(), common::Failed> {
-    common::init(&["--interval", "--heartbeats"]);
-    let server = common::addr_arg(0, "127.0.0.1:9995");
+    common::init(USAGE, &["--interval", "--heartbeats"], usize::MAX);
+    // The first argument is the server's address if it has a colon (an IP:PORT, which
+    // must then parse), else the first message.
+    let words = common::positional();
+    let addressed = words.first().is_some_and(|w| w.contains(':'));
+    let server = common::addr_arg(if addressed { 0 } else { usize::MAX }, "127.0.0.1:9995");
     let interval = common::seconds_flag("--interval", Duration::from_secs(5));
     let client = ChatClient {
-        messages: common::positional().into_iter().skip(1).collect(),
+        messages: words.into_iter().skip(usize::from(addressed)).collect(),
         heartbeats: common::optional_flag("--heartbeats"),
         ..ChatClient::new(server, interval)
     };

@@ -123,8 +123,11 @@ impl DatagramProtocol for ChatServer {
     }
 }
 
+/// What `--help` prints.
+const USAGE: &str = "usage: chat_server [IP:PORT] [--expire SECONDS]\n\nAcknowledges every client (default 127.0.0.1:9995) and forgets one silent for SECONDS\n(default 30); says `bye bye` to all at Ctrl-C.";
+
 fn main() -> Result<(), common::Failed> {
-    common::init(&["--expire"]);
+    common::init(USAGE, &["--expire"], 1);
     let addr = common::addr_arg(0, "127.0.0.1:9995");
     let expire = common::seconds_flag("--expire", Duration::from_secs(30));
     let mut reactor = Reactor::new()?;

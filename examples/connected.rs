@@ -71,8 +71,11 @@ impl DatagramProtocol for Greeter {
     }
 }
 
+/// What `--help` prints.
+const USAGE: &str = "usage: connected [SERVER_IP:PORT] [--count N]\n\nA connected client of the echo example (default 127.0.0.1:9999): a greeting with the\ntime every second, N of them (default 5), each reply printed.";
+
 fn main() -> Result<(), common::Failed> {
-    common::init(&["--count"]);
+    common::init(USAGE, &["--count"], 1);
     let server = common::addr_arg(0, "127.0.0.1:9999");
     let count: u32 = common::parsed_flag("--count", 5);
     let local = common::client_bind_addr(server);

@@ -570,11 +570,7 @@ fn random_id() -> u16 {
 }
 
 fn main() -> Result<(), common::Failed> {
-    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    common::init(&["--name", "--tries", "--timeout", "--backoff"]);
+    common::init(USAGE, &["--name", "--tries", "--timeout", "--backoff"], 1);
     let server = common::addr_arg(0, "127.0.0.1:9953");
     let name = common::flag("--name").unwrap_or_else(|| "example.test".to_owned());
     let tries: u32 = common::parsed_flag("--tries", 3);

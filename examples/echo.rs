@@ -24,8 +24,11 @@ impl DatagramProtocol for Echo {
     }
 }
 
+/// What `--help` prints.
+const USAGE: &str = "usage: echo [IP:PORT]\n\nEchoes every datagram to its sender (default 127.0.0.1:9999; port 0 picks one); bound\nto a wildcard address, from the address each arrived on. Ctrl-C stops it.";
+
 fn main() -> Result<(), common::Failed> {
-    common::init(&[]);
+    common::init(USAGE, &[], 1);
     let addr = common::addr_arg(0, "127.0.0.1:9999");
     let mut reactor = Reactor::new()?;
     let wildcard = addr.ip().is_unspecified();

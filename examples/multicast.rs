@@ -132,8 +132,11 @@ impl DatagramProtocol for Listener {
     }
 }
 
+/// What `--help` prints.
+const USAGE: &str = "usage: multicast [GROUP:PORT] [--interface IP_OR_NAME]\n\nJoins GROUP (default 228.0.0.5:8005, via 127.0.0.1 for IPv4; an IPv6 group takes an\ninterface name or index), sends Notify, and answers other copies' Notify with\nAcknowledge. Run two copies. Ctrl-C stops it.";
+
 fn main() -> Result<(), common::Failed> {
-    common::init(&["--interface"]);
+    common::init(USAGE, &["--interface"], 1);
     let group = common::addr_arg(0, "228.0.0.5:8005");
     let default_interface = if group.is_ipv4() { "127.0.0.1" } else { "" };
     let interface = common::flag("--interface").unwrap_or_else(|| default_interface.to_owned());

@@ -80,8 +80,11 @@ impl DatagramProtocol for User {
     }
 }
 
+/// What `--help` prints.
+const USAGE: &str = "usage: push_client [SERVER_IP:PORT] [--users A,B,C] [--pushes N]\n\nRegisters each user (default A to E) with the push server (default 127.0.0.1:9996)\nand prints their pushes; with --pushes N it exits once each got N, else at Ctrl-C.";
+
 fn main() -> Result<(), common::Failed> {
-    common::init(&["--users", "--pushes"]);
+    common::init(USAGE, &["--users", "--pushes"], 1);
     let server = common::addr_arg(0, "127.0.0.1:9996");
     let users = common::flag("--users").unwrap_or_else(|| "A,B,C,D,E".to_owned());
     let wanted = common::optional_flag::<u32>("--pushes");

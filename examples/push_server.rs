@@ -119,8 +119,11 @@ impl DatagramProtocol for PushServer {
     }
 }
 
+/// What `--help` prints.
+const USAGE: &str = "usage: push_server [IP:PORT] [--every SECONDS]\n\nPushes the time to every registered client every SECONDS (default 10), on\n127.0.0.1:9996 by default. Ctrl-C stops it.";
+
 fn main() -> Result<(), common::Failed> {
-    common::init(&["--every"]);
+    common::init(USAGE, &["--every"], 1);
     let addr = common::addr_arg(0, "127.0.0.1:9996");
     let every = common::seconds_flag("--every", Duration::from_secs(10));
     let mut reactor = Reactor::new()?;

@@ -215,8 +215,11 @@ impl DatagramProtocol for RetryClient {
     }
 }
 
+/// What `--help` prints.
+const USAGE: &str = "usage: retry_client [SERVER_IP:PORT] [--timeout SECONDS] [--tries N]\n\nAsks the time server (default 127.0.0.1:9994) for the time, resending with a doubling\ntimeout (first SECONDS, default 1) up to N tries (default 4). Exit 0 once answered,\n1 without an answer.";
+
 fn main() -> Result<(), common::Failed> {
-    common::init(&["--timeout", "--tries"]);
+    common::init(USAGE, &["--timeout", "--tries"], 1);
     let server = common::addr_arg(0, "127.0.0.1:9994");
     let timeout = common::seconds_flag("--timeout", Duration::from_secs(1));
     let tries: u32 = common::parsed_flag("--tries", 4);

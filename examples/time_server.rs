@@ -39,8 +39,11 @@ impl DatagramProtocol for TimeServer {
     }
 }
 
+/// What `--help` prints.
+const USAGE: &str = "usage: time_server [IP:PORT]\n\nAnswers any datagram with the time as a ctime string (default 127.0.0.1:9994).\nRUST_LOG=debug logs each answer's receive-to-reply delay. Ctrl-C stops it.";
+
 fn main() -> Result<(), common::Failed> {
-    common::init(&[]);
+    common::init(USAGE, &[], 1);
     let addr = common::addr_arg(0, "127.0.0.1:9994");
     let mut reactor = Reactor::new()?;
     let plain = ListenOptions::from(addr).reply_from_arrival(addr.ip().is_unspecified());

@@ -9,8 +9,11 @@ mod common;
 
 use twine::{ListenOptions, Reactor, respond};
 
+/// What `--help` prints.
+const USAGE: &str = "usage: upper_server [IP:PORT]\n\nAnswers each datagram upper-cased (default 127.0.0.1:9993). Ctrl-C stops it.";
+
 fn main() -> Result<(), common::Failed> {
-    common::init(&[]);
+    common::init(USAGE, &[], 1);
     let addr = common::addr_arg(0, "127.0.0.1:9993");
     let mut reactor = Reactor::new()?;
     let upper = respond(|data, _from| Some(data.to_ascii_uppercase()));

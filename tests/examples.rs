@@ -993,6 +993,108 @@ fn examples_reject_bad_arguments_with_code_2() {
     }
 }
 
+/// Every example, as a command-line tool: `--help` and `-h` print its usage on stdout
+/// and exit 0; an argument it does not take (an unknown flag, a short flag, one
+/// positional argument too many) ends it with exit code 2 and says which.
+#[test]
+fn every_example_has_help_and_refuses_what_it_does_not_take() {
+    let all = [
+        "adopt",
+        "chat_client",
+        "chat_server",
+        "connected",
+        "dns_client",
+        "echo",
+        "multicast",
+        "push_client",
+        "push_server",
+        "retry_client",
+        "time_server",
+        "upper_server",
+    ];
+    for name in all {
+        for help in ["--help", "-h"] {
+            let out: Output = Command::new(example(name))
+                .arg(help)
+                .output()
+                .expect("run the example");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(0), "{name} {help}");
+            assert!(
+                stdout.starts_with(&format!("usage: {name}")),
+                "{name} {help}: {stdout}"
+            );
+        }
+        for (args, says) in [
+            (
+                &["--no-such-flag", "1"][..],
+                "unknown flag \"--no-such-flag\"",
+            ),
+            (&["-x"][..], "unknown flag \"-x\""),
+        ] {
+            let out: Output = Command::new(example(name))
+                .args(args)
+                .output()
+                .expect("run the example");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{name} {args:?}: {stderr}");
+            assert!(stderr.contains(says), "{name} {args:?}: {stderr}");
+        }
+    }
+    for name in ["echo", "connected", "push_server", "dns_client"] {
+        let out: Output = Command::new(example(name))
+            .args(["127.0.0.1:0", "extra"])
+            .output()
+            .expect("run the example");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.contains("unexpected argument \"extra\""),
+            "{name}: {stderr}"
+        );
+    }
+}
+
+/// chat_client's first argument is the server only if it has a colon: `hi there` are
+/// two messages to the default server, and a first word with a colon that is not an
+/// IP literal is still refused (in `examples_reject_bad_arguments_with_code_2`).
+#[test]
+fn chat_client_takes_words_without_a_colon_as_messages() {
+    let run = Running::example("chat_client", &["hi", "there", "--heartbeats", "0"]);
+    let end = run.finish();
+    assert_eq!(end.code, Some(0), "{:#?}", end.lines);
+    assert_lines(&end, "IP literal", 0);
+    // The greeting and the two messages, to 127.0.0.1:9995.
+    assert_lines(&end, "sent 3 (", 1);
+    assert_lines(&end, "connected to 127.0.0.1:9995", 1);
+}
+
+/// `RUST_LOG` in its usual syntax: `off` silences every line, `warn,twine=trace` keeps
+/// the library's trace lines and the example's warnings but not its info lines.
+#[test]
+fn rust_log_takes_its_usual_syntax() {
+    let dead = dead_addr().to_string();
+    let run = |spec: &str| {
+        let out: Output = Command::new(example("connected"))
+            .args([dead.as_str(), "--count", "1"])
+            .env("RUST_LOG", spec)
+            .output()
+            .expect("run connected");
+        assert_eq!(out.status.code(), Some(0), "RUST_LOG={spec}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert_eq!(run("off"), "", "RUST_LOG=off logs nothing");
+    let mixed = run("warn,twine=trace");
+    assert!(mixed.contains("[TRACE]"), "{mixed}");
+    assert!(mixed.contains("[WARN] connection refused by"), "{mixed}");
+    assert!(!mixed.contains("[INFO] connected to"), "{mixed}");
+    let info = run("info");
+    assert!(
+        info.contains("[INFO] connected to") && !info.contains("[TRACE]"),
+        "{info}"
+    );
+}
+
 /// Ctrl-C at once after `listening on` still stops each server cleanly: the line is
 /// logged only once `run` has taken over the signal.
 #[test]

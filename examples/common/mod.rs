@@ -3,31 +3,88 @@
 
 use std::net::SocketAddr;
 use std::process::exit;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Sets up an example: logging, and a check of its command line: every `--flag` must be
-/// one of `flags` and have a value, else the program exits with code 2 and a message.
-pub fn init(flags: &[&str]) {
+/// The command line as parsed by [`init`]: each flag given with its value, and the
+/// positional arguments, in order.
+struct Args {
+    flags: Vec<(String, String)>,
+    positional: Vec<String>,
+}
+
+static ARGS: OnceLock<Args> = OnceLock::new();
+
+/// Sets up an example: logging, and its command line, parsed once: `--help` (or `-h`)
+/// prints `usage` and exits 0; every `--flag` must be one of `flags` and have a value
+/// (`--flag VALUE` or `--flag=VALUE`), and at most `max_positional` other arguments may
+/// come; otherwise the program exits with code 2 and a message.
+pub fn init(usage: &str, flags: &[&str], max_positional: usize) {
     init_logging();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if !a.starts_with("--") {
-            continue;
+    let parsed = parse_args(usage, flags, max_positional).unwrap_or_else(|message| {
+        eprintln!("{message}; --help shows the usage");
+        exit(2)
+    });
+    let _ = ARGS.set(parsed);
+}
+
+fn parse_args(usage: &str, flags: &[&str], max_positional: usize) -> Result<Args, String> {
+    use lexopt::Arg::{Long, Short, Value};
+    let mut parser = lexopt::Parser::from_env();
+    let mut args = Args {
+        flags: Vec::new(),
+        positional: Vec::new(),
+    };
+    let known = || {
+        if flags.is_empty() {
+            "none".to_owned()
+        } else {
+            flags.join(", ")
         }
-        if !flags.contains(&a.as_str()) {
-            let known = if flags.is_empty() {
-                "none".to_owned()
-            } else {
-                flags.join(", ")
-            };
-            eprintln!("unknown flag {a:?} (this example takes: {known})");
-            exit(2);
-        }
-        if args.next().is_none() {
-            eprintln!("{a} needs a value");
-            exit(2);
+    };
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("help") | Short('h') => {
+                println!("{}", usage.trim_end());
+                exit(0);
+            }
+            Long(name) => {
+                let flag = format!("--{name}");
+                if !flags.contains(&flag.as_str()) {
+                    return Err(format!(
+                        "unknown flag {flag:?} (this example takes: {})",
+                        known()
+                    ));
+                }
+                let value = parser
+                    .value()
+                    .map_err(|_| format!("{flag} needs a value"))?;
+                let value = value
+                    .into_string()
+                    .map_err(|v| format!("{flag}: not UTF-8: {v:?}"))?;
+                args.flags.push((flag, value));
+            }
+            Short(c) => {
+                return Err(format!(
+                    "unknown flag \"-{c}\" (this example takes: {})",
+                    known()
+                ));
+            }
+            Value(v) => {
+                let v = v.into_string().map_err(|v| format!("not UTF-8: {v:?}"))?;
+                if args.positional.len() == max_positional {
+                    return Err(format!("unexpected argument {v:?}"));
+                }
+                args.positional.push(v);
+            }
         }
     }
+    Ok(args)
+}
+
+fn args() -> &'static Args {
+    ARGS.get()
+        .expect("common::init parses the command line first")
 }
 
 /// Logs `text` (the `listening on IP:PORT` line) on the reactor's first turn, once `run`
@@ -36,50 +93,63 @@ pub fn announce(reactor: &mut twine::Reactor, text: String) {
     reactor.call_later(Duration::ZERO, move |_| log::info!("{text}"));
 }
 
-/// Logs at info level to stderr (`RUST_LOG=debug` or `trace` for more).
+/// Logs to stderr at the levels `RUST_LOG` names, in its usual syntax (`error`, `off`,
+/// `twine=debug`, `warn,twine=trace`; `info` when unset).
 fn init_logging() {
-    let level = match std::env::var("RUST_LOG").as_deref() {
-        Ok("trace") => log::LevelFilter::Trace,
-        Ok("debug") => log::LevelFilter::Debug,
-        Ok("warn") => log::LevelFilter::Warn,
-        _ => log::LevelFilter::Info,
-    };
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let filter = env_filter::Builder::new().parse(&spec).build();
     let config = simplelog::ConfigBuilder::new()
         .set_time_level(log::LevelFilter::Off)
         .set_target_level(log::LevelFilter::Off)
         .set_thread_level(log::LevelFilter::Off)
         .build();
-    let _ = simplelog::TermLogger::init(
-        level,
+    let inner = simplelog::TermLogger::new(
+        log::LevelFilter::Trace,
         config,
         simplelog::TerminalMode::Stderr,
         simplelog::ColorChoice::Never,
     );
+    let max = filter.filter();
+    if log::set_boxed_logger(Box::new(Filtered { filter, inner })).is_ok() {
+        log::set_max_level(max);
+    }
 }
 
-/// The positional arguments (those not starting with `--`, and not the value of a flag).
+/// simplelog's terminal logger behind `RUST_LOG`'s filter.
+struct Filtered {
+    filter: env_filter::Filter,
+    inner: Box<simplelog::TermLogger>,
+}
+
+impl log::Log for Filtered {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.filter.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.filter.matches(record) {
+            self.inner.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+/// The positional arguments, in order.
 pub fn positional() -> Vec<String> {
-    let mut out = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a.starts_with("--") {
-            args.next();
-        } else {
-            out.push(a);
-        }
-    }
-    out
+    args().positional.clone()
 }
 
-/// The value of `--name VALUE`, if given.
+/// The value of `--name VALUE`, if given (the last, if given more than once).
 pub fn flag(name: &str) -> Option<String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == name {
-            return args.next();
-        }
-    }
-    None
+    args()
+        .flags
+        .iter()
+        .rev()
+        .find(|(flag, _)| flag == name)
+        .map(|(_, value)| value.clone())
 }
 
 /// The value of `--name VALUE` parsed as a `T`, if the flag is given; exits with a
