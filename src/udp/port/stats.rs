@@ -70,29 +70,31 @@ pub struct PortStats {
 }
 
 impl fmt::Display for PortStats {
-    /// One line for logs: what came in, what went out, and what was lost where.
+    /// One line for logs: what came in, what went out, and what was lost where
+    /// (`received 1 datagram (4 bytes), sent 2 (8 bytes); dropped: ...`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received {} datagrams ({} bytes), sent {} ({} bytes); dropped: {} truncated, \
-             {} by the kernel, {} at the send queue, {} from another peer, {} at stop; {} send errors, \
-             {} receive errors, {} refused, {} unreachable, {} errors unreported, \
-             {} panics, {} queued",
-            self.datagrams_received,
-            self.bytes_received,
-            self.datagrams_sent,
-            self.bytes_sent,
+            "received {}, sent {}; dropped: {} truncated, {} by the kernel, {} at the send queue, \
+             {} from another peer, {} at stop; {}, {}, {} refused, {} unreachable, {} unreported, \
+             {}, {} queued",
+            Counted(
+                self.datagrams_received,
+                "datagram",
+                Some(self.bytes_received)
+            ),
+            Counted(self.datagrams_sent, "", Some(self.bytes_sent)),
             self.truncated,
             self.kernel_dropped,
             self.send_dropped,
             self.not_from_peer,
             self.dropped_at_stop,
-            self.send_errors,
-            self.recv_errors,
+            Counted(self.send_errors, "send error", None),
+            Counted(self.recv_errors, "receive error", None),
             self.refused,
             self.unreachable,
-            self.errors_unreported,
-            self.panics,
+            Counted(self.errors_unreported, "error", None),
+            Counted(self.panics, "panic", None),
             self.send_queued,
         )?;
         // The receive offload's counters, only where they have something to say.
@@ -100,7 +102,31 @@ impl fmt::Display for PortStats {
             write!(f, ", {} control truncated", self.control_truncated)?;
         }
         if self.coalesced_reads != 0 {
-            write!(f, ", {} coalesced reads", self.coalesced_reads)?;
+            write!(
+                f,
+                ", {}",
+                Counted(self.coalesced_reads, "coalesced read", None)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `n` of `what` in words: `1 datagram`, `2 datagrams`, `1 datagram (1 byte)`; with an
+/// empty `what`, the number alone (with its bytes).
+struct Counted(u64, &'static str, Option<u64>);
+
+impl fmt::Display for Counted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Counted(n, what, bytes) = *self;
+        let s = |n: u64| if n == 1 { "" } else { "s" };
+        if what.is_empty() {
+            write!(f, "{n}")?;
+        } else {
+            write!(f, "{n} {what}{}", s(n))?;
+        }
+        if let Some(b) = bytes {
+            write!(f, " ({b} byte{})", s(b))?;
         }
         Ok(())
     }
@@ -158,5 +184,38 @@ impl std::ops::AddAssign<&PortStats> for PortStats {
         add(&mut self.dropped_at_stop, dropped_at_stop);
         add(&mut self.control_truncated, control_truncated);
         add(&mut self.coalesced_reads, coalesced_reads);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_line_says_one_datagram_and_two_datagrams() {
+        let one = PortStats {
+            datagrams_received: 1,
+            bytes_received: 1,
+            datagrams_sent: 2,
+            bytes_sent: 8,
+            panics: 1,
+            errors_unreported: 1,
+            ..PortStats::default()
+        };
+        let line = one.to_string();
+        assert!(
+            line.starts_with("received 1 datagram (1 byte), sent 2 (8 bytes);"),
+            "{line}"
+        );
+        assert!(
+            line.contains(", 1 error unreported, 1 panic, 0 queued"),
+            "{line}"
+        );
+        let none = PortStats::default().to_string();
+        assert!(
+            none.starts_with("received 0 datagrams (0 bytes), sent 0 (0 bytes);"),
+            "{none}"
+        );
+        assert!(none.contains("0 send errors, 0 receive errors"), "{none}");
     }
 }
