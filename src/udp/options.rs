@@ -6,19 +6,61 @@ use crate::error::{Error, Result};
 use crate::udp::addr::parse_ip;
 
 /// Twisted's default `maxPacketSize`: the receive buffer for one datagram.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(twine::DEFAULT_MAX_PACKET_SIZE, 8192);
+/// ```
 pub const DEFAULT_MAX_PACKET_SIZE: usize = 8192;
 /// Datagrams a port reads per reactor turn before it yields to the others.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(twine::DEFAULT_READ_BUDGET, 256);
+/// ```
 pub const DEFAULT_READ_BUDGET: usize = 256;
 /// Bytes a port reads per reactor turn before it yields (Twisted's `maxThroughput`).
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(twine::DEFAULT_READ_BUDGET_BYTES, 256 * 1024);
+/// ```
 pub const DEFAULT_READ_BUDGET_BYTES: usize = 256 * 1024;
 /// Bytes a port queues while the kernel's send buffer is full, before `write` refuses.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(twine::DEFAULT_SEND_QUEUE_LIMIT, 1024 * 1024);
+/// ```
 pub const DEFAULT_SEND_QUEUE_LIMIT: usize = 1024 * 1024;
 /// Default high-water mark of the send queue, in bytes: past it the protocol is paused.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(twine::DEFAULT_WRITE_HIGH, 64 * 1024);
+/// ```
 pub const DEFAULT_WRITE_HIGH: usize = 64 * 1024;
 /// Default low-water mark of the send queue, in bytes: down to it a paused protocol is
 /// resumed.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(twine::DEFAULT_WRITE_LOW, 16 * 1024);
+/// ```
 pub const DEFAULT_WRITE_LOW: usize = 16 * 1024;
 /// Datagrams read or sent per system call (`recvmmsg`/`sendmmsg`) by default.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(twine::DEFAULT_BATCH_SIZE, 32);
+/// ```
 pub const DEFAULT_BATCH_SIZE: usize = 32;
 /// The largest batch a port may ask for.
 pub(crate) const MAX_BATCH_SIZE: usize = 1024;
@@ -82,6 +124,15 @@ impl Default for ListenOptions {
 impl ListenOptions {
     /// Options for `port` (0 picks a free one) on every IPv4 interface, with Twisted's
     /// defaults: max packet size 8192, the kernel's buffer sizes, no port sharing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // Port 9999 on every IPv4 interface.
+    /// let opts = twine::ListenOptions::new(9999);
+    /// assert_eq!(twine::ListenOptions::new(0), twine::ListenOptions::default());
+    /// # let _ = opts;
+    /// ```
     pub fn new(port: u16) -> Self {
         ListenOptions {
             port,
@@ -151,6 +202,13 @@ impl ListenOptions {
 
     /// The receive buffer for one datagram (1..=65535). A longer datagram is dropped and
     /// counted as truncated, never delivered cut short.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let opts = twine::ListenOptions::new(0).max_packet_size(1500);
+    /// # let _ = opts;
+    /// ```
     #[doc(alias = "maxPacketSize")]
     pub fn max_packet_size(mut self, bytes: usize) -> Self {
         self.max_packet_size = bytes;
@@ -158,12 +216,27 @@ impl ListenOptions {
     }
 
     /// The kernel receive buffer (`SO_RCVBUF`); the kernel may double or cap it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // Room for bursts: 4 MiB asked for (the kernel caps it at `net.core.rmem_max`).
+    /// let opts = twine::ListenOptions::new(0).recv_buffer_size(4 << 20);
+    /// # let _ = opts;
+    /// ```
     pub fn recv_buffer_size(mut self, bytes: usize) -> Self {
         self.recv_buffer_size = Some(bytes);
         self
     }
 
     /// The kernel send buffer (`SO_SNDBUF`); the kernel may double or cap it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let opts = twine::ListenOptions::new(0).send_buffer_size(1 << 20);
+    /// # let _ = opts;
+    /// ```
     pub fn send_buffer_size(mut self, bytes: usize) -> Self {
         self.send_buffer_size = Some(bytes);
         self
@@ -189,6 +262,19 @@ impl ListenOptions {
     /// To spread one program's load over several reactors, use
     /// [`ReactorPool`](crate::ReactorPool), which sets `SO_REUSEPORT` alone and refuses
     /// this option.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use twine::{ListenOptions, Reactor, respond};
+    /// let mut reactor = Reactor::new()?;
+    /// let opts = |port| ListenOptions::new(port).interface("127.0.0.1").listen_multiple(true);
+    /// let first = reactor.listen_udp_with(opts(0), respond(|_, _| None::<Vec<u8>>))?;
+    /// // A second socket on the same port.
+    /// let second = reactor.listen_udp_with(opts(first.local_addr().port()), respond(|_, _| None::<Vec<u8>>))?;
+    /// assert_eq!(first.local_addr(), second.local_addr());
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "listenMultiple")]
     pub fn listen_multiple(mut self, yes: bool) -> Self {
         self.listen_multiple = yes;
@@ -199,6 +285,14 @@ impl ListenOptions {
     /// the other ports and the timers get theirs (256 and 256 KiB by default). Each read
     /// asks for no more datagrams of the max packet size than the bytes left have room for
     /// (at least one), so a turn takes at most one datagram past the byte budget.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // At most 64 datagrams or 64 KiB per turn, then the other ports and the timers.
+    /// let opts = twine::ListenOptions::new(0).read_budget(64, 64 * 1024);
+    /// # let _ = opts;
+    /// ```
     pub fn read_budget(mut self, datagrams: usize, bytes: usize) -> Self {
         self.read_budget = datagrams;
         self.read_budget_bytes = bytes;
@@ -209,6 +303,13 @@ impl ListenOptions {
     /// each datagram charged its payload plus 128 bytes for its entry (see
     /// [`UdpTransport::write_buffer_size`](crate::UdpTransport::write_buffer_size)); past
     /// it `write` returns [`Error::SendQueueFull`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let opts = twine::ListenOptions::new(0).send_queue_limit(256 * 1024);
+    /// # let _ = opts;
+    /// ```
     pub fn send_queue_limit(mut self, bytes: usize) -> Self {
         self.send_queue_limit = bytes;
         self
@@ -219,6 +320,13 @@ impl ListenOptions {
     /// has room for (see [`read_budget`](Self::read_budget): with the default 256 KiB and
     /// max packet size 8192, 32). It also bounds the writes gathered while a batch is
     /// dispatched: see [gathered writes](crate::UdpTransport#gathered-writes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let opts = twine::ListenOptions::new(0).batch_size(64);
+    /// # let _ = opts;
+    /// ```
     pub fn batch_size(mut self, datagrams: usize) -> Self {
         self.batch_size = datagrams;
         self
@@ -234,6 +342,14 @@ impl ListenOptions {
     /// producer that heeds the pause never meets the bound (see
     /// [`UdpTransport::write_buffer_size`](crate::UdpTransport::write_buffer_size) for how
     /// the bytes are counted), and `low` above `high` acts as `high`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // Paused past 32 KiB waiting, resumed at 8 KiB.
+    /// let opts = twine::ListenOptions::new(0).write_buffer_limits(32 * 1024, 8 * 1024);
+    /// # let _ = opts;
+    /// ```
     #[doc(alias = "set_write_buffer_limits")]
     pub fn write_buffer_limits(mut self, high: usize, low: usize) -> Self {
         self.write_high = high;
@@ -252,6 +368,14 @@ impl ListenOptions {
     /// rather than both sides taking turns to wait. Receivers see no difference. If the
     /// kernel or the route refuses it, the port falls back to one message per datagram for
     /// the rest of its life, losing nothing. Off: always one message per datagram.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // One message per datagram, for a path that mishandles segmented sends.
+    /// let opts = twine::ListenOptions::new(0).segmentation(false);
+    /// # let _ = opts;
+    /// ```
     #[doc(alias = "gso")]
     #[doc(alias = "UDP_SEGMENT")]
     pub fn segmentation(mut self, enabled: bool) -> Self {
@@ -272,6 +396,13 @@ impl ListenOptions {
     /// [`PortStats::coalesced_reads`](crate::PortStats::coalesced_reads) counts the reads
     /// that carried more than one. An adopted socket on which `UDP_GRO` was on is switched
     /// to what this option says.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let opts = twine::ListenOptions::new(0).receive_offload(true);
+    /// # let _ = opts;
+    /// ```
     #[doc(alias = "gro")]
     #[doc(alias = "UDP_GRO")]
     pub fn receive_offload(mut self, enabled: bool) -> Self {
@@ -285,6 +416,13 @@ impl ListenOptions {
     /// [`DatagramProtocol::datagram_truncated`](crate::DatagramProtocol::datagram_truncated).
     /// Either way it is counted in [`PortStats::truncated`](crate::PortStats::truncated)
     /// and logged (at most once a second per port).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let opts = twine::ListenOptions::new(0).max_packet_size(512).deliver_truncated(true);
+    /// # let _ = opts;
+    /// ```
     pub fn deliver_truncated(mut self, deliver: bool) -> Self {
         self.deliver_truncated = deliver;
         self
@@ -298,6 +436,13 @@ impl ListenOptions {
     /// port goes on, so that one datagram tripping a bug in a parser cannot shut a public
     /// server down. On: the port closes after such a panic (its `stop_protocol` still
     /// runs). A panic in `start_protocol` or `stop_protocol` closes the port either way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let opts = twine::ListenOptions::new(0).close_on_panic(true);
+    /// # let _ = opts;
+    /// ```
     pub fn close_on_panic(mut self, close: bool) -> Self {
         self.close_on_panic = close;
         self
