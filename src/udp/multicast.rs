@@ -62,6 +62,20 @@ impl UdpTransport<'_> {
     ///
     /// As [`join_group`](Self::join_group); leaving a group not joined is an
     /// [`Error::Multicast`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| -> twine::Result<()> {
+    ///     t.join_group("239.77.1.1", "127.0.0.1")?;
+    ///     t.leave_group("239.77.1.1", "127.0.0.1")?;
+    ///     Ok(())
+    /// })??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "leaveGroup")]
     pub fn leave_group(
         &mut self,
@@ -271,6 +285,19 @@ impl UdpTransport<'_> {
     /// # Errors
     ///
     /// [`Error::SocketOption`] if the kernel refuses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| -> twine::Result<()> {
+    ///     assert_eq!(t.ttl()?, 1);
+    ///     Ok(())
+    /// })??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "getTTL")]
     pub fn ttl(&self) -> Result<u32> {
         if self.is_v4() {
@@ -287,6 +314,20 @@ impl UdpTransport<'_> {
     /// # Errors
     ///
     /// [`Error::InvalidOption`] past 255; [`Error::SocketOption`] if the kernel refuses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| -> twine::Result<()> {
+    ///     t.set_ttl(4)?;
+    ///     assert_eq!(t.ttl()?, 4);
+    ///     Ok(())
+    /// })??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "setTTL")]
     pub fn set_ttl(&mut self, ttl: u32) -> Result<()> {
         if ttl > 255 {
@@ -311,6 +352,19 @@ impl UdpTransport<'_> {
     /// # Errors
     ///
     /// [`Error::SocketOption`] if the kernel refuses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| -> twine::Result<()> {
+    ///     assert!(t.loopback_mode()?);
+    ///     Ok(())
+    /// })??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "getLoopbackMode")]
     pub fn loopback_mode(&self) -> Result<bool> {
         if self.is_v4() {
@@ -327,6 +381,20 @@ impl UdpTransport<'_> {
     /// # Errors
     ///
     /// [`Error::SocketOption`] if the kernel refuses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| -> twine::Result<()> {
+    ///     t.set_loopback_mode(false)?;
+    ///     assert!(!t.loopback_mode()?);
+    ///     Ok(())
+    /// })??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "setLoopbackMode")]
     pub fn set_loopback_mode(&mut self, on: bool) -> Result<()> {
         if self.is_v4() {
@@ -343,6 +411,19 @@ impl UdpTransport<'_> {
     /// # Errors
     ///
     /// [`Error::SocketOption`] if the kernel refuses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| -> twine::Result<()> {
+    ///     assert_eq!(t.outgoing_interface()?, twine::Interface::Any);
+    ///     Ok(())
+    /// })??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "getOutgoingInterface")]
     pub fn outgoing_interface(&self) -> Result<Interface> {
         if self.is_v4() {
@@ -365,6 +446,20 @@ impl UdpTransport<'_> {
     ///
     /// [`Error::InvalidAddress`] for an interface the family cannot use;
     /// [`Error::SocketOption`] if the kernel refuses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| -> twine::Result<()> {
+    ///     t.set_outgoing_interface("127.0.0.1")?;
+    ///     assert_eq!(t.outgoing_interface()?, twine::Interface::V4(std::net::Ipv4Addr::LOCALHOST));
+    ///     Ok(())
+    /// })??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "setOutgoingInterface")]
     pub fn set_outgoing_interface(&mut self, interface: impl IntoInterface) -> Result<()> {
         let interface = interface.interface()?;
@@ -402,6 +497,20 @@ impl UdpTransport<'_> {
     /// # Errors
     ///
     /// [`Error::SocketOption`] if the kernel refuses, or the OS lacks the option.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| -> twine::Result<()> {
+    ///     // Linux's default: on.
+    ///     assert!(t.multicast_all()?);
+    ///     Ok(())
+    /// })??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn multicast_all(&self) -> Result<bool> {
         if self.is_v4() {
             self.with_sock(|sock| sys::multicast_all_v4(&sock))
@@ -417,6 +526,20 @@ impl UdpTransport<'_> {
     /// # Errors
     ///
     /// [`Error::SocketOption`] if the kernel refuses, or the OS lacks the option.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| -> twine::Result<()> {
+    ///     t.set_multicast_all(false)?;
+    ///     assert!(!t.multicast_all()?);
+    ///     Ok(())
+    /// })??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn set_multicast_all(&mut self, on: bool) -> Result<()> {
         if self.is_v4() {
             self.with_sock(|sock| sys::set_multicast_all_v4(&sock, on))

@@ -106,6 +106,20 @@ impl<'a> UdpTransport<'a> {
     ///
     /// [`Error::NotConnected`] if [`connect`](Self::connect) was not called; otherwise as
     /// [`write`](Self::write).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| -> twine::Result<()> {
+    ///     t.connect("127.0.0.1:9")?;
+    ///     t.send(b"to the peer")?;
+    ///     Ok(())
+    /// })??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "write")]
     #[inline]
     pub fn send(&mut self, data: &[u8]) -> Result<()> {
@@ -130,6 +144,20 @@ impl<'a> UdpTransport<'a> {
     /// [`Error::AlreadyConnected`] on the second call; [`Error::InvalidAddress`] for a
     /// hostname; [`Error::AddressFamilyMismatch`]; [`Error::Connect`] if the kernel refuses.
     /// On error the port stays unconnected (unlike Twisted, which records the address first).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| -> twine::Result<()> {
+    ///     t.connect("127.0.0.1:9")?;
+    ///     assert_eq!(t.peer_addr(), Some("127.0.0.1:9".parse().unwrap()));
+    ///     Ok(())
+    /// })??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn connect(&mut self, addr: impl PeerAddr) -> Result<()> {
         if let Some(peer) = self.core.peer {
             return Err(Error::AlreadyConnected { peer });
@@ -177,6 +205,18 @@ impl<'a> UdpTransport<'a> {
     }
 
     /// The connected peer, if [`connect`](Self::connect) was called.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| {
+    ///     assert_eq!(t.peer_addr(), None);
+    /// })?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.core.peer
     }
@@ -186,17 +226,53 @@ impl<'a> UdpTransport<'a> {
     /// [`connect`](Self::connect)ed, the address the kernel chose for the peer's route
     /// where the port was bound to a wildcard. (`ListeningPort::local_addr` stays the
     /// bound address.)
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| {
+    ///     assert_eq!(t.local_addr(), port.local_addr());
+    /// })?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn local_addr(&self) -> SocketAddr {
         self.core.connected_local.unwrap_or(self.core.local)
     }
 
     /// Twisted's name for [`local_addr`](Self::local_addr).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| {
+    ///     assert_eq!(t.get_host(), t.local_addr());
+    /// })?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "getHost")]
     pub fn get_host(&self) -> SocketAddr {
         self.local_addr()
     }
 
     /// The receive buffer size: longer datagrams are dropped and counted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| {
+    ///     assert_eq!(t.max_packet_size(), twine::DEFAULT_MAX_PACKET_SIZE);
+    /// })?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn max_packet_size(&self) -> usize {
         self.core.max_packet_size
     }
@@ -204,6 +280,19 @@ impl<'a> UdpTransport<'a> {
     /// Stops the port: no datagram is delivered after this call returns; `stop_protocol`
     /// runs on a later reactor turn, then the socket is closed. Calling it again does
     /// nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| {
+    ///     t.stop_listening();
+    ///     assert!(t.is_closing());
+    /// })?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "stopListening")]
     pub fn stop_listening(&mut self) {
         // At once: its timers cancelled, is_listening false, no datagram delivered after.
@@ -212,6 +301,18 @@ impl<'a> UdpTransport<'a> {
 
     /// Whether [`stop_listening`](Self::stop_listening) was called (or the port is being
     /// torn down).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| {
+    ///     assert!(!t.is_closing());
+    /// })?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn is_closing(&self) -> bool {
         self.reactor.lifecycle(self.core.key) != Lifecycle::Open
     }
@@ -219,6 +320,19 @@ impl<'a> UdpTransport<'a> {
     /// The port's counters. On Linux this asks the kernel for its drop count
     /// (`SO_MEMINFO`, one system call), so that drops after the last datagram read are
     /// counted too: read them when needed, not per datagram.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| {
+    ///     let stats = t.stats();
+    ///     assert_eq!(stats.datagrams_received, 0);
+    /// })?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn stats(&self) -> PortStats {
         self.core.current_stats()
     }
@@ -238,6 +352,19 @@ impl<'a> UdpTransport<'a> {
     /// writes less than the room between the marks and the bound in one hook. The pause
     /// is told right after the hook whose write crossed the mark returns (after that one
     /// datagram, inside a batch of received datagrams).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| {
+    ///     // Nothing waits for the kernel.
+    ///     assert_eq!(t.write_buffer_size(), 0);
+    /// })?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "get_write_buffer_size")]
     pub fn write_buffer_size(&self) -> usize {
         self.core.charged_bytes()
@@ -246,6 +373,18 @@ impl<'a> UdpTransport<'a> {
     /// Whether the send queue is past its high-water mark and has not drained to its
     /// low-water mark since: between `pause_producing` and `resume_producing` (see
     /// [`ListenOptions::write_buffer_limits`](crate::ListenOptions::write_buffer_limits)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| {
+    ///     assert!(!t.is_write_paused());
+    /// })?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn is_write_paused(&self) -> bool {
         self.core.write_paused()
     }
@@ -255,6 +394,20 @@ impl<'a> UdpTransport<'a> {
     /// # Errors
     ///
     /// [`Error::SocketOption`] if the kernel refuses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| -> twine::Result<()> {
+    ///     t.set_broadcast_allowed(true)?;
+    ///     assert!(t.broadcast_allowed()?);
+    ///     Ok(())
+    /// })??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "setBroadcastAllowed")]
     pub fn set_broadcast_allowed(&mut self, allowed: bool) -> Result<()> {
         self.core
@@ -271,6 +424,19 @@ impl<'a> UdpTransport<'a> {
     /// # Errors
     ///
     /// [`Error::SocketOption`] if the kernel refuses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| -> twine::Result<()> {
+    ///     assert!(!t.broadcast_allowed()?);
+    ///     Ok(())
+    /// })??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "getBroadcastAllowed")]
     pub fn broadcast_allowed(&self) -> Result<bool> {
         self.core
@@ -339,16 +505,56 @@ impl<'a> UdpTransport<'a> {
     }
 
     /// Cancels a scheduled call (port-scoped or not). Returns whether it was pending.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| {
+    ///     let call = t.reactor().call_later(std::time::Duration::from_secs(1), |_| {});
+    ///     assert!(t.cancel(call));
+    ///     assert!(!t.is_pending(call));
+    /// })?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn cancel(&mut self, call: DelayedCall) -> bool {
         self.reactor.cancel(call)
     }
 
     /// Moves a pending call's deadline to `delay` from now. Returns whether it was pending.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| {
+    ///     let call = t.reactor().call_later(std::time::Duration::from_secs(1), |_| {});
+    ///     assert!(t.reset(call, std::time::Duration::from_secs(5)));
+    /// })?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn reset(&mut self, call: DelayedCall, delay: Duration) -> bool {
         self.reactor.reset(call, delay)
     }
 
     /// Whether a call will still fire.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| {
+    ///     let call = t.reactor().call_later(std::time::Duration::from_secs(1), |_| {});
+    ///     assert!(t.is_pending(call));
+    /// })?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn is_pending(&self, call: DelayedCall) -> bool {
         self.reactor.is_pending(call)
     }
@@ -366,11 +572,41 @@ impl<'a> UdpTransport<'a> {
     }
 
     /// The reactor's time now: [`Reactor::now`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| {
+    ///     assert!(t.now() <= std::time::Instant::now());
+    /// })?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn now(&self) -> std::time::Instant {
         self.reactor.now()
     }
 
     /// The reactor: listen on new ports, schedule reactor-level timers, stop it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// reactor.with_port(&port, |_, t| -> twine::Result<()> {
+    ///     // Listen on another port from inside a hook.
+    ///     let other = t.reactor().listen_udp_with(
+    ///         twine::ListenOptions::new(0).interface("127.0.0.1"),
+    ///         twine::respond(|_, _| None::<Vec<u8>>),
+    ///     )?;
+    ///     assert!(t.reactor().is_listening(&other));
+    ///     Ok(())
+    /// })??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn reactor(&mut self) -> &mut Reactor {
         self.reactor
     }
