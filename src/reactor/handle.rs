@@ -158,6 +158,17 @@ impl ReactorHandle {
     /// [`Error::ReactorGone`] if the reactor was dropped; [`Error::CallQueueFull`] if the
     /// queue is at its bound; [`Error::Io`] if waking the reactor failed (the call stays
     /// queued and runs when the reactor next looks at its queue).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let handle = reactor.handle();
+    /// let worker = std::thread::spawn(move || handle.call_from_thread(|r| r.stop()));
+    /// reactor.run()?;
+    /// assert!(worker.join().expect("the worker").is_ok());
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "callFromThread")]
     pub fn call_from_thread(&self, f: impl FnOnce(&mut Reactor) + Send + 'static) -> Result<()> {
         if !self.shared.alive.load(Ordering::Acquire) {
@@ -206,6 +217,16 @@ impl ReactorHandle {
     ///
     /// [`Error::ReactorGone`] if the reactor was dropped; [`Error::Io`] if waking it
     /// failed (the stop stays asked for and is seen when the reactor next wakes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let handle = reactor.handle();
+    /// std::thread::spawn(move || handle.stop());
+    /// reactor.run()?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn stop(&self) -> Result<()> {
         if !self.shared.alive.load(Ordering::Acquire) {
             return Err(Error::ReactorGone);
@@ -215,12 +236,33 @@ impl ReactorHandle {
     }
 
     /// Whether the reactor still exists.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let reactor = twine::Reactor::new()?;
+    /// let handle = reactor.handle();
+    /// assert!(handle.is_alive());
+    /// drop(reactor);
+    /// assert!(!handle.is_alive());
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn is_alive(&self) -> bool {
         self.shared.alive.load(Ordering::Acquire)
     }
 
     /// How many calls wait in the queue now: at most the bound of
     /// [`Reactor::set_thread_call_limit`], unless it was lowered while more were waiting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let reactor = twine::Reactor::new()?;
+    /// let handle = reactor.handle();
+    /// let _ = handle.call_from_thread(|_| {});
+    /// assert_eq!(handle.queued_calls(), 1);
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn queued_calls(&self) -> usize {
         self.shared.lock().calls.len()
     }

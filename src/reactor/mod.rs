@@ -160,11 +160,31 @@ impl<P> fmt::Debug for ListeningPort<P> {
 
 impl<P> ListeningPort<P> {
     /// The address the port is bound to, with the real port number when 0 was asked for.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// assert_eq!(port.local_addr().ip().to_string(), "127.0.0.1");
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn local_addr(&self) -> SocketAddr {
         self.local
     }
 
     /// Twisted's name for [`local_addr`](Self::local_addr).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// assert_eq!(port.get_host(), port.local_addr());
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "getHost")]
     pub fn get_host(&self) -> SocketAddr {
         self.local
@@ -265,6 +285,14 @@ impl Reactor {
     /// # Errors
     ///
     /// [`Error::Io`] if the kernel refuses an epoll instance or an eventfd.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let reactor = twine::Reactor::new()?;
+    /// assert_eq!(reactor.port_count(), 0);
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn new() -> Result<Reactor> {
         let poll = Poll::new().map_err(io_error("creating the poll instance"))?;
         let waker =
@@ -311,6 +339,14 @@ impl Reactor {
     /// [`Simulation`](crate::testing::Simulation) its virtual time. A protocol that
     /// notes when things happened should read this rather than `Instant::now()`, so that
     /// it can be tested in virtual time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let reactor = twine::Reactor::new()?;
+    /// assert!(reactor.now() <= std::time::Instant::now());
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[inline]
     pub fn now(&self) -> Instant {
         match &self.clock {
@@ -321,6 +357,18 @@ impl Reactor {
 
     /// A handle for other threads: [`ReactorHandle::call_from_thread`] and
     /// [`ReactorHandle::stop`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let handle = reactor.handle();
+    /// std::thread::spawn(move || {
+    ///     let _ = handle.call_from_thread(|r| r.stop());
+    /// });
+    /// reactor.run()?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn handle(&self) -> ReactorHandle {
         ReactorHandle {
             shared: Arc::clone(&self.shared),
@@ -332,6 +380,14 @@ impl Reactor {
     /// call is refused with [`Error::CallQueueFull`]. Calls already waiting beyond a
     /// lowered limit stay queued. A limit of 0 refuses every call;
     /// [`ReactorHandle::stop`] is never refused.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// reactor.set_thread_call_limit(100);
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn set_thread_call_limit(&mut self, limit: usize) {
         self.shared.set_limit(limit);
     }
@@ -360,6 +416,15 @@ impl Reactor {
     }
 
     /// The latency mode's spin (see [`set_spin`](Self::set_spin)); zero when off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// reactor.set_spin(std::time::Duration::from_micros(50));
+    /// assert_eq!(reactor.spin(), std::time::Duration::from_micros(50));
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn spin(&self) -> Duration {
         self.spin
     }
@@ -386,6 +451,15 @@ impl Reactor {
     /// way to tell whether another is registered for the signal. A handler set with plain
     /// `sigaction` before then is chained by signal-hook and fares the same; one set after
     /// replaces signal-hook's, and `run` no longer sees the signal.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// // Ctrl-C is the program's own business here.
+    /// reactor.set_handle_signals(false);
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn set_handle_signals(&mut self, on: bool) {
         self.handle_signals = on;
     }

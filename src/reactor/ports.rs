@@ -80,6 +80,15 @@ impl Reactor {
     /// # Errors
     ///
     /// As [`listen_udp`](Self::listen_udp).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let port = reactor.listen_multicast(0, twine::respond(|_, _| None::<Vec<u8>>), true)?;
+    /// reactor.with_port(&port, |_, t| t.join_group("239.77.1.2", "127.0.0.1"))??;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "listenMulticast")]
     pub fn listen_multicast<P: DatagramProtocol>(
         &mut self,
@@ -138,6 +147,19 @@ impl Reactor {
     /// # Errors
     ///
     /// As [`adopt_datagram_port`](Self::adopt_datagram_port).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+    ///     .map_err(|e| twine::Error::Io { context: "socket", source: e })?;
+    /// socket.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+    ///     .map_err(|e| twine::Error::Io { context: "bind", source: e })?;
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let port = reactor.adopt_socket(&socket, twine::respond(|data, _| Some(data.to_vec())))?;
+    /// # let _ = port;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn adopt_socket<P: DatagramProtocol>(
         &mut self,
         socket: &impl AsFd,
@@ -157,6 +179,18 @@ impl Reactor {
     ///
     /// As [`adopt_datagram_port`](Self::adopt_datagram_port), and
     /// [`Error::InvalidOption`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::fd::AsRawFd;
+    /// let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).max_packet_size(1500);
+    /// let port = reactor.adopt_with(socket.as_raw_fd(), opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// assert_eq!(Some(port.local_addr()), socket.local_addr().ok());
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn adopt_with<P: DatagramProtocol>(
         &mut self,
         fd: RawFd,
@@ -293,6 +327,17 @@ impl Reactor {
 
     /// Stops a port, as [`UdpTransport::stop_listening`] does from inside. Returns whether
     /// it was listening.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// assert!(reactor.stop_listening(&port));
+    /// assert!(!reactor.stop_listening(&port), "already stopping");
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "stopListening")]
     pub fn stop_listening<P>(&mut self, port: &ListeningPort<P>) -> bool {
         if self.lifecycle(port.key) != Lifecycle::Open {
@@ -303,11 +348,31 @@ impl Reactor {
     }
 
     /// Whether the port is open and not stopping.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// assert!(reactor.is_listening(&port));
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn is_listening<P>(&self, port: &ListeningPort<P>) -> bool {
         self.lifecycle(port.key) == Lifecycle::Open
     }
 
     /// The port's counters, or `None` once it is closed (or while its own callback runs).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// assert_eq!(reactor.port_stats(&port).map(|s| s.datagrams_received), Some(0));
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn port_stats<P>(&self, port: &ListeningPort<P>) -> Option<PortStats> {
         let slot = self.slot(port.key)?;
         slot.port.as_ref().map(|p| p.core().current_stats())
@@ -337,6 +402,17 @@ impl Reactor {
     /// [`Error::PortClosed`] if the port is closed (or `f` panicked);
     /// [`Error::PortBusy`] if it is the port whose callback is running (use the
     /// callback's transport).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// let local = reactor.with_port(&port, |_protocol, t| t.local_addr())?;
+    /// assert_eq!(local, port.local_addr());
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn with_port<P: DatagramProtocol, R>(
         &mut self,
         port: &ListeningPort<P>,
@@ -353,6 +429,17 @@ impl Reactor {
     }
 
     /// The number of open ports.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let opts = twine::ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = reactor.listen_udp_with(opts, twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// assert_eq!(reactor.port_count(), 1);
+    /// # let _ = port;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn port_count(&self) -> usize {
         self.ports.len()
     }

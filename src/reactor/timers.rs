@@ -40,6 +40,15 @@ impl Reactor {
     /// An interval of zero runs `f` once per reactor turn, and so keeps the loop from
     /// ever sleeping (busy, as Twisted's `LoopingCall` with interval 0 is); other timers
     /// and ports still get their turn.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let tick = reactor.call_every(std::time::Duration::from_secs(10), |_| log::info!("tick"));
+    /// assert!(reactor.is_pending(tick));
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "LoopingCall")]
     pub fn call_every(
         &mut self,
@@ -57,6 +66,24 @@ impl Reactor {
     /// # Errors
     ///
     /// [`Error::PortClosed`] if the port is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use twine::{DatagramProtocol, UdpTransport};
+    /// struct Hello;
+    /// impl DatagramProtocol for Hello {
+    ///     fn datagram_received(&mut self, _: &mut UdpTransport<'_>, _: &[u8], _: SocketAddr) {}
+    /// }
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let port = reactor.listen_udp_with(twine::ListenOptions::new(0).interface("127.0.0.1"), Hello)?;
+    /// let call = reactor.call_later_on(&port, std::time::Duration::from_secs(1), |_me: &mut Hello, t| {
+    ///     let _ = t.write(b"hello", "127.0.0.1:9");
+    /// })?;
+    /// assert!(reactor.is_pending(call));
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn call_later_on<P: DatagramProtocol>(
         &mut self,
         port: &ListeningPort<P>,
@@ -71,6 +98,25 @@ impl Reactor {
     /// # Errors
     ///
     /// [`Error::PortClosed`] if the port is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use twine::{DatagramProtocol, UdpTransport};
+    /// struct Beacon { sent: u32 }
+    /// impl DatagramProtocol for Beacon {
+    ///     fn datagram_received(&mut self, _: &mut UdpTransport<'_>, _: &[u8], _: SocketAddr) {}
+    /// }
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let port = reactor.listen_udp_with(twine::ListenOptions::new(0).interface("127.0.0.1"), Beacon { sent: 0 })?;
+    /// let every = reactor.call_every_on(&port, std::time::Duration::from_secs(5), |me: &mut Beacon, t| {
+    ///     me.sent += 1;
+    ///     let _ = t.write(b"beacon", "127.0.0.1:9");
+    /// })?;
+    /// assert!(reactor.cancel(every));
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn call_every_on<P: DatagramProtocol>(
         &mut self,
         port: &ListeningPort<P>,
@@ -122,18 +168,48 @@ impl Reactor {
     }
 
     /// Cancels a call. Returns whether it was pending.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let call = reactor.call_later(std::time::Duration::from_secs(1), |_| {});
+    /// assert!(reactor.cancel(call));
+    /// assert!(!reactor.cancel(call), "cancelled once");
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn cancel(&mut self, call: DelayedCall) -> bool {
         self.timers.cancel(call)
     }
 
     /// Moves a pending call's deadline to `delay` from now (Twisted's
     /// `DelayedCall.reset`). Returns whether it was pending.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let call = reactor.call_later(std::time::Duration::from_secs(1), |_| {});
+    /// assert!(reactor.reset(call, std::time::Duration::from_secs(30)));
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn reset(&mut self, call: DelayedCall, delay: Duration) -> bool {
         self.is_pending(call) && self.timers.reset(self.now(), call, delay)
     }
 
     /// Whether a call will still fire: false once a one-shot call has started to run,
     /// after a cancel, or once a port-scoped call's port is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// let call = reactor.call_later(std::time::Duration::ZERO, |_| {});
+    /// assert!(reactor.is_pending(call));
+    /// reactor.iterate(std::time::Duration::ZERO)?;
+    /// assert!(!reactor.is_pending(call), "it ran");
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "active")]
     pub fn is_pending(&self, call: DelayedCall) -> bool {
         if !self.timers.is_pending(call) {
@@ -146,6 +222,15 @@ impl Reactor {
     }
 
     /// The number of scheduled calls (cancelled ones excluded).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// reactor.call_later(std::time::Duration::from_secs(1), |_| {});
+    /// assert_eq!(reactor.timer_count(), 1);
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn timer_count(&self) -> usize {
         self.timers.len()
     }

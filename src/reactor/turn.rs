@@ -6,12 +6,31 @@ use super::*;
 impl Reactor {
     /// Asks the reactor to stop: at the end of the current turn every port is closed
     /// (each `stop_protocol` runs) and [`run`](Self::run) returns. Timers stay scheduled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// // Stops itself a tenth of a second in.
+    /// reactor.call_later(std::time::Duration::from_millis(100), |r| r.stop());
+    /// reactor.run()?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn stop(&mut self) {
         self.stop_requested = true;
         self.stops_asked += 1;
     }
 
     /// Whether a stop was asked for and has not happened yet.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// reactor.stop();
+    /// assert!(reactor.is_stopping());
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn is_stopping(&self) -> bool {
         self.stop_requested
     }
@@ -32,6 +51,16 @@ impl Reactor {
     ///
     /// [`Error::Reentrant`] if called from a callback; [`Error::Io`] if polling or
     /// installing the signal handlers fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// reactor.set_handle_signals(false);
+    /// reactor.call_later(std::time::Duration::ZERO, |r| r.stop());
+    /// reactor.run()?; // until stop(), SIGINT or SIGTERM
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn run(&mut self) -> Result<()> {
         if self.busy > 0 {
             return Err(Error::Reentrant);
@@ -61,6 +90,15 @@ impl Reactor {
     /// # Errors
     ///
     /// [`Error::Reentrant`] if called from a callback; [`Error::Io`] if polling fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut reactor = twine::Reactor::new()?;
+    /// // One turn, waiting at most 10 ms for something to happen; false: not stopped.
+    /// assert!(!reactor.iterate(std::time::Duration::from_millis(10))?);
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn iterate(&mut self, timeout: Duration) -> Result<bool> {
         if self.busy > 0 {
             return Err(Error::Reentrant);
