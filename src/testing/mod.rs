@@ -138,6 +138,14 @@ pub struct Link {
 
 impl Link {
     /// A perfect link with a fixed one-way `delay`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let link = twine::testing::Link::with_delay(Duration::from_millis(30));
+    /// # let _ = link;
+    /// ```
     pub fn with_delay(delay: Duration) -> Link {
         Link {
             delay,
@@ -146,24 +154,53 @@ impl Link {
     }
 
     /// This link, losing each datagram with probability `p`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let link = twine::testing::Link::default().loss(0.25);
+    /// # let _ = link;
+    /// ```
     pub fn loss(mut self, p: f64) -> Link {
         self.loss = p;
         self
     }
 
     /// This link, duplicating each datagram with probability `p`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let link = twine::testing::Link::default().duplicate(0.05);
+    /// # let _ = link;
+    /// ```
     pub fn duplicate(mut self, p: f64) -> Link {
         self.duplicate = p;
         self
     }
 
     /// This link, holding back each datagram with probability `p`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let link = twine::testing::Link::default().reorder(0.1);
+    /// # let _ = link;
+    /// ```
     pub fn reorder(mut self, p: f64) -> Link {
         self.reorder = p;
         self
     }
 
     /// This link, with up to `jitter` more delay per datagram.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let link = twine::testing::Link::with_delay(Duration::from_millis(20)).jitter(Duration::from_millis(5));
+    /// # let _ = link;
+    /// ```
     pub fn jitter(mut self, jitter: Duration) -> Link {
         self.jitter = jitter;
         self
@@ -263,6 +300,20 @@ impl Simulation {
     ///
     /// [`Error::Io`](crate::Error::Io) if the kernel refuses the reactor's poll instance
     /// (it still has one, for calls from other threads).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// assert_eq!(sim.elapsed(), Duration::ZERO);
+    /// # let _ = (echo, client);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(seed: u64) -> Result<Simulation> {
         let start = Instant::now();
         let clock = Rc::new(Cell::new(start));
@@ -278,11 +329,39 @@ impl Simulation {
     }
 
     /// The reactor (also reached through `Deref`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// assert!(sim.reactor().is_listening(&echo));
+    /// # let _ = client;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reactor(&mut self) -> &mut Reactor {
         &mut self.reactor
     }
 
     /// Virtual time since the simulation began.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// sim.advance(Duration::from_secs(30))?;
+    /// assert_eq!(sim.elapsed(), Duration::from_secs(30));
+    /// # let _ = (echo, client);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn elapsed(&self) -> Duration {
         self.clock.get().duration_since(self.start)
     }
@@ -295,6 +374,21 @@ impl Simulation {
     ///
     /// [`Error::Reentrant`](crate::Error::Reentrant) from inside a hook;
     /// [`Error::Io`](crate::Error::Io) if polling fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// sim.inject(echo.local_addr(), client, b"ping");
+    /// sim.advance(Duration::from_millis(1))?;
+    /// assert_eq!(sim.sent()[0].data, b"ping");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn advance(&mut self, by: Duration) -> Result<()> {
         let target = self.clock.get().checked_add(by).unwrap_or(self.clock.get());
         self.run_to(target, |_| false).map(|_| ())
@@ -307,6 +401,21 @@ impl Simulation {
     /// # Errors
     ///
     /// As [`advance`](Self::advance).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// sim.inject(echo.local_addr(), client, b"ping");
+    /// // One turn: the datagram is delivered and echoed.
+    /// assert!(sim.step()?);
+    /// assert_eq!(sim.sent().len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn step(&mut self) -> Result<bool> {
         if !self.reactor.has_work_now() && !self.due_now() {
             let Some(next) = self.reactor.next_event() else {
@@ -327,6 +436,22 @@ impl Simulation {
     /// # Errors
     ///
     /// As [`advance`](Self::advance).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// sim.inject(echo.local_addr(), client, b"ping");
+    /// let done = sim.run_until(Duration::from_secs(1), |_| false)?;
+    /// assert!(!done, "the condition never held");
+    /// assert_eq!(sim.sent().len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn run_until(
         &mut self,
         limit: Duration,
@@ -404,11 +529,41 @@ impl Simulation {
     // ----- the network -------------------------------------------------------------------
 
     /// Sets the link for datagrams from `from` to `to` (one direction).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// use twine::testing::Link;
+    /// // Everything the echo port sends to the client is lost.
+    /// sim.set_link(echo.local_addr(), client, Link::default().loss(1.0));
+    /// # let _ = client;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_link(&mut self, from: SocketAddr, to: SocketAddr, link: Link) {
         self.net.borrow_mut().set_link(from, to, link);
     }
 
     /// Sets the link used where none was set for the pair (perfect by default).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// use twine::testing::Link;
+    /// sim.set_default_link(Link::with_delay(Duration::from_millis(20)).loss(0.1));
+    /// # let _ = (echo, client);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_default_link(&mut self, link: Link) {
         self.net.borrow_mut().default_link = link;
     }
@@ -416,6 +571,20 @@ impl Simulation {
     /// Whether a datagram sent to an address where no port of the simulation listens is
     /// answered with a refusal (ICMP port unreachable), as on loopback; off by default
     /// (such datagrams leave the simulation, and are only logged).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// // Datagrams to addresses where nothing listens are dropped silently.
+    /// sim.set_refuse_unbound(false);
+    /// # let _ = (echo, client);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_refuse_unbound(&mut self, refuse: bool) {
         self.net.borrow_mut().refuse_unbound = refuse;
     }
@@ -424,6 +593,21 @@ impl Simulation {
     /// is read on the next turn). A datagram longer than the port's max packet size
     /// arrives truncated, as from the kernel. Ignored if no port listens at `to` (or it is
     /// connected to another address).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// sim.inject(echo.local_addr(), client, b"from outside");
+    /// sim.advance(Duration::from_millis(1))?;
+    /// assert_eq!(sim.sent()[0].to, client);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn inject(&mut self, to: SocketAddr, from: SocketAddr, data: &[u8]) {
         self.net.borrow_mut().inject(to, from, data);
     }
@@ -431,23 +615,87 @@ impl Simulation {
     /// An ICMP port unreachable at the port bound to `port` about a datagram it sent to
     /// `about`: a connected port gets `connection_refused` (if connected to `about`), an
     /// unconnected one `error_received` with [`Error::Unreachable`](crate::Error::Unreachable).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// // The echo port learns that the client refused one of its datagrams.
+    /// sim.inject_refusal(echo.local_addr(), client);
+    /// sim.advance(Duration::from_millis(1))?;
+    /// assert_eq!(sim.port_stats(&echo).map(|s| s.unreachable), Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn inject_refusal(&mut self, port: SocketAddr, about: SocketAddr) {
         self.inject_icmp_error(port, about, IcmpError::PortUnreachable);
     }
 
     /// An ICMP error at the port bound to `port` about a datagram it sent to `about`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// use twine::testing::IcmpError;
+    /// sim.inject_icmp_error(echo.local_addr(), client, IcmpError::HostUnreachable);
+    /// sim.advance(Duration::from_millis(1))?;
+    /// assert_eq!(sim.port_stats(&echo).map(|s| s.unreachable), Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn inject_icmp_error(&mut self, port: SocketAddr, about: SocketAddr, error: IcmpError) {
         self.net.borrow_mut().icmp_error(port, about, error.errno());
     }
 
     /// The "kernel" drops `count` datagrams at `port` (its receive queue was full): the
     /// port's [`PortStats::kernel_dropped`](crate::PortStats::kernel_dropped) counts them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// sim.inject_drops(echo.local_addr(), 3);
+    /// sim.inject(echo.local_addr(), client, b"after the drops");
+    /// sim.advance(Duration::from_millis(1))?;
+    /// assert_eq!(sim.port_stats(&echo).map(|s| s.kernel_dropped), Some(3));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn inject_drops(&mut self, port: SocketAddr, count: u32) {
         self.net.borrow_mut().add_drops(port, count);
     }
 
     /// The next read of `port` fails with the OS error `errno`. Returns false if no port
     /// is bound there.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// assert!(sim.fail_next_read(echo.local_addr(), libc::ENOMEM));
+    /// sim.inject(echo.local_addr(), client, b"ping");
+    /// sim.advance(Duration::from_millis(1))?;
+    /// assert_eq!(sim.port_stats(&echo).map(|s| s.recv_errors), Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn fail_next_read(&mut self, port: SocketAddr, errno: i32) -> bool {
         self.net
             .borrow_mut()
@@ -456,6 +704,22 @@ impl Simulation {
 
     /// The next send call of `port` fails with the OS error `errno` (a batch send: its
     /// first datagram).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// assert!(sim.fail_next_send(echo.local_addr(), libc::ENOBUFS));
+    /// sim.inject(echo.local_addr(), client, b"ping");
+    /// sim.advance(Duration::from_millis(1))?;
+    /// assert_eq!(sim.port_stats(&echo).map(|s| s.send_errors), Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn fail_next_send(&mut self, port: SocketAddr, errno: i32) -> bool {
         self.net
             .borrow_mut()
@@ -464,6 +728,24 @@ impl Simulation {
 
     /// The next read of `port` returns at most `count` datagrams (then, with none,
     /// `EAGAIN`), however many are queued: a read that stops mid-batch.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// // The next read takes one datagram however many wait.
+    /// assert!(sim.limit_next_read(echo.local_addr(), 1));
+    /// sim.inject(echo.local_addr(), client, b"one");
+    /// sim.inject(echo.local_addr(), client, b"two");
+    /// sim.advance(Duration::from_millis(1))?;
+    /// assert_eq!(sim.sent().len(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn limit_next_read(&mut self, port: SocketAddr, count: usize) -> bool {
         self.net
             .borrow_mut()
@@ -472,6 +754,19 @@ impl Simulation {
 
     /// The next send call of `port` takes at most `count` datagrams: a partial
     /// `sendmmsg` (0: `EAGAIN`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// assert!(sim.limit_next_send(echo.local_addr(), 1));
+    /// # let _ = client;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn limit_next_send(&mut self, port: SocketAddr, count: usize) -> bool {
         self.net
             .borrow_mut()
@@ -481,37 +776,147 @@ impl Simulation {
     /// Whether `port`'s send buffer is full: while it is, sends fail with `EAGAIN` (the
     /// port queues its writes and pauses its producer past the high-water mark); once
     /// unblocked, the port is writable again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// // A full kernel buffer: replies wait in the port's send queue.
+    /// assert!(sim.block_sends(echo.local_addr(), true));
+    /// sim.inject(echo.local_addr(), client, b"ping");
+    /// sim.advance(Duration::from_millis(1))?;
+    /// assert!(sim.sent().is_empty());
+    /// assert!(sim.block_sends(echo.local_addr(), false));
+    /// sim.advance(Duration::from_millis(1))?;
+    /// assert_eq!(sim.sent().len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn block_sends(&mut self, port: SocketAddr, blocked: bool) -> bool {
         self.net.borrow_mut().set_send_blocked(port, blocked)
     }
 
     /// The size of `port`'s receive queue, in bytes (each datagram counts its payload and
     /// 256 bytes); arrivals past it are dropped and counted. 212,992 by default.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// assert!(sim.set_receive_buffer(echo.local_addr(), 4096));
+    /// # let _ = client;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_receive_buffer(&mut self, port: SocketAddr, bytes: usize) -> bool {
         self.net.borrow_mut().set_rx_limit(port, bytes)
     }
 
     /// Datagrams waiting in `port`'s receive queue, or `None` if no port is bound there.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// sim.inject(echo.local_addr(), client, b"waiting");
+    /// assert_eq!(sim.queued(echo.local_addr()), Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn queued(&self, port: SocketAddr) -> Option<usize> {
         self.net.borrow().queued(port)
     }
 
     /// Every datagram written so far, in order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// sim.inject(echo.local_addr(), client, b"ping");
+    /// sim.advance(Duration::from_millis(1))?;
+    /// let sent = sim.sent();
+    /// assert_eq!((sent[0].from, sent[0].to, &sent[0].data[..]), (echo.local_addr(), client, &b"ping"[..]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn sent(&self) -> Vec<Sent> {
         self.net.borrow().sent.clone()
     }
 
     /// Every datagram written since the last call, in order (and forgets them).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// sim.inject(echo.local_addr(), client, b"ping");
+    /// sim.advance(Duration::from_millis(1))?;
+    /// assert_eq!(sim.take_sent().len(), 1);
+    /// assert!(sim.sent().is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn take_sent(&mut self) -> Vec<Sent> {
         std::mem::take(&mut self.net.borrow_mut().sent)
     }
 
     /// Datagrams the links lost so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// use twine::testing::Link;
+    /// sim.set_default_link(Link::default().loss(1.0));
+    /// sim.inject(echo.local_addr(), client, b"ping");
+    /// sim.advance(Duration::from_millis(1))?;
+    /// // The echo went to an address where nothing listens: lost or not, it was sent.
+    /// assert_eq!(sim.sent().len(), 1);
+    /// let _ = sim.lost();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn lost(&self) -> u64 {
         self.net.borrow().lost
     }
 
     /// Datagrams the links duplicated so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use twine::testing::Simulation;
+    /// use twine::{ListenOptions, respond};
+    /// let mut sim = Simulation::new(1)?;
+    /// let echo = sim.listen_udp_with(ListenOptions::new(7).interface("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    /// let client: std::net::SocketAddr = "127.0.0.1:5000".parse()?;
+    /// assert_eq!(sim.duplicated(), 0);
+    /// # let _ = (echo, client);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn duplicated(&self) -> u64 {
         self.net.borrow().duplicated
     }
