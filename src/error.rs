@@ -10,6 +10,18 @@ use std::os::fd::RawFd;
 /// `Display` is short and specific, in the manner of Twisted's `CannotListenError`
 /// ("couldn't listen on 127.0.0.1:9: Address already in use"). Where the operating system
 /// gave the cause, [`std::error::Error::source`] returns it.
+///
+/// # Examples
+///
+/// ```
+/// let mut reactor = twine::Reactor::new()?;
+/// match reactor.listen_udp_with(twine::ListenOptions::new(0).interface("localhost"), twine::respond(|_, _| None::<Vec<u8>>)) {
+///     Err(twine::Error::InvalidAddress { address, reason }) => println!("{address}: {reason}"),
+///     Err(e) => return Err(e),
+///     Ok(_) => unreachable!("a hostname is not an IP literal"),
+/// }
+/// # Ok::<(), twine::Error>(())
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -374,4 +386,16 @@ impl std::error::Error for Error {
 }
 
 /// `Result` with [`Error`] as its error.
+///
+/// # Examples
+///
+/// ```
+/// fn open(reactor: &mut twine::Reactor) -> twine::Result<std::net::SocketAddr> {
+///     let port = reactor.listen_udp(0, twine::respond(|_, _| None::<Vec<u8>>))?;
+///     Ok(port.local_addr())
+/// }
+/// let mut reactor = twine::Reactor::new()?;
+/// open(&mut reactor)?;
+/// # Ok::<(), twine::Error>(())
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;

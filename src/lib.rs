@@ -76,6 +76,54 @@
 //! # }
 //! ```
 //!
+//! # Example: a client with a timer
+//!
+//! A client asks a server every second (a port-scoped `call_every`, whose closure gets
+//! the protocol and its transport), and stops once it has three answers.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
+//! use twine::{DatagramProtocol, ListenOptions, Reactor, UdpTransport, respond};
+//!
+//! struct Asker {
+//!     server: SocketAddr,
+//!     answers: u32,
+//! }
+//!
+//! impl DatagramProtocol for Asker {
+//!     fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
+//!         let asked = t.call_every(Duration::from_millis(10), |me: &mut Asker, t| {
+//!             if let Err(e) = t.write(b"time?", me.server) {
+//!                 log::warn!("asking {}: {e}", me.server);
+//!             }
+//!         });
+//!         if let Err(e) = asked {
+//!             log::warn!("no timer: {e}");
+//!         }
+//!     }
+//!     fn datagram_received(&mut self, t: &mut UdpTransport<'_>, _data: &[u8], from: SocketAddr) {
+//!         if from == self.server {
+//!             self.answers += 1;
+//!             if self.answers == 3 {
+//!                 t.reactor().stop();
+//!             }
+//!         }
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), twine::Error> {
+//! let mut reactor = Reactor::new()?;
+//! # reactor.set_handle_signals(false);
+//! let time = respond(|_data, _from| Some(b"12:00".to_vec()));
+//! let server = reactor.listen_udp_with(ListenOptions::new(0).interface("127.0.0.1"), time)?;
+//! let asker = Asker { server: server.local_addr(), answers: 0 };
+//! reactor.listen_udp_with(ListenOptions::new(0).interface("127.0.0.1"), asker)?;
+//! reactor.run()?; // until the third answer
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Testing a protocol without sockets or waits
 //!
 //! [`testing::Simulation`] is a reactor on a virtual clock whose ports live on an

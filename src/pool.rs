@@ -157,6 +157,18 @@ impl PoolHandle {
     ///
     /// [`Error::ReactorGone`] once the pool's `run` has returned (or the pool was
     /// dropped); [`Error::Io`] if waking the pool's thread failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = twine::ReactorPool::bind(twine::ListenOptions::new(0).interface("127.0.0.1"), 2)?;
+    /// let handle = pool.handle();
+    /// // Asked before `run`: the reactors start and stop at once.
+    /// handle.stop()?;
+    /// let stats = pool.run(|_| twine::respond(|_, _| None::<Vec<u8>>))?;
+    /// assert_eq!(stats.per_reactor.len(), 2);
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn stop(&self) -> Result<()> {
         self.control.stop()
     }

@@ -231,6 +231,15 @@ where
 /// A reply that cannot be sent (too long, queue full) is logged as a warning with the
 /// sender's address; the port goes on. For anything more (state per client, timers,
 /// replies to others) implement [`DatagramProtocol`] itself.
+///
+/// # Examples
+///
+/// ```
+/// let mut reactor = twine::Reactor::new()?;
+/// let upper = twine::respond(|data, _from| Some(data.to_ascii_uppercase()));
+/// reactor.listen_udp_with(twine::ListenOptions::new(0).interface("127.0.0.1"), upper)?;
+/// # Ok::<(), twine::Error>(())
+/// ```
 pub struct Responder<F, R> {
     handler: F,
     name: &'static str,
@@ -272,6 +281,15 @@ where
 impl<F, R> Responder<F, R> {
     /// Sets the name the port's log lines use (its [`log_prefix`](DatagramProtocol::log_prefix));
     /// `"Responder"` by default.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let time = twine::respond(|_, _| Some(b"12:00".to_vec())).named("TimeServer");
+    /// let mut reactor = twine::Reactor::new()?;
+    /// reactor.listen_udp_with(twine::ListenOptions::new(0).interface("127.0.0.1"), time)?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     pub fn named(mut self, name: &'static str) -> Self {
         self.name = name;
         self

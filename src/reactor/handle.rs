@@ -128,10 +128,22 @@ impl ReactorHandle {
     /// The most cross-thread calls one reactor turn runs. The rest wait for the next
     /// turn, which does not sleep, so that a flood of calls cannot starve the ports and
     /// timers (they get their share of every turn).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(twine::ReactorHandle::CALLS_PER_TURN, 1024);
+    /// ```
     pub const CALLS_PER_TURN: usize = 1024;
 
     /// How many calls may wait in the queue unless
     /// [`Reactor::set_thread_call_limit`] says otherwise.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(twine::ReactorHandle::DEFAULT_CALL_LIMIT, 65_536);
+    /// ```
     pub const DEFAULT_CALL_LIMIT: usize = 65_536;
 
     /// Runs `f` on the reactor's thread, on a later turn, with the reactor itself

@@ -209,6 +209,19 @@ impl<P> ListeningPort<P> {
 /// on_another_thread(twine::Reactor::new()?);
 /// # Ok::<(), twine::Error>(())
 /// ```
+///
+/// # Examples
+///
+/// ```
+/// let mut reactor = twine::Reactor::new()?;
+/// reactor.listen_udp_with(
+///     twine::ListenOptions::new(0).interface("127.0.0.1"),
+///     twine::respond(|data, _from| Some(data.to_vec())),
+/// )?;
+/// reactor.call_later(std::time::Duration::from_millis(10), |r| r.stop());
+/// reactor.run()?;
+/// # Ok::<(), twine::Error>(())
+/// ```
 pub struct Reactor {
     poll: Poll,
     events: Option<Events>,

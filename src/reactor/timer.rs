@@ -29,6 +29,16 @@ use slab::Slab;
 /// [`Reactor::is_pending`](crate::Reactor::is_pending) (the same methods exist on
 /// [`UdpTransport`](crate::UdpTransport)). A handle whose call has fired, or was cancelled,
 /// stays harmless: it is never mistaken for a later call.
+///
+/// # Examples
+///
+/// ```
+/// let mut reactor = twine::Reactor::new()?;
+/// let call: twine::DelayedCall = reactor.call_later(std::time::Duration::from_secs(5), |_| {});
+/// assert!(reactor.is_pending(call));
+/// reactor.cancel(call);
+/// # Ok::<(), twine::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DelayedCall {
     key: usize,

@@ -113,6 +113,12 @@ use network::{Answer, Network};
 
 /// The most turns an advance runs at one virtual instant before it moves time on anyway
 /// (a protocol that answers itself over a zero-delay link would otherwise hold time still).
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(twine::testing::MAX_TURNS_PER_INSTANT, 10_000);
+/// ```
 pub const MAX_TURNS_PER_INSTANT: usize = 10_000;
 
 /// How a link carries datagrams from one address to another: each datagram is lost with
@@ -122,6 +128,16 @@ pub const MAX_TURNS_PER_INSTANT: usize = 10_000;
 ///
 /// The default link is perfect: nothing lost, duplicated or held back, no delay (a
 /// datagram arrives on the next turn).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use twine::testing::Link;
+/// // 20 ms each way, 5 ms of jitter, one datagram in ten lost.
+/// let link = Link::with_delay(Duration::from_millis(20)).jitter(Duration::from_millis(5)).loss(0.1);
+/// # let _ = link;
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Link {
     /// Probability that a datagram is lost, 0.0 ..= 1.0.
@@ -208,6 +224,18 @@ impl Link {
 }
 
 /// One datagram a port of the simulation wrote (it may since have been lost).
+///
+/// # Examples
+///
+/// ```
+/// use twine::testing::Simulation;
+/// let mut sim = Simulation::new(1)?;
+/// let port = sim.listen_udp_with(twine::ListenOptions::new(0).interface("127.0.0.1"), twine::respond(|_, _| None::<Vec<u8>>))?;
+/// sim.with_port(&port, |_, t| t.write(b"hi", "127.0.0.1:9"))??;
+/// let sent = sim.sent();
+/// assert_eq!((sent[0].from, sent[0].data.as_slice()), (port.local_addr(), &b"hi"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Sent {
     /// The virtual time of the write, since the simulation began.
@@ -234,6 +262,16 @@ impl fmt::Debug for Sent {
 }
 
 /// An ICMP error the network reports to a port about a datagram it sent.
+///
+/// # Examples
+///
+/// ```
+/// use twine::testing::{IcmpError, Simulation};
+/// let mut sim = Simulation::new(1)?;
+/// let port = sim.listen_udp_with(twine::ListenOptions::new(0).interface("127.0.0.1"), twine::respond(|_, _| None::<Vec<u8>>))?;
+/// sim.inject_icmp_error(port.local_addr(), "127.0.0.1:9".parse()?, IcmpError::NetworkUnreachable);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum IcmpError {
@@ -261,6 +299,21 @@ impl IcmpError {
 /// A reactor on a manual clock with an in-memory network: see the [module docs](self).
 ///
 /// It dereferences to its [`Reactor`]: listen, schedule and reach ports as usual.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use twine::testing::Simulation;
+/// let mut sim = Simulation::new(42)?;
+/// let ticks = std::rc::Rc::new(std::cell::Cell::new(0));
+/// let counted = ticks.clone();
+/// sim.call_every(Duration::from_secs(60), move |_| counted.set(counted.get() + 1));
+/// // An hour of virtual time, in microseconds of real time.
+/// sim.advance(Duration::from_secs(3600))?;
+/// assert_eq!(ticks.get(), 60);
+/// # Ok::<(), twine::Error>(())
+/// ```
 pub struct Simulation {
     reactor: Reactor,
     net: Rc<RefCell<Network>>,

@@ -11,6 +11,18 @@ use crate::sys;
 /// Text must be an IP literal: a hostname is refused with [`Error::InvalidAddress`] (no
 /// name lookup ever blocks the reactor). `("<broadcast>", port)` means
 /// `255.255.255.255:port`, as in Twisted.
+///
+/// # Examples
+///
+/// ```
+/// use std::net::{Ipv4Addr, SocketAddr};
+/// use twine::PeerAddr;
+/// let a: SocketAddr = "127.0.0.1:53".parse().unwrap();
+/// assert_eq!(("127.0.0.1", 53).peer_addr()?, a);
+/// assert_eq!((Ipv4Addr::LOCALHOST, 53).peer_addr()?, a);
+/// assert!(("localhost", 53).peer_addr().is_err(), "hostnames are not resolved");
+/// # Ok::<(), twine::Error>(())
+/// ```
 pub trait PeerAddr {
     /// The socket address, or why the text is not one.
     fn peer_addr(self) -> Result<SocketAddr>;
@@ -85,6 +97,15 @@ impl PeerAddr for String {
 }
 
 /// Something that names an IP address: an [`IpAddr`] or an IP literal as text.
+///
+/// # Examples
+///
+/// ```
+/// use twine::IpLiteral;
+/// assert_eq!("239.1.2.3".ip()?, std::net::IpAddr::from([239, 1, 2, 3]));
+/// assert!("example.test".ip().is_err());
+/// # Ok::<(), twine::Error>(())
+/// ```
 pub trait IpLiteral {
     /// The address, or why the text is not one.
     fn ip(self) -> Result<IpAddr>;
@@ -103,6 +124,16 @@ impl IpLiteral for &String {
 }
 
 /// A network interface for multicast: which one joins a group, or sends to one.
+///
+/// # Examples
+///
+/// ```
+/// use twine::{Interface, IntoInterface};
+/// assert_eq!("".interface()?, Interface::Any);
+/// assert_eq!("127.0.0.1".interface()?, Interface::V4(std::net::Ipv4Addr::LOCALHOST));
+/// assert_eq!(3u32.interface()?, Interface::Index(3));
+/// # Ok::<(), twine::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Interface {
@@ -116,6 +147,15 @@ pub enum Interface {
 
 /// Something that names an [`Interface`]: `""` (any), an IPv4 literal, an interface name
 /// such as `"lo"`, an index, or an [`Ipv4Addr`].
+///
+/// # Examples
+///
+/// ```
+/// use twine::{Interface, IntoInterface};
+/// // A name is looked up among this host's interfaces.
+/// assert!(matches!("lo".interface()?, Interface::Index(_)));
+/// # Ok::<(), twine::Error>(())
+/// ```
 pub trait IntoInterface {
     /// The interface, or why the text names none.
     fn interface(self) -> Result<Interface>;

@@ -46,6 +46,24 @@ use crate::udp::port::{PortCore, PortStats, PortTimerFn, once};
 /// allowed ...) is counted in [`PortStats`] (`refused`, calling `connection_refused` on a
 /// connected port, or `send_errors` and `error_received`) instead of returned. Writes from
 /// every other hook and from timers are sent at once, and their errors returned.
+///
+/// # Examples
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use twine::{DatagramProtocol, UdpTransport};
+/// struct Echo;
+/// impl DatagramProtocol for Echo {
+///     fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], from: SocketAddr) {
+///         if let Err(e) = t.write(data, from) {
+///             log::warn!("echo to {from}: {e} ({} sent so far)", t.stats().datagrams_sent);
+///         }
+///     }
+/// }
+/// let mut reactor = twine::Reactor::new()?;
+/// reactor.listen_udp_with(twine::ListenOptions::new(0).interface("127.0.0.1"), Echo)?;
+/// # Ok::<(), twine::Error>(())
+/// ```
 pub struct UdpTransport<'a> {
     pub(crate) core: &'a mut PortCore,
     pub(crate) reactor: &'a mut Reactor,
@@ -458,6 +476,27 @@ impl<'a> UdpTransport<'a> {
     ///
     /// [`Error::ProtocolMismatch`] if `P` is not this port's protocol type;
     /// [`Error::PortClosed`] once the port's stop was asked for (and from `stop_protocol`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use std::time::Duration;
+    /// use twine::{DatagramProtocol, UdpTransport};
+    /// /// Answers each datagram a second later.
+    /// struct Slow;
+    /// impl DatagramProtocol for Slow {
+    ///     fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], from: SocketAddr) {
+    ///         let data = data.to_vec();
+    ///         let _ = t.call_later(Duration::from_secs(1), move |_me: &mut Slow, t| {
+    ///             let _ = t.write(&data, from);
+    ///         });
+    ///     }
+    /// }
+    /// let mut reactor = twine::Reactor::new()?;
+    /// reactor.listen_udp_with(twine::ListenOptions::new(0).interface("127.0.0.1"), Slow)?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "callLater")]
     pub fn call_later<P: 'static>(
         &mut self,
@@ -477,6 +516,28 @@ impl<'a> UdpTransport<'a> {
     ///
     /// [`Error::ProtocolMismatch`] if `P` is not this port's protocol type;
     /// [`Error::PortClosed`] once the port's stop was asked for (and from `stop_protocol`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use std::time::Duration;
+    /// use twine::{DatagramProtocol, UdpTransport};
+    /// /// Says hello every ten seconds.
+    /// struct Beacon { sent: u64 }
+    /// impl DatagramProtocol for Beacon {
+    ///     fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
+    ///         let _ = t.call_every(Duration::from_secs(10), |me: &mut Beacon, t| {
+    ///             me.sent += 1;
+    ///             let _ = t.write(b"hello", "127.0.0.1:9");
+    ///         });
+    ///     }
+    ///     fn datagram_received(&mut self, _: &mut UdpTransport<'_>, _: &[u8], _: SocketAddr) {}
+    /// }
+    /// let mut reactor = twine::Reactor::new()?;
+    /// reactor.listen_udp_with(twine::ListenOptions::new(0).interface("127.0.0.1"), Beacon { sent: 0 })?;
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "LoopingCall")]
     pub fn call_every<P: 'static>(
         &mut self,

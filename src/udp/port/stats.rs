@@ -4,6 +4,17 @@ use std::fmt;
 
 /// A port's counters, readable at any time with
 /// [`UdpTransport::stats`](crate::UdpTransport::stats) or [`Reactor::port_stats`](crate::Reactor::port_stats).
+///
+/// # Examples
+///
+/// ```
+/// let mut reactor = twine::Reactor::new()?;
+/// let port = reactor.listen_udp_with(twine::ListenOptions::new(0).interface("127.0.0.1"), twine::respond(|_, _| None::<Vec<u8>>))?;
+/// let stats: twine::PortStats = reactor.port_stats(&port).expect("open");
+/// println!("{stats}"); // received 0 datagrams (0 bytes), sent 0 (0 bytes); ...
+/// assert_eq!(stats.datagrams_received + stats.truncated + stats.kernel_dropped, 0);
+/// # Ok::<(), twine::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PortStats {
