@@ -119,7 +119,10 @@ impl DatagramProtocol for ChatServer {
 
     fn stop_protocol(&mut self, t: &mut UdpTransport<'_>) {
         self.tell_all(t, b"bye bye");
-        log::info!("said bye bye to {} clients", self.clients.len());
+        log::info!(
+            "said bye bye to {}",
+            common::count(self.clients.len(), "client")
+        );
     }
 }
 

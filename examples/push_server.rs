@@ -72,7 +72,10 @@ impl PushServer {
                 log::warn!("push to {name} at {addr}: {e}");
             }
         }
-        log::info!("pushed {now:?} to {} clients", self.clients.len());
+        log::info!(
+            "pushed {now:?} to {}",
+            common::count(self.clients.len(), "client")
+        );
     }
 }
 

@@ -746,7 +746,7 @@ fn chat_server_expires_a_silent_client_and_keeps_a_heartbeating_one() {
     assert!(end.success, "{:#?}", end.lines);
     assert_lines(&end, &format!("expired {a_at} ("), 0);
     assert_lines(&end, &format!("{a_at} joined"), 1);
-    assert_lines(&end, "said bye bye to 1 clients", 1);
+    assert_lines(&end, "said bye bye to 1 client", 1);
     assert_eq!(text(recv_from(&a, addr)), "bye bye");
     assert_nothing_queued(&b, "a datagram for the expired client");
 }
@@ -764,7 +764,7 @@ fn chat_client_exits_when_the_server_says_bye_bye() {
     let (server, addr) = serve("chat_server", &[]);
     let client = chatting(addr);
     let end = server.interrupt();
-    assert_lines(&end, "said bye bye to 1 clients", 1);
+    assert_lines(&end, "said bye bye to 1 client", 1);
     let end = client.finish();
     assert!(end.success, "{:#?}", end.lines);
     assert_lines(&end, "got: bye bye", 1);

@@ -472,7 +472,7 @@ fn chat_heartbeats_keep_a_live_client_and_a_killed_one_expires_over_loss() {
         "the live client was expired"
     );
     assert_eq!(
-        end.lines_with("said bye bye to 1 clients").len(),
+        end.lines_with("said bye bye to 1 client").len(),
         1,
         "{lines:#?}"
     );

@@ -310,7 +310,7 @@ fn python_clients_chat_and_hear_bye_bye_from_chat_server() {
     let stopped = server.interrupt();
     assert!(stopped.success, "{:#?}", stopped.lines);
     assert_eq!(
-        stopped.lines_with("said bye bye to 1 clients").len(),
+        stopped.lines_with("said bye bye to 1 client").len(),
         1,
         "{:#?}",
         stopped.lines

@@ -288,3 +288,12 @@ impl std::fmt::Debug for Failed {
         std::fmt::Display::fmt(&self.0, f)
     }
 }
+
+/// `n` and `what` in words: `1 client`, `2 clients`.
+pub fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
