@@ -1055,3 +1055,48 @@ fn panic_in_stop_protocol_is_logged_and_the_port_still_closes() {
     UdpSocket::bind(addr).expect("the socket was closed");
     assert_echoes(&mut reactor, &good, b"unaffected");
 }
+
+/// `keep_after_close`: the protocol and its final counters are handed over once after the
+/// port closes (by `stop_listening` here), what `stop_protocol` did included; a port not
+/// kept leaves nothing, and an open one hands nothing over.
+#[test]
+fn a_kept_port_hands_over_its_protocol_and_final_counters_once() {
+    #[derive(Default)]
+    struct Tally {
+        seen: usize,
+        stopped: bool,
+    }
+    impl DatagramProtocol for Tally {
+        fn datagram_received(&mut self, _: &mut UdpTransport<'_>, _: &[u8], _: SocketAddr) {
+            self.seen += 1;
+        }
+        fn stop_protocol(&mut self, _: &mut UdpTransport<'_>) {
+            self.stopped = true;
+        }
+    }
+    let mut reactor = util::reactor();
+    let kept = reactor
+        .listen_udp_with(util::loopback(), Tally::default())
+        .expect("listen");
+    let dropped = reactor
+        .listen_udp_with(util::loopback(), Tally::default())
+        .expect("listen");
+    reactor.keep_after_close(&kept);
+    assert!(reactor.take_closed(&kept).is_none(), "still open");
+    let c = util::client();
+    for _ in 0..3 {
+        c.send_to(b"x", kept.local_addr()).expect("send");
+    }
+    util::drive(&mut reactor, "three datagrams", |r| {
+        r.port_stats(&kept)
+            .is_some_and(|s| s.datagrams_received == 3)
+    });
+    reactor.stop_listening(&kept);
+    reactor.stop_listening(&dropped);
+    util::drive(&mut reactor, "both closed", |r| r.port_count() == 0);
+    let (tally, stats) = reactor.take_closed(&kept).expect("kept");
+    assert_eq!((tally.seen, tally.stopped), (3, true));
+    assert_eq!(stats.datagrams_received, 3);
+    assert!(reactor.take_closed(&kept).is_none(), "handed over once");
+    assert!(reactor.take_closed(&dropped).is_none(), "not kept");
+}

@@ -98,6 +98,15 @@ pub(crate) enum Lifecycle {
     Closed,
 }
 
+/// What a port asked to be kept leaves once it has closed: its final counters, and its
+/// protocol where asked ([`Reactor::keep_after_close`]).
+pub(crate) struct Kept {
+    key: PortKey,
+    stats: Option<PortStats>,
+    protocol: Option<Box<dyn Any>>,
+    keep_protocol: bool,
+}
+
 /// A handle to a listening port, returned by the listen and adopt calls: its address, and
 /// the key to stop it, read its counters or reach its protocol through the [`Reactor`].
 ///
@@ -261,7 +270,7 @@ pub struct Reactor {
     spin: Duration,
     /// Ports whose counters are kept when they close (`None` while open): what a
     /// [`ReactorPool`](crate::ReactorPool) reports once its reactors have stopped.
-    kept_stats: Vec<(PortKey, Option<PortStats>)>,
+    kept: Vec<Kept>,
 }
 
 /// The reactor's time: the system's monotonic clock, or a manual one that moves only
@@ -331,7 +340,7 @@ impl Reactor {
             net: None,
             readiness: Vec::new(),
             spin: Duration::ZERO,
-            kept_stats: Vec::new(),
+            kept: Vec::new(),
         })
     }
 

@@ -381,16 +381,90 @@ impl Reactor {
     /// Keeps the port's counters as they stand once it has closed (after `stop_protocol`
     /// and the last flush of its send queue), for [`final_stats`](Self::final_stats).
     pub(crate) fn keep_final_stats<P>(&mut self, port: &ListeningPort<P>) {
-        if !self.kept_stats.iter().any(|(k, _)| *k == port.key) {
-            self.kept_stats.push((port.key, None));
-        }
+        self.kept_entry(port.key);
+    }
+
+    fn kept_entry(&mut self, key: PortKey) -> &mut Kept {
+        let at = match self.kept.iter().position(|k| k.key == key) {
+            Some(at) => at,
+            None => {
+                self.kept.push(Kept {
+                    key,
+                    stats: None,
+                    protocol: None,
+                    keep_protocol: false,
+                });
+                self.kept.len() - 1
+            }
+        };
+        &mut self.kept[at]
     }
 
     /// The counters a port kept with [`keep_final_stats`](Self::keep_final_stats) had
     /// when it closed, or its counters now while it is open.
     pub(crate) fn final_stats<P>(&self, port: &ListeningPort<P>) -> Option<PortStats> {
-        let kept = self.kept_stats.iter().find(|(k, _)| *k == port.key);
-        kept.and_then(|(_, s)| *s).or_else(|| self.port_stats(port))
+        let kept = self.kept.iter().find(|k| k.key == port.key);
+        kept.and_then(|k| k.stats).or_else(|| self.port_stats(port))
+    }
+
+    /// Keeps the port's protocol and final counters once it closes (after `stop_protocol`
+    /// and the last flush of its send queue), instead of dropping them, for
+    /// [`take_closed`](Self::take_closed): the totals a protocol gathered, after
+    /// [`run`](Self::run) returns, without sharing them through an `Rc<RefCell<_>>`.
+    /// What is kept stays until taken (or the reactor is dropped). Does nothing for a port
+    /// already closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use twine::{DatagramProtocol, ListenOptions, Reactor, UdpTransport};
+    ///
+    /// #[derive(Default)]
+    /// struct Counter {
+    ///     seen: u32,
+    /// }
+    /// impl DatagramProtocol for Counter {
+    ///     fn datagram_received(&mut self, t: &mut UdpTransport<'_>, _: &[u8], _: SocketAddr) {
+    ///         self.seen += 1;
+    ///         t.reactor().stop();
+    ///     }
+    /// }
+    ///
+    /// let mut reactor = Reactor::new()?;
+    /// # reactor.set_handle_signals(false);
+    /// let port = reactor.listen_udp_with(ListenOptions::new(0).interface("127.0.0.1"), Counter::default())?;
+    /// reactor.keep_after_close(&port);
+    /// std::net::UdpSocket::bind("127.0.0.1:0")
+    ///     .and_then(|c| c.send_to(b"one", port.local_addr()))
+    ///     .expect("send");
+    /// reactor.run()?;
+    /// let (counter, stats) = reactor.take_closed(&port).expect("kept");
+    /// assert_eq!((counter.seen, stats.datagrams_received), (1, 1));
+    /// # Ok::<(), twine::Error>(())
+    /// ```
+    pub fn keep_after_close<P>(&mut self, port: &ListeningPort<P>) {
+        if self.lifecycle(port.key) == Lifecycle::Closed {
+            return;
+        }
+        self.kept_entry(port.key).keep_protocol = true;
+    }
+
+    /// The protocol and final counters of a port that closed after
+    /// [`keep_after_close`](Self::keep_after_close), handed over once: `None` while it is
+    /// open, if it was not kept, or once taken.
+    ///
+    /// # Examples
+    ///
+    /// See [`keep_after_close`](Self::keep_after_close).
+    pub fn take_closed<P: 'static>(&mut self, port: &ListeningPort<P>) -> Option<(P, PortStats)> {
+        let at = self
+            .kept
+            .iter()
+            .position(|k| k.key == port.key && k.stats.is_some() && k.protocol.is_some())?;
+        let kept = self.kept.swap_remove(at);
+        let protocol = kept.protocol?.downcast::<P>().ok()?;
+        Some((*protocol, kept.stats?))
     }
 
     /// Runs `f` with the port's protocol and a transport, from outside its callbacks: e.g.
@@ -541,8 +615,11 @@ impl Reactor {
                     debug!("deregistering {key:?}: {e}");
                 }
                 port.shut_down(self);
-                if let Some((_, kept)) = self.kept_stats.iter_mut().find(|(k, _)| *k == key) {
-                    *kept = Some(port.core().current_stats());
+                if let Some(kept) = self.kept.iter_mut().find(|k| k.key == key) {
+                    kept.stats = Some(port.core().current_stats());
+                    if kept.keep_protocol {
+                        kept.protocol = Some(port.into_protocol());
+                    }
                 }
             }
         }

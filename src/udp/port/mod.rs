@@ -87,6 +87,8 @@ pub(crate) trait Port: Any {
     /// Runs `stop_protocol`, flushes what it can, and logs the close.
     fn shut_down(&mut self, r: &mut Reactor);
     fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// The protocol, the rest (the socket) dropped: what a closed port leaves when kept.
+    fn into_protocol(self: Box<Self>) -> Box<dyn Any>;
 }
 
 /// The protocol-independent state of a port: what the transport works on.
@@ -512,6 +514,10 @@ impl<P: DatagramProtocol> Port for UdpPort<P> {
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+
+    fn into_protocol(self: Box<Self>) -> Box<dyn Any> {
+        Box::new(self.protocol)
     }
 }
 
