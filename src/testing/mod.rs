@@ -237,6 +237,7 @@ impl Link {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Sent {
     /// The virtual time of the write, since the simulation began.
     pub at: Duration,
