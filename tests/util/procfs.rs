@@ -88,13 +88,33 @@ pub struct SourceFilter {
 /// The source filters for `(source, group)` in this network namespace
 /// (`/proc/net/mcfilter` for IPv4, `/proc/net/mcfilter6` for IPv6); empty if none, or
 /// if the file cannot be read.
+///
+/// As with `/proc/net/udp` (see [`udp_drops`]), a reading made in several `read` calls
+/// while other threads join and leave groups can miss an entry, so the file is read in
+/// one large buffer, and again (up to 50 times, 2 ms apart) before none is reported.
 pub fn source_filters(source: IpAddr, group: IpAddr) -> Vec<SourceFilter> {
+    for _ in 0..50 {
+        let found = read_source_filters(source, group);
+        if !found.is_empty() {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Vec::new()
+}
+
+/// One reading of the source filters for `(source, group)`, in one large buffer.
+fn read_source_filters(source: IpAddr, group: IpAddr) -> Vec<SourceFilter> {
+    use std::io::Read;
     let file = if group.is_ipv4() {
         "/proc/net/mcfilter"
     } else {
         "/proc/net/mcfilter6"
     };
-    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut text = String::with_capacity(1 << 20);
+    if let Ok(mut f) = std::fs::File::open(file) {
+        let _ = f.read_to_string(&mut text);
+    }
     text.lines()
         .filter_map(|line| {
             let cols: Vec<&str> = line.split_whitespace().collect();
