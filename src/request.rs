@@ -133,6 +133,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::reactor::timer::DelayedCall;
+use crate::udp::port::copy_io_error;
 use crate::udp::{PeerAddr, UdpTransport};
 
 /// How often a request is sent and how long each try waits for the reply: `tries` sends,
@@ -510,29 +511,14 @@ fn matched(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// An owned copy of an error the port reported (its `io::Error` cannot be cloned).
+/// An owned copy of an error the port reported about a send, for [`Outcome::Failed`]
+/// (its `io::Error` cannot be cloned). Refusals and other ICMP errors never get here.
 fn copy_error(error: &Error) -> Error {
-    fn copy_io(e: &io::Error) -> io::Error {
-        match e.raw_os_error() {
-            Some(code) => io::Error::from_raw_os_error(code),
-            None => io::Error::new(e.kind(), e.to_string()),
-        }
-    }
     match error {
-        Error::Unreachable {
-            addr,
-            reporter,
-            source,
-        } => Error::Unreachable {
-            addr: *addr,
-            reporter: *reporter,
-            source: copy_io(source),
-        },
         Error::Send { addr, source } => Error::Send {
             addr: *addr,
-            source: copy_io(source),
+            source: copy_io_error(source),
         },
-        Error::ConnectionRefused { peer } => Error::ConnectionRefused { peer: *peer },
         other => Error::Io {
             context: "request",
             source: io::Error::other(other.to_string()),

@@ -520,7 +520,7 @@ pub(super) const QUEUE_KEPT_CAPACITY: usize = 1024;
 
 /// A copy of an I/O error (they are not `Clone`): the same OS error, or the same kind and
 /// message.
-pub(super) fn copy_io_error(e: &std::io::Error) -> std::io::Error {
+pub(crate) fn copy_io_error(e: &std::io::Error) -> std::io::Error {
     match e.raw_os_error() {
         Some(code) => std::io::Error::from_raw_os_error(code),
         None => std::io::Error::new(e.kind(), e.to_string()),
