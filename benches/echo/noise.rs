@@ -20,14 +20,7 @@ const TICKS: f64 = 100.0;
 
 /// Reads the counters; `children` are the pids of server processes to count as ours.
 pub fn read(children: &[u32]) -> Option<Reading> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu: Vec<u64> = stat
-        .lines()
-        .next()?
-        .strip_prefix("cpu ")?
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
+    let cpu = all_cpus()?;
     // user nice system idle iowait irq softirq steal ...: irq and softirq left out, since
     // the benchmark's own loopback softirq work lands there, not in its processes' time.
     let machine = [0, 1, 2, 7].iter().filter_map(|&i| cpu.get(i)).sum();
@@ -43,15 +36,22 @@ pub fn read(children: &[u32]) -> Option<Reading> {
 /// and nice), in clock ticks. Unlike [`read`], interrupt and softirq time count: the
 /// cost of a datagram's way through the kernel is what is measured with it.
 pub fn machine_busy() -> Option<u64> {
+    let cpu = all_cpus()?;
+    Some([0, 1, 2, 5, 6, 7].iter().filter_map(|&i| cpu.get(i)).sum())
+}
+
+/// The `cpu` line of `/proc/stat`: every CPU's time so far, in clock ticks, per kind
+/// (user, nice, system, idle, iowait, irq, softirq, steal, ...).
+fn all_cpus() -> Option<Vec<u64>> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu: Vec<u64> = stat
+    let cpu = stat
         .lines()
         .next()?
         .strip_prefix("cpu ")?
         .split_whitespace()
         .map(|f| f.parse().unwrap_or(0))
         .collect();
-    Some([0, 1, 2, 5, 6, 7].iter().filter_map(|&i| cpu.get(i)).sum())
+    Some(cpu)
 }
 
 /// Clock ticks as time.
