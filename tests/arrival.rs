@@ -103,6 +103,25 @@ fn ip(text: &str) -> IpAddr {
     text.parse().expect("an IP literal")
 }
 
+/// A protocol that records each datagram and answers none.
+fn quiet() -> Answer {
+    Answer {
+        quiet: true,
+        ..Answer::default()
+    }
+}
+
+/// Where a client reaches a port bound to `server_ip` on `port`: 127.0.0.1 for a
+/// wildcard (dual-stack) bind, the address itself otherwise.
+fn reach(server_ip: &str, port: u16) -> SocketAddr {
+    let ip_text = if server_ip == "::" {
+        "127.0.0.1"
+    } else {
+        server_ip
+    };
+    SocketAddr::new(ip(ip_text), port)
+}
+
 /// The bug and its fix on a port bound to `wildcard`: a client on `client_ip` (the
 /// address a plain reply to it leaves from) connected to `asked`, another local address,
 /// never sees the reply of a plain port, and gets all five of a port with
@@ -424,19 +443,9 @@ fn the_tos_byte_is_sent_per_port_and_per_write_and_read_per_datagram() {
         let (client, seen) = listen(
             &mut reactor,
             ListenOptions::new(0).interface(client_ip).receive_tos(true),
-            Answer {
-                quiet: true,
-                ..Answer::default()
-            },
+            quiet(),
         );
-        let to = SocketAddr::new(
-            ip(if server_ip == "::" {
-                "127.0.0.1"
-            } else {
-                server_ip
-            }),
-            server.local_addr().port(),
-        );
+        let to = reach(server_ip, server.local_addr().port());
         with(&mut reactor, &client, |t| t.write(b"go", to)).expect("ask");
         drive(&mut reactor, "six answers", |_| seen.borrow().len() == 6);
         let got: Vec<(u8, Option<u8>)> = seen
@@ -473,10 +482,6 @@ fn the_tos_byte_is_sent_per_port_and_per_write_and_read_per_datagram() {
 fn receive_timestamps_are_told_per_datagram_only_when_asked() {
     for offload in [false, true] {
         let mut reactor = reactor();
-        let quiet = || Answer {
-            quiet: true,
-            ..Answer::default()
-        };
         let opts = ListenOptions::new(0)
             .interface("127.0.0.1")
             .receive_offload(offload);
@@ -529,22 +534,8 @@ fn every_option_on_together_fits_the_control_room() {
                 .receive_tos(true)
                 .receive_timestamps(true)
                 .receive_offload(offload);
-            let (port, seen) = listen(
-                &mut reactor,
-                opts,
-                Answer {
-                    quiet: true,
-                    ..Answer::default()
-                },
-            );
-            let to = SocketAddr::new(
-                ip(if server_ip == "::" {
-                    "127.0.0.1"
-                } else {
-                    server_ip
-                }),
-                port.local_addr().port(),
-            );
+            let (port, seen) = listen(&mut reactor, opts, quiet());
+            let to = reach(server_ip, port.local_addr().port());
             let c = Socket::new(Domain::for_address(to), Type::DGRAM, Some(Protocol::UDP))
                 .expect("socket");
             if to.is_ipv4() {
@@ -596,10 +587,6 @@ fn every_option_on_together_fits_the_control_room() {
 #[test]
 fn the_simulation_tells_the_arrival_address_and_sends_from_it() {
     let mut sim = twine::testing::Simulation::new(3).expect("simulation");
-    let quiet = || Answer {
-        quiet: true,
-        ..Answer::default()
-    };
     let mut results = Vec::new();
     for (number, fixed) in [(53, false), (54, true)] {
         let server = ListenOptions::new(number)
