@@ -11,6 +11,7 @@ pub mod sequence;
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::{Mutex, Once, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -19,6 +20,16 @@ use twine::{DatagramProtocol, ListenOptions, ListeningPort, Reactor, UdpTranspor
 
 /// The longest any single wait in a test may take.
 pub const DEADLINE: Duration = Duration::from_secs(5);
+
+/// The repository's root, the folder that holds `tests/`: these helpers are shared by the
+/// `twine-benches` member's tests too, whose manifest is in `benches/`.
+pub fn root() -> &'static Path {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .find(|dir| dir.join("tests").join("util").join("mod.rs").is_file())
+        .unwrap_or(manifest)
+}
 
 /// `n` milliseconds.
 pub fn ms(n: u64) -> Duration {

@@ -16,10 +16,7 @@ use super::process::run_to_end;
 
 /// The folder of the peer scripts, `tests/peers/`.
 pub fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("peers")
-        .join(name)
+    super::root().join("tests").join("peers").join(name)
 }
 
 /// Runs `python -c CODE`; `Ok` if it exits 0.
@@ -84,10 +81,10 @@ pub fn python3_required(test: &str) -> PathBuf {
 #[track_caller]
 pub fn twisted(test: &str) -> PathBuf {
     let python = std::env::var("TWINE_TWISTED_PYTHON").unwrap_or_else(|_| {
-        format!(
-            "{}/target/twisted-venv/bin/python",
-            env!("CARGO_MANIFEST_DIR")
-        )
+        super::root()
+            .join("target/twisted-venv/bin/python")
+            .display()
+            .to_string()
     });
     match python_runs(&python, "import twisted.internet.reactor") {
         Ok(()) => PathBuf::from(python),

@@ -24,7 +24,7 @@ pub fn example(name: &str) -> PathBuf {
     BUILD.call_once(|| {
         let status = Command::new(env!("CARGO"))
             .args(["build", "--examples", "--quiet"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(super::root())
             .status()
             .expect("run cargo build --examples");
         assert!(status.success(), "cargo build --examples failed");

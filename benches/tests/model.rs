@@ -1,7 +1,11 @@
 //! Model-based random test of the timer queue and the port table: random
 //! schedule/cancel/open/close sequences against a simple model, on `proptest`, so that a
 //! failing sequence shrinks to a minimal one and is kept as a regression
-//! (`tests/proptest-regressions/model.txt`).
+//! (`benches/tests/proptest-regressions/model.txt`).
+//!
+//! It lives in the `twine-benches` workspace member, with the benchmarks, so that
+//! `proptest` and its tree are built only for `cargo test`, never for a first
+//! `cargo run --example echo`; it shares the library's test helpers (`tests/util`).
 //!
 //! Proptest generates sequences of [`Step`]s, which [`resolve`] turns into [`Op`]s: reactor
 //! timers (some of which close a port through its handle), port timers (some of which call
@@ -22,7 +26,7 @@
 //!
 //! A failure is shrunk (fewer ops, smaller delays, lower indices; see [`Steps`]) and
 //! reported as the minimal sequence, pasteable into a `run_ops(&[...])` regression test;
-//! its seed is appended to `tests/proptest-regressions/model.txt` ([`REGRESSIONS`]; commit
+//! its seed is appended to `benches/tests/proptest-regressions/model.txt` ([`REGRESSIONS`]; commit
 //! it), and every later run replays the seeds in that file before any new case. (Each of
 //! the model tests replays every seed, at its own length: a seed gives back its failing
 //! case in the test that saved it. And a seed names a case through the strategies: change
@@ -32,11 +36,12 @@
 //! The default tests run the same cases every time (seeds from [`FIXED_SEED`]);
 //! `TWINE_MODEL_RANDOM=1` draws new ones, `PROPTEST_RNG_SEED=<n>` others still. The long
 //! run draws new cases each time:
-//! `cargo test --test model -- --ignored long_random_sequences --nocapture`, with
-//! `PROPTEST_CASES` cases (10,000 by default) of `TWINE_MODEL_OPS` ops (50).
+//! `cargo test -p twine-benches --test model -- --ignored long_random_sequences --nocapture`,
+//! with `PROPTEST_CASES` cases (10,000 by default) of `TWINE_MODEL_OPS` ops (50).
 //! `TWINE_MODEL_STRICT=0` drops the checks on ports whose stop was asked for (see
 //! [`Strict`]); `=pending` or `=fire` keeps one.
 
+#[path = "../../tests/util/mod.rs"]
 mod util;
 
 use std::any::Any;
