@@ -62,7 +62,10 @@ impl ChatClient {
         self.say(t, "^hb^");
         self.sent_heartbeats += 1;
         if Some(self.sent_heartbeats) == self.heartbeats {
-            log::info!("{} heartbeats sent, quitting", self.sent_heartbeats);
+            log::info!(
+                "{} sent, quitting",
+                common::count(self.sent_heartbeats as usize, "heartbeat")
+            );
             t.reactor().stop();
         }
     }

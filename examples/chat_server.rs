@@ -73,8 +73,8 @@ impl ChatServer {
             let alive = now.duration_since(*seen) < self.expire;
             if !alive {
                 log::info!(
-                    "expired {addr} (silent for {:?})",
-                    now.duration_since(*seen)
+                    "expired {addr} (silent for {})",
+                    common::duration(now.duration_since(*seen))
                 );
             }
             alive
@@ -136,8 +136,9 @@ fn main() -> Result<(), common::Failed> {
     let mut reactor = Reactor::new()?;
     let port = reactor.listen_udp_with(ListenOptions::from(addr), ChatServer::new(expire))?;
     let text = format!(
-        "listening on {} (expiry after {expire:?})",
-        port.local_addr()
+        "listening on {} (expiry after {})",
+        port.local_addr(),
+        common::duration(expire)
     );
     common::announce(&mut reactor, text);
     Ok(reactor.run()?)

@@ -67,7 +67,10 @@ impl DatagramProtocol for Greeter {
     }
 
     fn stop_protocol(&mut self, _t: &mut UdpTransport<'_>) {
-        log::info!("sent {} datagrams, done", self.sent);
+        log::info!(
+            "sent {}, done",
+            common::count(self.sent as usize, "datagram")
+        );
     }
 }
 

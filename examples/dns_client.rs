@@ -13,7 +13,7 @@
 //!       [--timeout SECONDS] [--backoff FACTOR]`
 //!       (default server `127.0.0.1:9953`, name `example.test`, 3 tries, first timeout
 //!       0.2 s, backoff 1: the same timeout each try)
-//! Prints: `answer: NAME A IP` for each A record, then `answered after N tries`.
+//! Prints: `answer: NAME A IP` for each A record, then `answered after N tries` (`1 try`).
 //! Exit: 0 with at least one A record; 1 otherwise (no answer, refused, the server's
 //!       error such as NXDOMAIN, no A record); 2 for bad arguments.
 
@@ -484,7 +484,7 @@ impl DnsClient {
                         for ip in &r.addresses {
                             println!("answer: {} A {ip}", self.name);
                         }
-                        println!("answered after {tries} tries");
+                        println!("answered after {}", common::count(*tries as usize, "try"));
                         None
                     }
                     Err(e) => Some(Failure::Parse(e)),
@@ -539,7 +539,7 @@ impl DatagramProtocol for DnsClient {
         // Only a well-formed response to our question is a reply: anything else, even
         // with our id and from the server, leaves the query waiting.
         let Some(id) = dns::id(data) else {
-            log::debug!("ignored {} bytes from {from}", data.len());
+            log::debug!("ignored {} from {from}", common::count(data.len(), "byte"));
             return;
         };
         if let Err(e) = dns::parse_response(data, self.id, &self.name) {

@@ -61,7 +61,10 @@ impl DatagramProtocol for User {
         if Some(self.pushes) == self.wanted {
             self.waiting.set(self.waiting.get() - 1);
             if self.waiting.get() == 0 {
-                log::info!("every user got {} pushes", self.pushes);
+                log::info!(
+                    "every user got {}",
+                    common::count(self.pushes as usize, "push")
+                );
                 t.reactor().stop();
             }
         }

@@ -136,8 +136,9 @@ fn main() -> Result<(), common::Failed> {
     };
     let port = reactor.listen_udp_with(ListenOptions::from(addr), server)?;
     let text = format!(
-        "listening on {} (pushing every {every:?})",
-        port.local_addr()
+        "listening on {} (pushing every {})",
+        port.local_addr(),
+        common::duration(every)
     );
     common::announce(&mut reactor, text);
     Ok(reactor.run()?)

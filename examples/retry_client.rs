@@ -130,9 +130,9 @@ impl RetryClient {
         }
         if self.sent == self.tries {
             log::warn!(
-                "no answer from {} after {} tries; giving up",
+                "no answer from {} after {}; giving up",
                 self.server,
-                self.sent
+                common::count(self.sent as usize, "try")
             );
             self.finish(t, Outcome::GaveUp);
             return;
@@ -140,11 +140,11 @@ impl RetryClient {
         self.sent += 1;
         match t.write(REQUEST, self.server) {
             Ok(()) => log::info!(
-                "try {} of {} to {}, waiting {:?}",
+                "try {} of {} to {}, waiting {}",
                 self.sent,
                 self.tries,
                 self.server,
-                self.timeout
+                common::duration(self.timeout)
             ),
             // A failed send is a try without an answer: the next one comes as scheduled.
             Err(e) => log::warn!("try {} to {}: {e}", self.sent, self.server),
@@ -179,7 +179,7 @@ impl DatagramProtocol for RetryClient {
 
     fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], from: SocketAddr) {
         if from != self.server || self.outcome.get() != Outcome::Waiting {
-            log::debug!("ignored {} bytes from {from}", data.len());
+            log::debug!("ignored {} from {from}", common::count(data.len(), "byte"));
             self.ignored += 1;
             return;
         }
@@ -210,7 +210,10 @@ impl DatagramProtocol for RetryClient {
 
     fn stop_protocol(&mut self, _t: &mut UdpTransport<'_>) {
         if self.outcome.get() == Outcome::Waiting {
-            log::info!("stopped after {} tries, without an answer", self.sent);
+            log::info!(
+                "stopped after {}, without an answer",
+                common::count(self.sent as usize, "try")
+            );
         }
     }
 }

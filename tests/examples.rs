@@ -886,7 +886,7 @@ fn retry_client_gives_up_on_a_dead_address_with_exit_code_1() {
     let end = Running::example("retry_client", &args).finish();
     let lines = &end.lines;
     assert_eq!(end.code, Some(1), "{lines:#?}");
-    for (n, wait) in [(1, "50ms"), (2, "100ms"), (3, "200ms")] {
+    for (n, wait) in [(1, "50 ms"), (2, "100 ms"), (3, "200 ms")] {
         assert_lines(&end, &format!("try {n} of 3 to {dead}, waiting {wait}"), 1);
     }
     assert_lines(&end, "try 4 ", 0);
@@ -1039,6 +1039,10 @@ fn every_example_has_help_and_refuses_what_it_does_not_take() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{name} {args:?}: {stderr}");
             assert!(stderr.contains(says), "{name} {args:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!("\nusage: {name}")),
+                "{name} {args:?} shows the usage: {stderr}"
+            );
         }
     }
     for name in ["echo", "connected", "push_server", "dns_client"] {

@@ -361,7 +361,8 @@ fn lines_about<'a>(end: &'a Ended, needle: &str, addr: SocketAddr) -> Vec<&'a st
         .collect()
 }
 
-/// A `Debug`-printed `Duration` (`3.0012s`, `750ms`, `12µs`, `5ns`).
+/// A duration as the examples print it (`3.001 s`, `750 ms`) or as `Debug` does (`3.0012s`,
+/// `12µs`, `5ns`).
 fn parse_duration(text: &str) -> Duration {
     let units = [("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9), ("s", 1.0)];
     let (number, scale) = units
@@ -369,6 +370,7 @@ fn parse_duration(text: &str) -> Duration {
         .find_map(|(unit, scale)| text.strip_suffix(unit).map(|n| (n, *scale)))
         .unwrap_or_else(|| panic!("not a duration: {text:?}"));
     let number: f64 = number
+        .trim_end()
         .parse()
         .unwrap_or_else(|_| panic!("not a duration: {text:?}"));
     Duration::from_secs_f64(number * scale)

@@ -18,11 +18,13 @@ static ARGS: OnceLock<Args> = OnceLock::new();
 /// Sets up an example: logging, and its command line, parsed once: `--help` (or `-h`)
 /// prints `usage` and exits 0; every `--flag` must be one of `flags` and have a value
 /// (`--flag VALUE` or `--flag=VALUE`), and at most `max_positional` other arguments may
-/// come; otherwise the program exits with code 2 and a message.
+/// come; otherwise the program prints what it refused and the usage's first paragraph (the
+/// synopsis) to stderr, and exits with code 2.
 pub fn init(usage: &str, flags: &[&str], max_positional: usize) {
     init_logging();
     let parsed = parse_args(usage, flags, max_positional).unwrap_or_else(|message| {
-        eprintln!("{message}; --help shows the usage");
+        let synopsis = usage.split("\n\n").next().unwrap_or(usage).trim_end();
+        eprintln!("{message}\n\n{synopsis}\n\n--help says more");
         exit(2)
     });
     let _ = ARGS.set(parsed);
@@ -289,10 +291,36 @@ impl std::fmt::Debug for Failed {
     }
 }
 
-/// `n` and `what` in words: `1 client`, `2 clients`.
+/// A duration for a log line, rounded to the millisecond: `50 ms`, `1.5 s`, `2 s`.
+pub fn duration(d: Duration) -> String {
+    let ms = d.as_micros().saturating_add(500) / 1000;
+    if ms < 1000 {
+        return format!("{ms} ms");
+    }
+    let fraction = format!("{:03}", ms % 1000);
+    let fraction = fraction.trim_end_matches('0');
+    if fraction.is_empty() {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{}.{fraction} s", ms / 1000)
+    }
+}
+
+/// `n` and `what` in words: `1 client`, `2 clients`, `1 try`, `3 tries`, `2 pushes`.
 pub fn count(n: usize, what: &str) -> String {
     if n == 1 {
-        format!("1 {what}")
+        return format!("1 {what}");
+    }
+    let consonant_y = what
+        .strip_suffix('y')
+        .filter(|stem| !stem.ends_with(['a', 'e', 'i', 'o', 'u']));
+    if let Some(stem) = consonant_y {
+        format!("{n} {stem}ies")
+    } else if ["s", "x", "z", "ch", "sh"]
+        .iter()
+        .any(|end| what.ends_with(end))
+    {
+        format!("{n} {what}es")
     } else {
         format!("{n} {what}s")
     }
