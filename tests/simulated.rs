@@ -386,3 +386,28 @@ fn retry_client_takes_one_answer_over_a_duplicating_reordering_link() -> TestRes
     assert_eq!(ignored, 2 * answers - 1, "{sent:#?}");
     Ok(())
 }
+
+// ----- links ----------------------------------------------------------------------------
+
+/// A link's delay, jitter and holding back may be any `Duration`: the longest never
+/// arrive, and a write over them neither panics nor fails.
+#[test]
+fn a_link_of_the_longest_delay_holds_datagrams_forever_without_a_panic() -> TestResult {
+    let mut sim = Simulation::new(9)?;
+    let forever = Link::with_delay(Duration::MAX)
+        .jitter(Duration::MAX)
+        .reorder(1.0)
+        .duplicate(1.0);
+    sim.set_default_link(forever);
+    let echo = sim.listen_udp_with(on("127.0.0.1"), respond(|d, _| Some(d.to_vec())))?;
+    let other = sim.listen_udp_with(on("127.0.0.2"), respond(|_, _| None::<Vec<u8>>))?;
+    sim.inject(echo.local_addr(), other.local_addr(), b"ping");
+    sim.advance(secs(3600))?;
+    let stats = sim.port_stats(&echo).ok_or("the echo port is open")?;
+    assert_eq!((stats.panics, stats.send_errors), (0, 0), "{stats:?}");
+    let echoed = from_addr(&sim.sent(), echo.local_addr());
+    assert_eq!(echoed, [(other.local_addr(), "ping".to_owned())]);
+    let held = sim.port_stats(&other).ok_or("the other port is open")?;
+    assert_eq!(held.datagrams_received, 0, "{held:?}");
+    Ok(())
+}

@@ -284,7 +284,7 @@ impl<A> TimerQueue<A> {
 }
 
 /// `now + delay`, saturating far in the future instead of overflowing.
-fn deadline_after(now: Instant, delay: Duration) -> Instant {
+pub(crate) fn deadline_after(now: Instant, delay: Duration) -> Instant {
     now.checked_add(delay)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }

@@ -139,6 +139,7 @@ pub const MAX_TURNS_PER_INSTANT: usize = 10_000;
 /// # let _ = link;
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Link {
     /// Probability that a datagram is lost, 0.0 ..= 1.0.
     pub loss: f64,

@@ -244,13 +244,17 @@ impl Network {
             1
         };
         for _ in 0..copies {
-            let mut delay = link.delay + self.rng.below(link.jitter);
+            // Saturating: a link's delay may be any `Duration`, up to "never arrives".
+            let mut delay = link.delay.saturating_add(self.rng.below(link.jitter));
             if link.reorder > 0.0 && self.rng.chance(link.reorder) {
                 // Held back behind what is sent after it within a delay and a jitter.
-                delay += link.delay + link.jitter + Duration::from_nanos(1);
+                delay = delay
+                    .saturating_add(link.delay)
+                    .saturating_add(link.jitter)
+                    .saturating_add(Duration::from_nanos(1));
             }
             self.launch(
-                now + delay,
+                crate::reactor::timer::deadline_after(now, delay),
                 Flight {
                     from,
                     to,
