@@ -183,8 +183,8 @@ impl ListenOptions {
 
     /// The interface to bind: an IPv4 or IPv6 address, or its literal (`"127.0.0.1"`,
     /// `"::1"`, `"::"`, `"fe80::1%2"`), or `""` for every IPv4 interface. An IPv6 address
-    /// makes an IPv6 port. A hostname is refused with [`Error::InvalidAddress`] when the
-    /// port is opened.
+    /// makes an IPv6 port. A hostname, or anything else that is not an address (a number,
+    /// an `IP:PORT`), is refused with [`Error::InvalidAddress`] when the port is opened.
     ///
     /// # Examples
     ///
@@ -194,9 +194,17 @@ impl ListenOptions {
     /// let by_text = ListenOptions::new(0).interface("::1");
     /// let by_address = ListenOptions::new(0).interface(IpAddr::V6(Ipv6Addr::LOCALHOST));
     /// assert_eq!(by_text, by_address);
+    /// // Options compare by address, however it is spelled.
+    /// assert_eq!(by_text, ListenOptions::new(0).interface("0:0:0:0:0:0:0:1"));
     /// ```
     pub fn interface(mut self, interface: impl std::fmt::Display) -> Self {
-        self.interface = interface.to_string();
+        let text = interface.to_string();
+        // An address literal is kept in its canonical spelling, so that options compare
+        // by address; anything else is checked when the port opens.
+        self.interface = match text.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => text,
+        };
         self
     }
 
