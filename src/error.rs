@@ -207,6 +207,16 @@ pub enum Error {
         /// The peer.
         peer: SocketAddr,
     },
+    /// [`Requests::send`](crate::request::Requests::send) was handed the transport of
+    /// another port than the one the table's outstanding requests were sent through (a
+    /// table serves one port: its timers and completions are that port's); nothing was
+    /// sent.
+    WrongTransport {
+        /// The port the table's requests were sent through.
+        table: SocketAddr,
+        /// The port whose transport was handed.
+        transport: SocketAddr,
+    },
     /// The protocol panicked in `start_protocol`; the port was closed.
     StartPanicked {
         /// The port's address.
@@ -342,6 +352,11 @@ impl fmt::Display for Error {
             DuplicateRequest { peer } => write!(
                 f,
                 "a request with the same key to {peer} is still outstanding"
+            ),
+            WrongTransport { table, transport } => write!(
+                f,
+                "this request table's requests go through the port on {table}, \
+                 not the one on {transport}"
             ),
             StartPanicked { addr, message } => {
                 write!(f, "start_protocol on {addr} panicked: {message}")

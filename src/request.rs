@@ -44,7 +44,18 @@
 //! requests in [`len`](Requests::len) and [`is_pending`](Requests::is_pending), and may log
 //! them.
 //!
-//! A table serves the one port whose protocol owns it: its timers are that port's.
+//! # One port
+//!
+//! A table serves the one port whose protocol owns it: its timers are that port's. The
+//! first [`send`](Requests::send) ties it to the port of the transport it was handed. While
+//! that port is open, a send through another port's transport is refused with
+//! [`Error::WrongTransport`], and [`reply`](Requests::reply),
+//! [`refused`](Requests::refused), [`error`](Requests::error) and
+//! [`cancel`](Requests::cancel) through one match nothing. Once it has closed, the table
+//! may serve another port (its protocol taken back with
+//! [`Reactor::take_closed`](crate::Reactor::take_closed) and listening again): the next
+//! send drops the requests abandoned at the close, their `on_done` uncalled, and ties the
+//! table to its own port.
 //!
 //! # Matching
 //!
@@ -133,6 +144,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::reactor::timer::DelayedCall;
+use crate::reactor::Lifecycle;
+use crate::reactor::token::PortKey;
 use crate::udp::port::copy_io_error;
 use crate::udp::{PeerAddr, UdpTransport};
 
@@ -455,8 +468,9 @@ struct Entry<P, K> {
 /// At most [`limit`](Self::limit) requests are outstanding at once. The table reaches
 /// itself from its port timers through the accessor given to [`new`](Self::new), so it
 /// must live in the protocol of the port whose transport is passed to
-/// [`send`](Self::send) (a timer for another protocol type is refused with
-/// [`Error::ProtocolMismatch`]).
+/// [`send`](Self::send): a transport of another protocol type is refused with
+/// [`Error::ProtocolMismatch`], another port's with [`Error::WrongTransport`] (see
+/// [one port](self#one-port)).
 ///
 /// # Examples
 ///
@@ -486,6 +500,9 @@ pub struct Requests<P, K> {
     /// The outstanding requests to each peer (as compared), so that an error about a peer
     /// costs its own requests, not a walk of the table.
     by_peer: HashMap<SocketAddr, BTreeSet<RequestId>>,
+    /// The port the outstanding requests were sent through, and its address (for the
+    /// error): their timers are that port's, and so are their completions.
+    port: Option<(PortKey, SocketAddr)>,
 }
 
 impl<P, K> fmt::Debug for Requests<P, K> {
@@ -572,6 +589,7 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
             by_id: BTreeMap::new(),
             by_key: HashMap::new(),
             by_peer: HashMap::new(),
+            port: None,
         })
     }
 
@@ -591,7 +609,8 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
     /// [`Error::DuplicateRequest`] when one with this key to this peer is;
     /// [`Error::PortClosed`] once the port's stop was asked for;
     /// [`Error::ProtocolMismatch`] if `t` is the transport of a port whose protocol is not
-    /// `P`; and what [`UdpTransport::write`] returns.
+    /// `P`; [`Error::WrongTransport`] if it is another port's than the one this table serves
+    /// (see [one port](self#one-port)); and what [`UdpTransport::write`] returns.
     ///
     /// # Examples
     ///
@@ -633,6 +652,24 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
         on_done: impl FnOnce(&mut P, &mut UdpTransport<'_>, Outcome) + 'static,
     ) -> Result<RequestId> {
         let peer = peer.peer_addr()?;
+        let here = t.core.key;
+        match self.port {
+            Some((key, _)) if key == here => {}
+            Some((key, table)) if t.reactor.lifecycle(key) == Lifecycle::Open => {
+                return Err(Error::WrongTransport {
+                    table,
+                    transport: t.local_addr(),
+                });
+            }
+            _ => {
+                // The table's port, if any, has closed (or its stop was asked for): what
+                // was outstanding there is abandoned, and the table moves to this port.
+                self.by_id.clear();
+                self.by_key.clear();
+                self.by_peer.clear();
+                self.port = Some((here, t.local_addr()));
+            }
+        }
         if self.by_id.len() >= self.limit {
             return Err(Error::TooManyRequests { limit: self.limit });
         }
@@ -720,6 +757,9 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
         data: &[u8],
         from: SocketAddr,
     ) -> bool {
+        if !self.serves(t) {
+            return false;
+        }
         let Some(&id) = self.by_key.get(&(matched(from), key)) else {
             return false;
         };
@@ -861,6 +901,9 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn cancel(&mut self, t: &mut UdpTransport<'_>, id: RequestId) -> bool {
+        if !self.serves(t) {
+            return false;
+        }
         match self.remove(t, id) {
             Some(entry) => {
                 deliver(t, entry.on_done, Outcome::Cancelled);
@@ -939,6 +982,11 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
     }
 
     /// Removes a request and cancels its timer.
+    /// Whether `t` is the transport of the port this table's requests were sent through.
+    fn serves(&self, t: &UdpTransport<'_>) -> bool {
+        self.port.is_some_and(|(key, _)| key == t.core.key)
+    }
+
     fn remove(&mut self, t: &mut UdpTransport<'_>, id: RequestId) -> Option<Entry<P, K>> {
         let mut entry = self.by_id.remove(&id)?;
         let peer = matched(entry.peer);
@@ -961,6 +1009,9 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
         peer: SocketAddr,
         outcome: impl Fn() -> Outcome,
     ) -> usize {
+        if !self.serves(t) {
+            return 0;
+        }
         let Some(ids) = self.by_peer.get(&matched(peer)) else {
             return 0;
         };

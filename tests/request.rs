@@ -4,7 +4,7 @@
 
 mod util;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -46,6 +46,8 @@ struct Client {
     reentered: bool,
     /// Stop the port right after the next matched reply (in the same hook).
     stop_after_reply: bool,
+    /// Ask for the reactor's stop right after the next matched reply (in the same hook).
+    stop_reactor_after_reply: bool,
 }
 
 impl Client {
@@ -63,6 +65,7 @@ impl Client {
             in_hook: false,
             reentered: false,
             stop_after_reply: false,
+            stop_reactor_after_reply: false,
         }
     }
 
@@ -118,6 +121,9 @@ impl DatagramProtocol for Client {
             if self.requests.reply(t, key, data, from) {
                 if self.stop_after_reply {
                     t.stop_listening();
+                }
+                if self.stop_reactor_after_reply {
+                    t.reactor().stop();
                 }
             } else {
                 self.unmatched += 1;
@@ -458,6 +464,104 @@ fn cancel_finishes_once_as_cancelled_and_stops_the_tries() {
     assert_eq!(sim.with_port(&port, |c, _| c.unmatched).ok(), Some(1));
 }
 
+/// `cancel` called from inside a completion. Of the request that just finished: false (it
+/// had finished). Of one still outstanding: true, and it finishes as `Cancelled`, its
+/// completion running on a later turn (after those already put off), with no more tries;
+/// a second cancel of it is false. Of one that finished in the same turn but whose
+/// completion has not run yet: false, and it keeps its reply. Nothing panics, and each
+/// request's completion runs exactly once.
+#[test]
+fn cancel_from_inside_a_completion_finishes_each_request_exactly_once() {
+    let mut sim = Simulation::new(1).expect("simulation");
+    let port = client_in(&mut sim, RetryPolicy::new(3, ms(100)), 8, &[]);
+    let mut ids = HashMap::new();
+    for key in [2, 3, 4] {
+        let id = sim
+            .with_port(&port, |c, t| c.ask(t, key))
+            .expect("open")
+            .expect("send");
+        ids.insert(key, id);
+    }
+    let cancels: Rc<RefCell<Vec<(&'static str, bool)>>> = Rc::default();
+    let own: Rc<Cell<Option<RequestId>>> = Rc::default();
+    let (pending, replied) = (ids[&2], ids[&3]);
+    let (cancels_in, own_in) = (Rc::clone(&cancels), Rc::clone(&own));
+    let id = sim
+        .with_port(&port, |c, t| {
+            c.requests.send(
+                t,
+                addr(SERVER),
+                1,
+                &reply_of(1, b" query"),
+                move |me: &mut Client, t, outcome| {
+                    me.completions.set(me.completions.get() + 1);
+                    let at = t.now().duration_since(me.start);
+                    me.done.push(Done {
+                        key: 1,
+                        at,
+                        outcome,
+                    });
+                    let own = own_in.get().expect("the request's id");
+                    let mut cancels = cancels_in.borrow_mut();
+                    cancels.push(("itself", me.requests.cancel(t, own)));
+                    cancels.push(("outstanding", me.requests.cancel(t, pending)));
+                    cancels.push(("outstanding, again", me.requests.cancel(t, pending)));
+                    cancels.push(("replied, not yet run", me.requests.cancel(t, replied)));
+                },
+            )
+        })
+        .expect("open")
+        .expect("send");
+    own.set(Some(id));
+    sim.advance(ms(50)).expect("advance");
+    // Replies to 1 and then 3 in one turn: both completions are put off, 1's first.
+    sim.inject(addr(CLIENT), addr(SERVER), &reply_of(1, b" one"));
+    sim.inject(addr(CLIENT), addr(SERVER), &reply_of(3, b" three"));
+    sim.advance(Duration::from_secs(5)).expect("advance");
+
+    assert_eq!(
+        *cancels.borrow(),
+        [
+            ("itself", false),
+            ("outstanding", true),
+            ("outstanding, again", false),
+            ("replied, not yet run", false),
+        ]
+    );
+    let completions = sim
+        .with_port(&port, |c, _| c.completions.get())
+        .expect("open");
+    let done = done(&mut sim, &port);
+    let got: Vec<(u32, Duration, String)> = done
+        .iter()
+        .map(|d| (d.key, d.at, d.outcome.to_string()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, ms(50), "8-byte reply".to_owned()),
+            (3, ms(50), "10-byte reply".to_owned()),
+            (2, ms(50), "cancelled".to_owned()),
+            (4, ms(300), "timed out after 3 tries".to_owned()),
+        ]
+    );
+    assert_eq!(completions, 4, "one completion per request");
+    assert_eq!(sends_of(&sim, 2), [ms(0)], "no try after the cancel");
+    assert_eq!(sends_of(&sim, 4), [ms(0), ms(100), ms(200)]);
+    assert!(sim.is_listening(&port));
+    assert_eq!(sim.port_stats(&port).map(|s| s.panics), Some(0));
+    let after = sim
+        .with_port(&port, |c, t| {
+            (
+                c.requests.is_empty(),
+                c.requests.cancel(t, id),
+                c.requests.cancel(t, pending),
+            )
+        })
+        .expect("open");
+    assert_eq!(after, (true, false, false));
+}
+
 /// Past the limit `send` says `TooManyRequests` and sends nothing; a finished request
 /// frees its slot.
 #[test]
@@ -707,6 +811,98 @@ fn a_request_finished_as_the_port_stops_is_abandoned() {
     assert_eq!(sim.sent().len(), 3);
 }
 
+/// What [`send_counted`] records of each completion it ran: the key, the address of the
+/// port whose timer ran it, and the outcome.
+type Calls = Rc<RefCell<Vec<(u32, SocketAddr, String)>>>;
+
+/// Sends `key` (its 4 bytes) to `to` from `requests` through `t`, with a completion that
+/// owns a [`DropCount`] on `drops`, counts itself in the protocol's `completions` and
+/// appends to `calls`.
+fn send_counted(
+    requests: &mut Requests<Client, u32>,
+    t: &mut UdpTransport<'_>,
+    to: SocketAddr,
+    key: u32,
+    drops: &Rc<Cell<u32>>,
+    calls: &Calls,
+) -> twine::Result<RequestId> {
+    let guard = DropCount(Rc::clone(drops));
+    let calls = Rc::clone(calls);
+    requests.send(
+        t,
+        to,
+        key,
+        &key.to_be_bytes(),
+        move |me: &mut Client, t, outcome| {
+            let _guard = &guard;
+            me.completions.set(me.completions.get() + 1);
+            calls
+                .borrow_mut()
+                .push((key, t.local_addr(), outcome.to_string()));
+        },
+    )
+}
+
+/// `Reactor::stop` asked from the hook that matched a reply. The port timers due in that
+/// turn still run: the completion of a request cancelled before the turn is called. Then
+/// the reactor closes the port, and the rest is abandoned: the reply's completion (put
+/// off to the next turn) and the requests still outstanding are never called, their
+/// closures are dropped, no more tries go out, and `stop_protocol` sees the outstanding
+/// ones in `len()`.
+#[test]
+fn reactor_stop_runs_the_completions_due_in_its_turn_and_abandons_the_rest() {
+    let mut sim = Simulation::new(1).expect("simulation");
+    let mut client = Client::new(addr(SERVER), RetryPolicy::new(3, ms(100)), 8, sim.now());
+    client.stop_reactor_after_reply = true;
+    let (stopped_with, completions) = (
+        Rc::clone(&client.stopped_with),
+        Rc::clone(&client.completions),
+    );
+    let port = sim
+        .listen_udp_with(ListenOptions::from(addr(CLIENT)), client)
+        .expect("listen");
+    let drops = Rc::new(Cell::new(0));
+    let calls = Calls::default();
+    let mut ids = HashMap::new();
+    for key in 1..=4 {
+        let id = sim
+            .with_port(&port, |c, t| {
+                send_counted(&mut c.requests, t, addr(SERVER), key, &drops, &calls)
+            })
+            .expect("open")
+            .expect("send");
+        ids.insert(key, id);
+    }
+    sim.advance(ms(150)).expect("advance");
+    // Cancelled between turns: its completion is due in the next turn, the stop's.
+    let cancelled = sim
+        .with_port(&port, |c, t| c.requests.cancel(t, ids[&4]))
+        .expect("open");
+    assert!(cancelled);
+    sim.inject(addr(CLIENT), addr(SERVER), &reply_of(2, b""));
+    sim.advance(Duration::from_secs(5)).expect("advance");
+
+    assert!(!sim.is_listening(&port));
+    assert_eq!(sim.port_count(), 0, "the reactor's stop closed every port");
+    assert_eq!(
+        *calls.borrow(),
+        [(4, addr(CLIENT), "cancelled".to_owned())],
+        "only the completion due in the stop's turn ran"
+    );
+    assert_eq!(completions.get(), 1);
+    assert_eq!(
+        stopped_with.get(),
+        Some(2),
+        "requests 1 and 3 were outstanding"
+    );
+    assert_eq!(drops.get(), 4, "every closure is dropped, called or not");
+    // Two tries each (0 and 100 ms); the next were due at 200 ms, after the stop.
+    for key in 1..=4 {
+        assert_eq!(sends_of(&sim, key), [ms(0), ms(100)], "request {key}");
+    }
+    assert_eq!(sim.sent().len(), 8);
+}
+
 // ----- real sockets ---------------------------------------------------------------------
 
 /// A server that ignores the first `drop` copies of each request it gets, then echoes.
@@ -817,4 +1013,148 @@ fn a_replaced_tables_timers_do_not_reach_the_new_tables_requests() {
     let done = done(&mut sim, &port);
     assert_eq!(done.len(), 1, "{done:?}");
     assert_eq!((done[0].key, done[0].at), (2, ms(350)));
+}
+
+// ----- one table, two ports ------------------------------------------------------------
+
+/// The times and sources of every send of `key`, from any port.
+fn sends_from(sim: &Simulation, key: u32) -> Vec<(Duration, SocketAddr)> {
+    sim.sent()
+        .iter()
+        .filter(|s| key_of(&s.data) == Some(key))
+        .map(|s| (s.at, s.from))
+        .collect()
+}
+
+/// A table serves one port: while its port is open, a send through another port's
+/// transport (of the same protocol type) is refused with `WrongTransport` and sends
+/// nothing, and a reply, refusal or cancel through it matches nothing. The table's own
+/// requests go on, on their own port and schedule, and each finishes exactly once.
+#[test]
+fn a_table_refuses_another_ports_transport_while_its_port_is_open() {
+    let mut sim = Simulation::new(1).expect("simulation");
+    echo_server(&mut sim);
+    let policy = RetryPolicy::new(3, ms(100));
+    let (a_addr, b_addr, silent) = (addr(CLIENT), addr("127.0.0.1:5001"), addr("127.0.0.1:60"));
+    let a = client_in(&mut sim, policy, 8, &[]);
+    let b_client = Client::new(addr(SERVER), policy, 8, sim.now());
+    let b = sim
+        .listen_udp_with(ListenOptions::from(b_addr), b_client)
+        .expect("listen");
+    let drops = Rc::new(Cell::new(0));
+    let calls = Calls::default();
+    // A's own requests: 1 is echoed, 4 gets no answer.
+    let mut ids = Vec::new();
+    for (key, to) in [(1, addr(SERVER)), (4, silent)] {
+        let id = sim
+            .with_port(&a, |c, t| {
+                send_counted(&mut c.requests, t, to, key, &drops, &calls)
+            })
+            .expect("open")
+            .expect("send");
+        ids.push(id);
+    }
+    // A's table through B's transport.
+    let (sent, replied, refused, cancelled) = sim
+        .with_port(&a, |ca, ta| {
+            ta.reactor().with_port(&b, |_, tb| {
+                let sent = send_counted(&mut ca.requests, tb, addr(SERVER), 5, &drops, &calls);
+                let replied = ca.requests.reply(tb, 4, &4u32.to_be_bytes(), silent);
+                let refused = ca.requests.refused(tb, silent);
+                let cancelled = ca.requests.cancel(tb, ids[1]);
+                (sent, replied, refused, cancelled)
+            })
+        })
+        .expect("A open")
+        .expect("B open");
+    assert!(
+        matches!(
+            sent,
+            Err(Error::WrongTransport { table, transport })
+                if table == a_addr && transport == b_addr
+        ),
+        "{sent:?}"
+    );
+    assert_eq!((replied, refused, cancelled), (false, 0, false));
+    sim.advance(Duration::from_secs(5)).expect("advance");
+    for port in [&a, &b] {
+        assert!(sim.is_listening(port));
+        assert_eq!(sim.port_stats(port).map(|s| s.panics), Some(0));
+    }
+    let calls_of = |key: u32| -> Vec<(SocketAddr, String)> {
+        calls
+            .borrow()
+            .iter()
+            .filter(|c| c.0 == key)
+            .map(|c| (c.1, c.2.clone()))
+            .collect()
+    };
+    assert_eq!(calls_of(1), [(a_addr, "4-byte reply".to_owned())]);
+    assert_eq!(
+        calls_of(4),
+        [(a_addr, "timed out after 3 tries".to_owned())]
+    );
+    assert_eq!(calls_of(5), []);
+    assert_eq!(sends_from(&sim, 5), []);
+    assert_eq!(
+        sends_from(&sim, 4),
+        [(ms(0), a_addr), (ms(100), a_addr), (ms(200), a_addr)]
+    );
+    assert_eq!(drops.get(), 3, "the refused send's closure is dropped too");
+    assert!(
+        sim.with_port(&a, |c, _| c.requests.is_empty())
+            .expect("open")
+    );
+}
+
+/// Once its port has closed, a table may serve another: its protocol taken back
+/// (`keep_after_close`, `take_closed`) and listening again, the table's next send drops
+/// the request abandoned at the close, its closure uncalled, and goes out from the new
+/// port, where it finishes.
+#[test]
+fn a_table_taken_back_after_its_port_closed_serves_the_next_port() {
+    let mut sim = Simulation::new(1).expect("simulation");
+    echo_server(&mut sim);
+    let policy = RetryPolicy::new(3, ms(100));
+    let (a_addr, b_addr, silent) = (addr(CLIENT), addr("127.0.0.1:5001"), addr("127.0.0.1:60"));
+    let a = client_in(&mut sim, policy, 8, &[]);
+    sim.reactor().keep_after_close(&a);
+    let drops = Rc::new(Cell::new(0));
+    let calls = Calls::default();
+    sim.with_port(&a, |c, t| {
+        send_counted(&mut c.requests, t, silent, 4, &drops, &calls)
+    })
+    .expect("open")
+    .expect("send");
+    sim.with_port(&a, |_, t| t.stop_listening()).expect("open");
+    sim.advance(ms(1)).expect("advance");
+    let (client, _) = sim.reactor().take_closed(&a).expect("kept");
+    assert_eq!(
+        client.requests.len(),
+        1,
+        "the abandoned request is still listed"
+    );
+    let b = sim
+        .listen_udp_with(ListenOptions::from(b_addr), client)
+        .expect("listen");
+    sim.with_port(&b, |c, t| {
+        send_counted(&mut c.requests, t, addr(SERVER), 7, &drops, &calls)
+    })
+    .expect("open")
+    .expect("send");
+    assert_eq!(drops.get(), 1, "the abandoned request's closure is dropped");
+    sim.advance(Duration::from_secs(1)).expect("advance");
+    let calls = calls.borrow().clone();
+    assert_eq!(calls, [(7, b_addr, "4-byte reply".to_owned())]);
+    assert_eq!(sends_from(&sim, 4), [(ms(0), a_addr)]);
+    assert_eq!(
+        sends_from(&sim, 7),
+        [(ms(1), b_addr), (ms(1), addr(SERVER))],
+        "the request, from the new port, and its echo"
+    );
+    assert!(
+        sim.with_port(&b, |c, _| c.requests.is_empty())
+            .expect("open")
+    );
+    assert_eq!(drops.get(), 2);
 }
