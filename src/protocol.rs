@@ -64,6 +64,35 @@ pub trait DatagramProtocol: 'static {
     /// Called once when the port is up, before any datagram: inside `listen_udp` (and the
     /// other listen calls), as in Twisted. A good place to join groups, connect, or start
     /// a repeating call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use twine::testing::Simulation;
+    /// use twine::{DatagramProtocol, ListenOptions, UdpTransport};
+    ///
+    /// /// Connects to its server and says hello as soon as the port is up.
+    /// struct Hello { server: SocketAddr }
+    /// impl DatagramProtocol for Hello {
+    ///     fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
+    ///         if let Err(e) = t.connect(self.server).and_then(|()| t.send(b"hello")) {
+    ///             log::warn!("hello to {}: {e}", self.server);
+    ///         }
+    ///     }
+    ///     fn datagram_received(&mut self, _: &mut UdpTransport<'_>, _: &[u8], _: SocketAddr) {}
+    /// }
+    ///
+    /// let mut sim = Simulation::new(1)?;
+    /// let server: SocketAddr = "127.0.0.1:4000".parse()?;
+    /// let opts = ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = sim.listen_udp_with(opts, Hello { server })?;
+    /// // The hello went out inside the listen call, before any reactor turn.
+    /// let sent = sim.sent();
+    /// assert_eq!((sent.len(), sent[0].to, &sent[0].data[..]), (1, server, &b"hello"[..]));
+    /// assert_eq!(sim.with_port(&port, |_, t| t.peer_addr())?, Some(server));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[doc(alias = "startProtocol")]
     fn start_protocol(&mut self, transport: &mut UdpTransport<'_>) {
         let _ = transport;
@@ -78,6 +107,47 @@ pub trait DatagramProtocol: 'static {
     /// runs after it. What was still to be reported then (and what the writes made here
     /// meet) is counted in [`PortStats::errors_unreported`](crate::PortStats::errors_unreported).
     /// It is not called if the [`Reactor`](crate::Reactor) is dropped without a stop.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{DatagramProtocol, ListenOptions, UdpTransport};
+    ///
+    /// /// Tells every client it has heard from that it is going away.
+    /// #[derive(Default)]
+    /// struct Server { clients: Vec<SocketAddr> }
+    /// impl DatagramProtocol for Server {
+    ///     fn datagram_received(&mut self, _: &mut UdpTransport<'_>, _: &[u8], from: SocketAddr) {
+    ///         if !self.clients.contains(&from) {
+    ///             self.clients.push(from);
+    ///         }
+    ///     }
+    ///     fn stop_protocol(&mut self, t: &mut UdpTransport<'_>) {
+    ///         for &client in &self.clients {
+    ///             if let Err(e) = t.write(b"bye", client) {
+    ///                 log::warn!("bye to {client}: {e}");
+    ///             }
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let mut sim = Simulation::new(1)?;
+    /// let opts = ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = sim.listen_udp_with(opts, Server::default())?;
+    /// let client: SocketAddr = "127.0.0.1:5000".parse()?;
+    /// sim.inject(port.local_addr(), client, b"join");
+    /// sim.advance(Duration::from_millis(1))?;
+    /// assert!(sim.stop_listening(&port));
+    /// assert!(sim.sent().is_empty(), "stop_protocol runs on a later turn");
+    /// sim.advance(Duration::from_millis(1))?;
+    /// let sent = sim.sent();
+    /// assert_eq!((sent.len(), sent[0].to, &sent[0].data[..]), (1, client, &b"bye"[..]));
+    /// assert!(!sim.is_listening(&port));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[doc(alias = "stopProtocol")]
     fn stop_protocol(&mut self, transport: &mut UdpTransport<'_>) {
         let _ = transport;
@@ -87,6 +157,41 @@ pub trait DatagramProtocol: 'static {
     /// (never copied) and the sender's address. An empty datagram arrives as an empty slice.
     ///
     /// A panic here costs this datagram only (see [Panics in hooks](Self#panics-in-hooks)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{DatagramProtocol, ListenOptions, UdpTransport};
+    ///
+    /// /// Answers each datagram with its length, as text, and counts the empty ones.
+    /// #[derive(Default)]
+    /// struct Length { empty: u32 }
+    /// impl DatagramProtocol for Length {
+    ///     fn datagram_received(&mut self, t: &mut UdpTransport<'_>, d: &[u8], from: SocketAddr) {
+    ///         if d.is_empty() {
+    ///             self.empty += 1;
+    ///         }
+    ///         if let Err(e) = t.write(d.len().to_string().as_bytes(), from) {
+    ///             log::warn!("reply to {from}: {e}");
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let mut sim = Simulation::new(1)?;
+    /// let opts = ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = sim.listen_udp_with(opts, Length::default())?;
+    /// let client: SocketAddr = "127.0.0.1:5000".parse()?;
+    /// sim.inject(port.local_addr(), client, b"hello");
+    /// sim.inject(port.local_addr(), client, b"");
+    /// sim.advance(Duration::from_millis(1))?;
+    /// let replies: Vec<Vec<u8>> = sim.sent().into_iter().map(|s| s.data).collect();
+    /// assert_eq!(replies, [b"5".to_vec(), b"0".to_vec()]);
+    /// assert_eq!(sim.with_port(&port, |p, _| p.empty)?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[doc(alias = "datagramReceived")]
     fn datagram_received(
         &mut self,
@@ -102,6 +207,45 @@ pub trait DatagramProtocol: 'static {
     /// Unconnected ports are told through
     /// [`error_received`](Self::error_received), with the destination that refused
     /// (Linux), where Twisted says nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{DatagramProtocol, ListenOptions, UdpTransport};
+    ///
+    /// /// Pings its server, and pings again (up to three times) while nothing listens there.
+    /// #[derive(Default)]
+    /// struct Pinger { refused: u32 }
+    /// impl DatagramProtocol for Pinger {
+    ///     fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
+    ///         if let Err(e) = t.connect("127.0.0.1:4000").and_then(|()| t.send(b"ping")) {
+    ///             log::warn!("ping: {e}");
+    ///         }
+    ///     }
+    ///     fn datagram_received(&mut self, _: &mut UdpTransport<'_>, _: &[u8], _: SocketAddr) {}
+    ///     fn connection_refused(&mut self, t: &mut UdpTransport<'_>) {
+    ///         self.refused += 1;
+    ///         if self.refused < 3 && let Err(e) = t.send(b"ping") {
+    ///             log::warn!("ping again: {e}");
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let mut sim = Simulation::new(1)?;
+    /// let opts = ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = sim.listen_udp_with(opts, Pinger::default())?;
+    /// // The server's host answers the ping with an ICMP port unreachable.
+    /// sim.inject_refusal(port.local_addr(), "127.0.0.1:4000".parse()?);
+    /// sim.advance(Duration::from_millis(1))?;
+    /// assert_eq!(sim.with_port(&port, |p, _| p.refused)?, 1);
+    /// assert_eq!(sim.port_stats(&port).map(|s| s.refused), Some(1));
+    /// // The port keeps working: the second ping went out.
+    /// assert_eq!(sim.sent().len(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[doc(alias = "connectionRefused")]
     fn connection_refused(&mut self, transport: &mut UdpTransport<'_>) {
         let _ = transport;
@@ -117,6 +261,47 @@ pub trait DatagramProtocol: 'static {
     /// before the next one is delivered); within a hook,
     /// [`UdpTransport::is_write_paused`](crate::UdpTransport::is_write_paused) turns true
     /// at the write that crossed it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{DatagramProtocol, ListenOptions, UdpTransport};
+    ///
+    /// /// Streams a 512-byte chunk to its peer every millisecond, unless paused.
+    /// #[derive(Default)]
+    /// struct Stream { chunks: u32, paused: bool }
+    /// impl DatagramProtocol for Stream {
+    ///     fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
+    ///         let tick = |me: &mut Stream, t: &mut UdpTransport<'_>| {
+    ///             if !me.paused && t.write(&[0; 512], "127.0.0.1:4000").is_ok() {
+    ///                 me.chunks += 1;
+    ///             }
+    ///         };
+    ///         if let Err(e) = t.call_every(Duration::from_millis(1), tick) {
+    ///             log::warn!("stream: {e}");
+    ///         }
+    ///     }
+    ///     fn datagram_received(&mut self, _: &mut UdpTransport<'_>, _: &[u8], _: SocketAddr) {}
+    ///     fn pause_producing(&mut self, _: &mut UdpTransport<'_>) {
+    ///         self.paused = true;
+    ///     }
+    /// }
+    ///
+    /// let mut sim = Simulation::new(1)?;
+    /// let opts = ListenOptions::new(0).interface("127.0.0.1").write_buffer_limits(2048, 1024);
+    /// let port = sim.listen_udp_with(opts, Stream::default())?;
+    /// // The kernel's buffer is full: every chunk waits in the port's send queue.
+    /// sim.block_sends(port.local_addr(), true);
+    /// sim.advance(Duration::from_millis(100))?;
+    /// // Each chunk is charged 512 + 128 bytes: the fourth crossed the 2048-byte mark.
+    /// let seen = sim.with_port(&port, |p, t| (p.paused, p.chunks, t.is_write_paused()))?;
+    /// assert_eq!(seen, (true, 4, true));
+    /// assert!(sim.sent().is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[doc(alias = "pauseProducing")]
     #[doc(alias = "pause_writing")]
     fn pause_producing(&mut self, transport: &mut UdpTransport<'_>) {
@@ -125,6 +310,49 @@ pub trait DatagramProtocol: 'static {
 
     /// Called once the send queue has drained to its low-water mark after a
     /// [`pause_producing`](Self::pause_producing): writing may go on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{DatagramProtocol, ListenOptions, UdpTransport};
+    ///
+    /// /// Uploads ten 512-byte chunks, writing while the send queue has room.
+    /// struct Upload { left: u32 }
+    /// impl Upload {
+    ///     fn produce(&mut self, t: &mut UdpTransport<'_>) {
+    ///         while self.left > 0 && !t.is_write_paused() {
+    ///             if let Err(e) = t.write(&[0; 512], "127.0.0.1:4000") {
+    ///                 log::warn!("upload: {e}");
+    ///                 break;
+    ///             }
+    ///             self.left -= 1;
+    ///         }
+    ///     }
+    /// }
+    /// impl DatagramProtocol for Upload {
+    ///     fn datagram_received(&mut self, _: &mut UdpTransport<'_>, _: &[u8], _: SocketAddr) {}
+    ///     fn resume_producing(&mut self, t: &mut UdpTransport<'_>) {
+    ///         self.produce(t);
+    ///     }
+    /// }
+    ///
+    /// let mut sim = Simulation::new(1)?;
+    /// let opts = ListenOptions::new(0).interface("127.0.0.1").write_buffer_limits(2048, 1024);
+    /// let port = sim.listen_udp_with(opts, Upload { left: 10 })?;
+    /// // The kernel's buffer is full: four chunks fill the queue past its mark.
+    /// sim.block_sends(port.local_addr(), true);
+    /// sim.with_port(&port, |p, t| p.produce(t))?;
+    /// assert_eq!(sim.with_port(&port, |p, _| p.left)?, 6);
+    /// // The buffer drains: the queue empties, and resume_producing writes the rest.
+    /// sim.block_sends(port.local_addr(), false);
+    /// sim.advance(Duration::from_millis(1))?;
+    /// assert_eq!(sim.with_port(&port, |p, _| p.left)?, 0);
+    /// assert_eq!(sim.sent().len(), 10);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[doc(alias = "resumeProducing")]
     #[doc(alias = "resume_writing")]
     fn resume_producing(&mut self, transport: &mut UdpTransport<'_>) {
@@ -145,6 +373,43 @@ pub trait DatagramProtocol: 'static {
     ///
     /// Each is also counted in [`PortStats`](crate::PortStats). Calls run after the hook
     /// during which the error was met returns, or on the turn the kernel reports it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{DatagramProtocol, Error, ListenOptions, UdpTransport};
+    ///
+    /// /// Keeps a list of subscribers, and drops one where nothing listens any more.
+    /// #[derive(Default)]
+    /// struct Feed { subscribers: Vec<SocketAddr> }
+    /// impl DatagramProtocol for Feed {
+    ///     fn datagram_received(&mut self, _: &mut UdpTransport<'_>, _: &[u8], from: SocketAddr) {
+    ///         self.subscribers.push(from);
+    ///     }
+    ///     fn error_received(&mut self, _: &mut UdpTransport<'_>, err: &Error, addr: SocketAddr) {
+    ///         if matches!(err, Error::Unreachable { .. }) {
+    ///             self.subscribers.retain(|&s| s != addr);
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let mut sim = Simulation::new(1)?;
+    /// let opts = ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = sim.listen_udp_with(opts, Feed::default())?;
+    /// let a: SocketAddr = "127.0.0.1:5001".parse()?;
+    /// let b: SocketAddr = "127.0.0.1:5002".parse()?;
+    /// sim.inject(port.local_addr(), a, b"subscribe");
+    /// sim.inject(port.local_addr(), b, b"subscribe");
+    /// sim.advance(Duration::from_millis(1))?;
+    /// // An update sent to `a` came back as ICMP port unreachable.
+    /// sim.inject_refusal(port.local_addr(), a);
+    /// sim.advance(Duration::from_millis(1))?;
+    /// assert_eq!(sim.with_port(&port, |p, _| p.subscribers.clone())?, [b]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[doc(alias = "errorReceived")]
     fn error_received(
         &mut self,
@@ -161,6 +426,49 @@ pub trait DatagramProtocol: 'static {
     /// `len` its whole length as sent (on Linux; elsewhere `data.len()`). It is counted in
     /// [`PortStats::truncated`](crate::PortStats::truncated) either way, and never reaches
     /// `datagram_received`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{DatagramProtocol, ListenOptions, UdpTransport};
+    ///
+    /// /// Serves requests of up to 512 bytes, and tells a sender whose request was longer.
+    /// struct Server;
+    /// impl DatagramProtocol for Server {
+    ///     fn datagram_received(&mut self, t: &mut UdpTransport<'_>, _: &[u8], from: SocketAddr) {
+    ///         if let Err(e) = t.write(b"ok", from) {
+    ///             log::warn!("reply to {from}: {e}");
+    ///         }
+    ///     }
+    ///     fn datagram_truncated(
+    ///         &mut self,
+    ///         t: &mut UdpTransport<'_>,
+    ///         data: &[u8],
+    ///         len: usize,
+    ///         from: SocketAddr,
+    ///     ) {
+    ///         let reply = format!("too long: {len} bytes, {} kept", data.len());
+    ///         if let Err(e) = t.write(reply.as_bytes(), from) {
+    ///             log::warn!("reply to {from}: {e}");
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let mut sim = Simulation::new(1)?;
+    /// let opts = ListenOptions::new(0).interface("127.0.0.1").max_packet_size(512);
+    /// let port = sim.listen_udp_with(opts.deliver_truncated(true), Server)?;
+    /// let client: SocketAddr = "127.0.0.1:5000".parse()?;
+    /// sim.inject(port.local_addr(), client, &[7; 1000]);
+    /// sim.advance(Duration::from_millis(1))?;
+    /// let replies: Vec<Vec<u8>> = sim.sent().into_iter().map(|s| s.data).collect();
+    /// assert_eq!(replies, [b"too long: 1000 bytes, 512 kept".to_vec()]);
+    /// let stats = sim.port_stats(&port).ok_or("port closed")?;
+    /// assert_eq!((stats.truncated, stats.datagrams_received), (1, 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn datagram_truncated(
         &mut self,
         transport: &mut UdpTransport<'_>,
@@ -173,6 +481,35 @@ pub trait DatagramProtocol: 'static {
 
     /// The name used in the port's log lines (`"<prefix> starting on <addr>"`); by
     /// default the type's name without its module path (Twisted's `logPrefix`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use twine::{DatagramProtocol, ListenOptions, Reactor, UdpTransport};
+    ///
+    /// /// One relay type for several ports, each named in the logs by its role.
+    /// struct Relay { role: &'static str }
+    /// impl DatagramProtocol for Relay {
+    ///     fn datagram_received(&mut self, _: &mut UdpTransport<'_>, _: &[u8], _: SocketAddr) {}
+    ///     fn log_prefix(&self) -> &str {
+    ///         self.role
+    ///     }
+    /// }
+    /// /// Keeps the default: its type's name.
+    /// struct Sink;
+    /// impl DatagramProtocol for Sink {
+    ///     fn datagram_received(&mut self, _: &mut UdpTransport<'_>, _: &[u8], _: SocketAddr) {}
+    /// }
+    ///
+    /// let mut reactor = Reactor::new()?;
+    /// let opts = ListenOptions::new(0).interface("127.0.0.1");
+    /// // Logs "upstream starting on 127.0.0.1:<port>".
+    /// let port = reactor.listen_udp_with(opts, Relay { role: "upstream" })?;
+    /// assert_eq!(reactor.with_port(&port, |p, _| p.log_prefix().to_owned())?, "upstream");
+    /// assert_eq!(Sink.log_prefix(), "Sink");
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     #[doc(alias = "logPrefix")]
     fn log_prefix(&self) -> &str {
         short_type_name::<Self>()

@@ -17,7 +17,7 @@ use crate::sys;
 /// ```
 /// use std::net::{Ipv4Addr, SocketAddr};
 /// use twine::PeerAddr;
-/// let a: SocketAddr = "127.0.0.1:53".parse().unwrap();
+/// let a = SocketAddr::from((Ipv4Addr::LOCALHOST, 53));
 /// assert_eq!(("127.0.0.1", 53).peer_addr()?, a);
 /// assert_eq!((Ipv4Addr::LOCALHOST, 53).peer_addr()?, a);
 /// assert!(("localhost", 53).peer_addr().is_err(), "hostnames are not resolved");
@@ -25,6 +25,23 @@ use crate::sys;
 /// ```
 pub trait PeerAddr {
     /// The socket address, or why the text is not one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+    /// use twine::{Error, PeerAddr};
+    /// let dns = SocketAddr::from((Ipv6Addr::LOCALHOST, 53));
+    /// // Every form names the same destination.
+    /// assert_eq!("[::1]:53".peer_addr()?, dns);
+    /// assert_eq!(String::from("[::1]:53").peer_addr()?, dns);
+    /// assert_eq!(("::1", 53).peer_addr()?, dns);
+    /// assert_eq!(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 53, 0, 0).peer_addr()?, dns);
+    /// // Text without a port, or with a hostname, is refused: no name is looked up.
+    /// assert!(matches!("::1".peer_addr(), Err(Error::InvalidAddress { .. })));
+    /// assert!(matches!("localhost:53".peer_addr(), Err(Error::InvalidAddress { .. })));
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     fn peer_addr(self) -> Result<SocketAddr>;
 }
 
@@ -108,6 +125,22 @@ impl PeerAddr for String {
 /// ```
 pub trait IpLiteral {
     /// The address, or why the text is not one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    /// use twine::{Error, IpLiteral};
+    /// assert_eq!("::1".ip()?, IpAddr::V6(Ipv6Addr::LOCALHOST));
+    /// // A setting read from a file, as `join_group` and the other multicast calls take it.
+    /// let setting = String::from("127.0.0.1");
+    /// assert_eq!((&setting).ip()?, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    /// assert_eq!(Ipv4Addr::LOCALHOST.ip()?, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    /// // A hostname is refused, never resolved; so is an address with a port.
+    /// assert!(matches!("localhost".ip(), Err(Error::InvalidAddress { .. })));
+    /// assert!(matches!("127.0.0.1:53".ip(), Err(Error::InvalidAddress { .. })));
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     fn ip(self) -> Result<IpAddr>;
 }
 
@@ -158,6 +191,23 @@ pub enum Interface {
 /// ```
 pub trait IntoInterface {
     /// The interface, or why the text names none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::Ipv4Addr;
+    /// use twine::{Error, Interface, IntoInterface};
+    /// assert_eq!(Ipv4Addr::LOCALHOST.interface()?, Interface::V4(Ipv4Addr::LOCALHOST));
+    /// // The wildcard address and index 0 both leave the choice to the kernel.
+    /// assert_eq!("0.0.0.0".interface()?, Interface::Any);
+    /// assert_eq!(0u32.interface()?, Interface::Any);
+    /// assert_eq!("2".interface()?, Interface::Index(2));
+    /// // An IPv6 interface is named by its name or index, never by an address.
+    /// assert!(matches!("::1".interface(), Err(Error::InvalidAddress { .. })));
+    /// // A name must be one of this host's interfaces.
+    /// assert!(matches!("no-such-if0".interface(), Err(Error::InvalidAddress { .. })));
+    /// # Ok::<(), twine::Error>(())
+    /// ```
     fn interface(self) -> Result<Interface>;
 }
 
