@@ -143,8 +143,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::reactor::timer::DelayedCall;
 use crate::reactor::Lifecycle;
+use crate::reactor::timer::DelayedCall;
 use crate::reactor::token::PortKey;
 use crate::udp::port::copy_io_error;
 use crate::udp::{PeerAddr, UdpTransport};

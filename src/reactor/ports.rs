@@ -153,7 +153,7 @@ impl Reactor {
     /// ```
     /// let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
     ///     .map_err(|e| twine::Error::Io { context: "socket", source: e })?;
-    /// socket.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+    /// socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
     ///     .map_err(|e| twine::Error::Io { context: "bind", source: e })?;
     /// let mut reactor = twine::Reactor::new()?;
     /// let port = reactor.adopt_socket(&socket, twine::respond(|data, _| Some(data.to_vec())))?;

@@ -162,7 +162,7 @@ impl UdpTransport<'_> {
     /// reactor.listen_udp_with(
     ///     ListenOptions::new(0).interface("0.0.0.0").arrival_address(true),
     ///     from_fn(|t, data, from| {
-    ///         if t.arrival().destination == Some("127.0.0.2".parse().unwrap()) {
+    ///         if t.arrival().destination == Some(std::net::IpAddr::from([127, 0, 0, 2])) {
     ///             let _ = t.write(data, from);
     ///         }
     ///     }),
@@ -197,7 +197,7 @@ impl UdpTransport<'_> {
     /// reactor.listen_udp_with(
     ///     ListenOptions::new(0).interface("0.0.0.0"),
     ///     from_fn(|t, data, from| {
-    ///         let from_lo = WriteOptions::new().source("127.0.0.1".parse().unwrap());
+    ///         let from_lo = WriteOptions::new().source(std::net::Ipv4Addr::LOCALHOST.into());
     ///         if let Err(e) = t.write_with(data, from, from_lo) {
     ///             log::warn!("reply to {from}: {e}");
     ///         }
