@@ -83,7 +83,7 @@ impl DatagramProtocol for ChatClient {
         for message in &self.messages {
             self.say(t, message);
         }
-        let beat = t.call_every(self.interval, |me: &mut ChatClient, t| me.heartbeat(t));
+        let beat = Self::call_every(t, self.interval, |me, t| me.heartbeat(t));
         if let Err(e) = beat {
             log::error!("scheduling heartbeats: {e}");
             t.reactor().stop();

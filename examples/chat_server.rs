@@ -85,7 +85,7 @@ impl ChatServer {
 impl DatagramProtocol for ChatServer {
     fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
         let check = self.check_interval();
-        if let Err(e) = t.call_every(check, |me: &mut ChatServer, t| me.expire(t.now())) {
+        if let Err(e) = Self::call_every(t, check, |me, t| me.expire(t.now())) {
             log::error!("scheduling expiry: {e}");
             t.reactor().stop();
         }

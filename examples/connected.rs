@@ -49,7 +49,7 @@ impl DatagramProtocol for Greeter {
         }
         log::info!("connected to {} from {}", self.server, t.local_addr());
         self.greet(t);
-        let every = t.call_every(Duration::from_secs(1), |me: &mut Greeter, t| me.greet(t));
+        let every = Self::call_every(t, Duration::from_secs(1), |me, t| me.greet(t));
         if let Err(e) = every {
             log::error!("scheduling the greeting: {e}");
         }

@@ -95,7 +95,7 @@ impl DatagramProtocol for Listener {
         common::announce(t.reactor(), text);
         // Timers due at one instant run in the order they were scheduled: the first
         // `Notify` goes out after the line above is logged.
-        let notify = t.call_later(Duration::ZERO, |me: &mut Listener, t| {
+        let notify = Self::call_later(t, Duration::ZERO, |me, t| {
             if let Err(e) = me.speak(t, b"Notify", me.group) {
                 log::error!("notify {}: {e}", me.group);
             }

@@ -81,7 +81,7 @@ impl PushServer {
 
 impl DatagramProtocol for PushServer {
     fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
-        if let Err(e) = t.call_every(self.every, |me: &mut PushServer, t| me.push(t)) {
+        if let Err(e) = Self::call_every(t, self.every, |me, t| me.push(t)) {
             log::error!("scheduling the pushes: {e}");
             t.reactor().stop();
         }

@@ -149,7 +149,7 @@ impl RetryClient {
             // A failed send is a try without an answer: the next one comes as scheduled.
             Err(e) => log::warn!("try {} to {}: {e}", self.sent, self.server),
         }
-        match t.call_later(self.timeout, |me: &mut RetryClient, t| me.try_next(t)) {
+        match Self::call_later(t, self.timeout, |me, t| me.try_next(t)) {
             Ok(call) => self.timer = Some(call),
             Err(e) => {
                 log::error!("scheduling the next try: {e}");

@@ -188,7 +188,9 @@ pub enum Error {
     /// transport instead ([`Reactor::with_port`](crate::Reactor::with_port) from its own
     /// hook, say).
     PortBusy,
-    /// A port-scoped timer was scheduled with a closure for another protocol type.
+    /// A port-scoped timer was scheduled with a closure for another protocol type
+    /// ([`DatagramProtocol::call_later`](crate::DatagramProtocol::call_later) and
+    /// `call_every`, in the protocol's own hooks, rule it out at compile time).
     ProtocolMismatch {
         /// The protocol type of the port.
         port: &'static str,

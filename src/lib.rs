@@ -79,7 +79,8 @@
 //! # Example: a client with a timer
 //!
 //! A client asks a server every second (a port-scoped `call_every`, whose closure gets
-//! the protocol and its transport), and stops once it has three answers.
+//! the protocol and its transport; written `Self::call_every`, the closure's protocol type
+//! is checked at compile time), and stops once it has three answers.
 //!
 //! ```
 //! use std::net::SocketAddr;
@@ -93,7 +94,7 @@
 //!
 //! impl DatagramProtocol for Asker {
 //!     fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
-//!         let asked = t.call_every(Duration::from_millis(10), |me: &mut Asker, t| {
+//!         let asked = Self::call_every(t, Duration::from_millis(10), |me, t| {
 //!             if let Err(e) = t.write(b"time?", me.server) {
 //!                 log::warn!("asking {}: {e}", me.server);
 //!             }

@@ -3,7 +3,9 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use crate::DelayedCall;
 use crate::udp::UdpTransport;
 
 /// What a UDP server or client implements: the reactor calls these hooks, and the protocol
@@ -513,6 +515,131 @@ pub trait DatagramProtocol: 'static {
     #[doc(alias = "logPrefix")]
     fn log_prefix(&self) -> &str {
         short_type_name::<Self>()
+    }
+
+    /// [`UdpTransport::call_later`] with the closure's protocol fixed to `Self`: written
+    /// `Self::call_later(t, delay, |me, t| ...)` in the protocol's own hooks, the closure's
+    /// arguments are inferred, and a closure for another protocol does not compile.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortClosed`](crate::Error::PortClosed) once the port's stop was asked for
+    /// (and from `stop_protocol`); [`Error::ProtocolMismatch`](crate::Error::ProtocolMismatch)
+    /// only if `t` is the transport of a port whose protocol is not `Self` (reached
+    /// through [`Reactor::with_port`](crate::Reactor::with_port)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{DatagramProtocol, ListenOptions, UdpTransport};
+    ///
+    /// /// Answers each datagram a second later.
+    /// struct Slow { answered: u32 }
+    /// impl DatagramProtocol for Slow {
+    ///     fn datagram_received(&mut self, t: &mut UdpTransport<'_>, data: &[u8], from: SocketAddr) {
+    ///         let data = data.to_vec();
+    ///         let later = Self::call_later(t, Duration::from_secs(1), move |me, t| {
+    ///             me.answered += 1;
+    ///             let _ = t.write(&data, from);
+    ///         });
+    ///         if let Err(e) = later {
+    ///             log::warn!("answer to {from}: {e}");
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let mut sim = Simulation::new(1)?;
+    /// let port = sim.listen_udp_with(ListenOptions::new(0).interface("127.0.0.1"), Slow { answered: 0 })?;
+    /// sim.inject(port.local_addr(), "127.0.0.1:5000".parse()?, b"ping");
+    /// sim.advance(Duration::from_millis(999))?;
+    /// assert!(sim.sent().is_empty());
+    /// sim.advance(Duration::from_millis(2))?;
+    /// assert_eq!(sim.with_port(&port, |me, _| me.answered)?, 1);
+    /// assert_eq!(sim.sent().len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// A closure for another protocol is refused by the compiler, where
+    /// `t.call_later(delay, |me: &mut Other, t| ...)` compiles and fails when it runs:
+    ///
+    /// ```compile_fail,E0631
+    /// # use std::net::SocketAddr;
+    /// # use std::time::Duration;
+    /// # use twine::{DatagramProtocol, UdpTransport};
+    /// struct Other;
+    /// struct Mine;
+    /// impl DatagramProtocol for Mine {
+    ///     fn datagram_received(&mut self, t: &mut UdpTransport<'_>, _: &[u8], _: SocketAddr) {
+    ///         let _ = Self::call_later(t, Duration::from_secs(1), |_me: &mut Other, _t| {});
+    ///     }
+    /// }
+    /// ```
+    #[doc(alias = "callLater")]
+    fn call_later(
+        t: &mut UdpTransport<'_>,
+        delay: Duration,
+        f: impl FnOnce(&mut Self, &mut UdpTransport<'_>) + 'static,
+    ) -> crate::Result<DelayedCall>
+    where
+        Self: Sized,
+    {
+        t.call_later::<Self>(delay, f)
+    }
+
+    /// [`UdpTransport::call_every`] with the closure's protocol fixed to `Self`: written
+    /// `Self::call_every(t, interval, |me, t| ...)` in the protocol's own hooks, the
+    /// closure's arguments are inferred, and a closure for another protocol does not
+    /// compile.
+    ///
+    /// # Errors
+    ///
+    /// As [`call_later`](Self::call_later).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use std::time::Duration;
+    /// use twine::testing::Simulation;
+    /// use twine::{DatagramProtocol, ListenOptions, UdpTransport};
+    ///
+    /// /// Says hello to its server every ten seconds.
+    /// struct Beacon { server: SocketAddr, sent: u32 }
+    /// impl DatagramProtocol for Beacon {
+    ///     fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
+    ///         let every = Self::call_every(t, Duration::from_secs(10), |me, t| {
+    ///             if t.write(b"hello", me.server).is_ok() {
+    ///                 me.sent += 1;
+    ///             }
+    ///         });
+    ///         if let Err(e) = every {
+    ///             log::error!("beacon: {e}");
+    ///         }
+    ///     }
+    ///     fn datagram_received(&mut self, _: &mut UdpTransport<'_>, _: &[u8], _: SocketAddr) {}
+    /// }
+    ///
+    /// let mut sim = Simulation::new(1)?;
+    /// let server = "127.0.0.1:4000".parse()?;
+    /// let opts = ListenOptions::new(0).interface("127.0.0.1");
+    /// let port = sim.listen_udp_with(opts, Beacon { server, sent: 0 })?;
+    /// sim.advance(Duration::from_secs(35))?;
+    /// assert_eq!(sim.with_port(&port, |me, _| me.sent)?, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "LoopingCall")]
+    fn call_every(
+        t: &mut UdpTransport<'_>,
+        interval: Duration,
+        f: impl FnMut(&mut Self, &mut UdpTransport<'_>) + 'static,
+    ) -> crate::Result<DelayedCall>
+    where
+        Self: Sized,
+    {
+        t.call_every::<Self>(interval, f)
     }
 }
 

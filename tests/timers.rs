@@ -928,3 +928,67 @@ fn panicking_cross_thread_call_is_logged_and_later_calls_run() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].starts_with("ERROR"), "{lines:?}");
 }
+
+/// Schedules with `Self::call_later` and `Self::call_every`: closures whose protocol is
+/// inferred as `Ticker`.
+#[derive(Default)]
+struct Ticker {
+    ticks: u32,
+    later: Option<SocketAddr>,
+    scheduled: Vec<Result<DelayedCall, Error>>,
+}
+
+impl DatagramProtocol for Ticker {
+    fn start_protocol(&mut self, t: &mut UdpTransport<'_>) {
+        let later = Self::call_later(t, ms(5), |me, t| me.later = Some(t.local_addr()));
+        let every = Self::call_every(t, ms(2), |me, _| me.ticks += 1);
+        self.scheduled = vec![later, every];
+    }
+
+    fn datagram_received(&mut self, _: &mut UdpTransport<'_>, _: &[u8], _: SocketAddr) {}
+}
+
+/// `DatagramProtocol::call_later`/`call_every` schedule port timers that run with the
+/// port's own protocol and transport, are cancelled with the port, and refuse (at run
+/// time) only a transport of another protocol's port, reached through `with_port`.
+#[test]
+fn protocol_typed_port_timers_run_with_their_own_protocol() {
+    let mut reactor = reactor();
+    let port = util::listen_loopback(&mut reactor, Ticker::default());
+    let scheduled = reactor
+        .with_port(&port, |me, _| me.scheduled.iter().all(Result::is_ok))
+        .expect("open");
+    assert!(scheduled, "both timers scheduled");
+    drive(&mut reactor, "the one-shot and three ticks", |r| {
+        r.with_port(&port, |me, _| me.later.is_some() && me.ticks >= 3)
+            .unwrap_or(false)
+    });
+    let later = reactor.with_port(&port, |me, _| me.later).expect("open");
+    assert_eq!(later, Some(port.local_addr()));
+
+    let other = util::listen_loopback(
+        &mut reactor,
+        Tally {
+            ticks: 0,
+            once: None,
+        },
+    );
+    let refused = reactor
+        .with_port(&other, |_, t| Ticker::call_later(t, ms(1), |_, _| {}))
+        .expect("open");
+    assert!(
+        matches!(
+            refused,
+            Err(Error::ProtocolMismatch {
+                port: "Tally",
+                requested: "Ticker"
+            })
+        ),
+        "{refused:?}"
+    );
+
+    assert_eq!(reactor.timer_count(), 1, "the repeating timer");
+    assert!(reactor.stop_listening(&port));
+    drive(&mut reactor, "the port closes", |r| !r.is_listening(&port));
+    assert_eq!(reactor.timer_count(), 0, "cancelled with its port");
+}

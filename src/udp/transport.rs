@@ -470,7 +470,10 @@ impl<'a> UdpTransport<'a> {
     /// a port-scoped `callLater`. It is cancelled when the port closes.
     ///
     /// Write the protocol type on the closure's first argument, e.g.
-    /// `t.call_later(d, |me: &mut Echo, t| ...)`.
+    /// `t.call_later(d, |me: &mut Echo, t| ...)`. In the protocol's own hooks,
+    /// [`DatagramProtocol::call_later`](crate::DatagramProtocol::call_later)
+    /// (`Self::call_later(t, d, |me, t| ...)`) infers it, and a closure for another
+    /// protocol does not compile.
     ///
     /// # Errors
     ///
@@ -510,7 +513,11 @@ impl<'a> UdpTransport<'a> {
     /// protocol and transport: a port-scoped `LoopingCall`. Missed runs are skipped, not
     /// bunched. It stops when cancelled, when the port closes, or when `f` panics (the
     /// panic is logged and counted in [`PortStats::panics`], and the port goes on). An
-    /// interval of zero runs it once per turn (a busy loop, as in Twisted).
+    /// interval of zero runs it once per turn (a busy loop, as in Twisted). In the
+    /// protocol's own hooks,
+    /// [`DatagramProtocol::call_every`](crate::DatagramProtocol::call_every)
+    /// (`Self::call_every(t, d, |me, t| ...)`) checks the closure's protocol type at
+    /// compile time.
     ///
     /// # Errors
     ///
