@@ -12,6 +12,9 @@ use crate::udp::UdpTransport;
 /// talks back through the [`UdpTransport`] each hook is handed.
 ///
 /// Every hook but [`datagram_received`](Self::datagram_received) has an empty default.
+/// Besides the hooks, the trait gives every protocol [`call_later`](Self::call_later)
+/// and [`call_every`](Self::call_every): port timers whose closure takes `Self`, called as
+/// `Self::call_later(t, delay, |me, t| ...)` from its hooks.
 ///
 /// # Panics in hooks
 ///
