@@ -188,9 +188,10 @@ pub enum Error {
     /// transport instead ([`Reactor::with_port`](crate::Reactor::with_port) from its own
     /// hook, say).
     PortBusy,
-    /// A port-scoped timer was scheduled with a closure for another protocol type
-    /// ([`DatagramProtocol::call_later`](crate::DatagramProtocol::call_later) and
-    /// `call_every`, in the protocol's own hooks, rule it out at compile time).
+    /// A port-scoped timer was scheduled with a closure for another protocol type. The
+    /// closure of [`DatagramProtocol::call_later`](crate::DatagramProtocol::call_later)
+    /// and `call_every` takes `Self`, so a protocol's own hooks cannot write this mistake;
+    /// it remains possible only through another port's transport.
     ProtocolMismatch {
         /// The protocol type of the port.
         port: &'static str,
@@ -210,11 +211,11 @@ pub enum Error {
         peer: SocketAddr,
     },
     /// [`Requests::send`](crate::request::Requests::send) was handed the transport of
-    /// another port than the one the table's outstanding requests were sent through (a
-    /// table serves one port: its timers and completions are that port's); nothing was
-    /// sent.
+    /// another port than the one the table's first request went through (a table serves
+    /// one port for its whole life: its timers and completions are that port's); nothing
+    /// was sent.
     WrongTransport {
-        /// The port the table's requests were sent through.
+        /// The port the table serves.
         table: SocketAddr,
         /// The port whose transport was handed.
         transport: SocketAddr,

@@ -47,15 +47,15 @@
 //! # One port
 //!
 //! A table serves the one port whose protocol owns it: its timers are that port's. The
-//! first [`send`](Requests::send) ties it to the port of the transport it was handed. While
-//! that port is open, a send through another port's transport is refused with
-//! [`Error::WrongTransport`], and [`reply`](Requests::reply),
+//! first [`send`](Requests::send) that goes out ties it to the port of the transport it
+//! was handed, for the table's whole life: a send through another port's transport is
+//! refused with [`Error::WrongTransport`], and [`reply`](Requests::reply),
 //! [`refused`](Requests::refused), [`error`](Requests::error) and
-//! [`cancel`](Requests::cancel) through one match nothing. Once it has closed, the table
-//! may serve another port (its protocol taken back with
-//! [`Reactor::take_closed`](crate::Reactor::take_closed) and listening again): the next
-//! send drops the requests abandoned at the close, their `on_done` uncalled, and ties the
-//! table to its own port.
+//! [`cancel`](Requests::cancel) through one match nothing. (The table's port timers reach
+//! it through its port's protocol, so a request sent through another port would never be
+//! resent nor time out.) A protocol taken back with
+//! [`Reactor::take_closed`](crate::Reactor::take_closed) to listen again needs a new
+//! table; its old one still lists the requests abandoned at the close.
 //!
 //! # Matching
 //!
@@ -143,7 +143,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::reactor::Lifecycle;
 use crate::reactor::timer::DelayedCall;
 use crate::reactor::token::PortKey;
 use crate::udp::port::copy_io_error;
@@ -500,8 +499,9 @@ pub struct Requests<P, K> {
     /// The outstanding requests to each peer (as compared), so that an error about a peer
     /// costs its own requests, not a walk of the table.
     by_peer: HashMap<SocketAddr, BTreeSet<RequestId>>,
-    /// The port the outstanding requests were sent through, and its address (for the
-    /// error): their timers are that port's, and so are their completions.
+    /// The port the table serves (its first request went through it), and its address
+    /// (for the error): the requests' timers are that port's, and so are their
+    /// completions.
     port: Option<(PortKey, SocketAddr)>,
 }
 
@@ -652,23 +652,13 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
         on_done: impl FnOnce(&mut P, &mut UdpTransport<'_>, Outcome) + 'static,
     ) -> Result<RequestId> {
         let peer = peer.peer_addr()?;
-        let here = t.core.key;
-        match self.port {
-            Some((key, _)) if key == here => {}
-            Some((key, table)) if t.reactor.lifecycle(key) == Lifecycle::Open => {
-                return Err(Error::WrongTransport {
-                    table,
-                    transport: t.local_addr(),
-                });
-            }
-            _ => {
-                // The table's port, if any, has closed (or its stop was asked for): what
-                // was outstanding there is abandoned, and the table moves to this port.
-                self.by_id.clear();
-                self.by_key.clear();
-                self.by_peer.clear();
-                self.port = Some((here, t.local_addr()));
-            }
+        if let Some((key, table)) = self.port
+            && key != t.core.key
+        {
+            return Err(Error::WrongTransport {
+                table,
+                transport: t.local_addr(),
+            });
         }
         if self.by_id.len() >= self.limit {
             return Err(Error::TooManyRequests { limit: self.limit });
@@ -684,6 +674,8 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
             t.cancel(timer);
             return Err(e);
         }
+        // Tied by the first send that went out, never by one refused.
+        self.port.get_or_insert((t.core.key, t.local_addr()));
         let key = index.1.clone();
         self.by_peer.entry(index.0).or_default().insert(id);
         self.by_key.insert(index, id);
@@ -869,7 +861,9 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
 
     /// Cancels a request: it finishes with [`Outcome::Cancelled`] (its `on_done` runs on
     /// the next turn) and sends no more tries. Returns false, doing nothing, if it had
-    /// already finished.
+    /// already finished, if it was abandoned at the port's close (it is still listed by
+    /// [`is_pending`](Self::is_pending) then), or if `t` is another port's transport (see
+    /// [one port](self#one-port)).
     ///
     /// # Examples
     ///
@@ -981,12 +975,12 @@ impl<P: 'static, K: Eq + Hash + Clone + 'static> Requests<P, K> {
         &self.policy
     }
 
-    /// Removes a request and cancels its timer.
     /// Whether `t` is the transport of the port this table's requests were sent through.
     fn serves(&self, t: &UdpTransport<'_>) -> bool {
         self.port.is_some_and(|(key, _)| key == t.core.key)
     }
 
+    /// Removes a request and cancels its timer.
     fn remove(&mut self, t: &mut UdpTransport<'_>, id: RequestId) -> Option<Entry<P, K>> {
         let mut entry = self.by_id.remove(&id)?;
         let peer = matched(entry.peer);

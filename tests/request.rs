@@ -1107,12 +1107,12 @@ fn a_table_refuses_another_ports_transport_while_its_port_is_open() {
     );
 }
 
-/// Once its port has closed, a table may serve another: its protocol taken back
-/// (`keep_after_close`, `take_closed`) and listening again, the table's next send drops
-/// the request abandoned at the close, its closure uncalled, and goes out from the new
-/// port, where it finishes.
+/// A table serves its port for its whole life: once that port has closed, a send through
+/// another port (its protocol taken back with `keep_after_close`/`take_closed` and
+/// listening again) is refused too, since the new port's timers could not reach the
+/// requests the table still lists; a new table serves the new port.
 #[test]
-fn a_table_taken_back_after_its_port_closed_serves_the_next_port() {
+fn a_table_serves_its_port_for_its_whole_life() {
     let mut sim = Simulation::new(1).expect("simulation");
     echo_server(&mut sim);
     let policy = RetryPolicy::new(3, ms(100));
@@ -1137,12 +1137,31 @@ fn a_table_taken_back_after_its_port_closed_serves_the_next_port() {
     let b = sim
         .listen_udp_with(ListenOptions::from(b_addr), client)
         .expect("listen");
+    let refused = sim
+        .with_port(&b, |c, t| {
+            send_counted(&mut c.requests, t, addr(SERVER), 7, &drops, &calls)
+        })
+        .expect("open");
+    assert!(
+        matches!(
+            refused,
+            Err(Error::WrongTransport { table, transport })
+                if table == a_addr && transport == b_addr
+        ),
+        "{refused:?}"
+    );
     sim.with_port(&b, |c, t| {
+        c.requests =
+            Requests::new(policy, 8, |me: &mut Client| &mut me.requests).expect("a valid policy");
         send_counted(&mut c.requests, t, addr(SERVER), 7, &drops, &calls)
     })
     .expect("open")
     .expect("send");
-    assert_eq!(drops.get(), 1, "the abandoned request's closure is dropped");
+    assert_eq!(
+        drops.get(),
+        2,
+        "the refused send's closure and the old table's"
+    );
     sim.advance(Duration::from_secs(1)).expect("advance");
     let calls = calls.borrow().clone();
     assert_eq!(calls, [(7, b_addr, "4-byte reply".to_owned())]);
@@ -1156,5 +1175,45 @@ fn a_table_taken_back_after_its_port_closed_serves_the_next_port() {
         sim.with_port(&b, |c, _| c.requests.is_empty())
             .expect("open")
     );
+    assert_eq!(drops.get(), 3);
+}
+
+/// Another protocol's port whose transport a table's first send is handed refuses the
+/// send (`ProtocolMismatch`), and the table is left free: its next send, through its own
+/// port, goes out.
+#[test]
+fn a_refused_first_send_leaves_the_table_free() {
+    let mut sim = Simulation::new(1).expect("simulation");
+    echo_server(&mut sim);
+    let policy = RetryPolicy::new(3, ms(100));
+    let a = client_in(&mut sim, policy, 8, &[]);
+    let other = sim
+        .listen_udp_with(
+            ListenOptions::from(addr("127.0.0.1:5001")),
+            from_fn(|_, _, _| {}),
+        )
+        .expect("listen");
+    let drops = Rc::new(Cell::new(0));
+    let calls = Calls::default();
+    let refused = sim
+        .with_port(&a, |c, ta| {
+            ta.reactor().with_port(&other, |_, to| {
+                send_counted(&mut c.requests, to, addr(SERVER), 1, &drops, &calls)
+            })
+        })
+        .expect("A open")
+        .expect("the other open");
+    assert!(
+        matches!(refused, Err(Error::ProtocolMismatch { .. })),
+        "{refused:?}"
+    );
+    sim.with_port(&a, |c, t| {
+        send_counted(&mut c.requests, t, addr(SERVER), 2, &drops, &calls)
+    })
+    .expect("open")
+    .expect("send through its own port");
+    sim.advance(ms(10)).expect("advance");
+    let calls = calls.borrow().clone();
+    assert_eq!(calls, [(2, addr(CLIENT), "4-byte reply".to_owned())]);
     assert_eq!(drops.get(), 2);
 }
