@@ -389,8 +389,9 @@ fn retry_client_takes_one_answer_over_a_duplicating_reordering_link() -> TestRes
 
 // ----- links ----------------------------------------------------------------------------
 
-/// A link's delay, jitter and holding back may be any `Duration`: the longest never
-/// arrive, and a write over them neither panics nor fails.
+/// A link's delay, jitter and holding back may be any `Duration`: the longest hold a
+/// datagram until the end of the virtual clock, and a write over them neither panics nor
+/// fails. An advance past that end is refused, running nothing.
 #[test]
 fn a_link_of_the_longest_delay_holds_datagrams_forever_without_a_panic() -> TestResult {
     let mut sim = Simulation::new(9)?;
@@ -409,5 +410,12 @@ fn a_link_of_the_longest_delay_holds_datagrams_forever_without_a_panic() -> Test
     assert_eq!(echoed, [(other.local_addr(), "ping".to_owned())]);
     let held = sim.port_stats(&other).ok_or("the other port is open")?;
     assert_eq!(held.datagrams_received, 0, "{held:?}");
+    let elapsed = sim.elapsed();
+    let past_the_end = sim.advance(Duration::MAX);
+    assert!(
+        matches!(past_the_end, Err(twine::Error::InvalidOption { .. })),
+        "{past_the_end:?}"
+    );
+    assert_eq!(sim.elapsed(), elapsed, "nothing ran");
     Ok(())
 }

@@ -283,10 +283,24 @@ impl<A> TimerQueue<A> {
     }
 }
 
-/// `now + delay`, saturating far in the future instead of overflowing.
+/// `now + delay`, saturating at the latest `Instant` there is instead of overflowing, so
+/// that a longer delay never ends before a shorter one.
 pub(crate) fn deadline_after(now: Instant, delay: Duration) -> Instant {
-    now.checked_add(delay)
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+    if let Some(at) = now.checked_add(delay) {
+        return at;
+    }
+    // The longest delay that fits, within a nanosecond: a binary search between what fits
+    // (zero always does) and what does not (about 94 steps for `Duration::MAX`).
+    let (mut fits, mut over) = (Duration::ZERO, delay);
+    while over - fits > Duration::from_nanos(1) {
+        let mid = fits + (over - fits) / 2;
+        if now.checked_add(mid).is_some() {
+            fits = mid;
+        } else {
+            over = mid;
+        }
+    }
+    now.checked_add(fits).unwrap_or(now)
 }
 
 /// The first `deadline + k * interval` (k >= 1) that is after `now`.
@@ -313,6 +327,33 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    /// Past the last `Instant`, a deadline saturates there: never a panic, and a longer
+    /// delay never ends before a shorter one.
+    #[test]
+    fn deadlines_saturate_at_the_last_instant_in_order() {
+        let now = Instant::now();
+        let end = deadline_after(now, Duration::MAX);
+        assert!(end > now);
+        assert_eq!(deadline_after(end, ms(1)), end, "nothing is after the end");
+        assert_eq!(deadline_after(end, Duration::MAX), end);
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let mut last = now;
+        for delay in [
+            ms(1),
+            year,
+            year * 1000,
+            Duration::MAX / 4,
+            Duration::MAX / 2,
+        ] {
+            let at = deadline_after(now, delay);
+            assert!(at >= last && at <= end, "{delay:?}");
+            last = at;
+        }
+        // Within a nanosecond of the end, from any start.
+        let near = deadline_after(end - year, Duration::MAX);
+        assert_eq!(near, end);
     }
 
     fn fire_all(q: &mut TimerQueue<&'static str>, now: Instant) -> Vec<&'static str> {

@@ -428,7 +428,9 @@ impl Simulation {
     /// # Errors
     ///
     /// [`Error::Reentrant`](crate::Error::Reentrant) from inside a hook;
-    /// [`Error::Io`](crate::Error::Io) if polling fails.
+    /// [`Error::Io`](crate::Error::Io) if polling fails;
+    /// [`Error::InvalidOption`](crate::Error::InvalidOption), running nothing, if `by` is
+    /// past the end of the virtual clock.
     ///
     /// # Examples
     ///
@@ -445,8 +447,21 @@ impl Simulation {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn advance(&mut self, by: Duration) -> Result<()> {
-        let target = self.clock.get().checked_add(by).unwrap_or(self.clock.get());
+        let target = self.after("Simulation::advance", by)?;
         self.run_to(target, |_| false).map(|_| ())
+    }
+
+    /// The virtual instant `by` from now, or an error if the clock cannot count that far
+    /// (hundreds of billions of years on Linux: `Duration::MAX`, say).
+    fn after(&self, option: &'static str, by: Duration) -> Result<Instant> {
+        self.clock
+            .get()
+            .checked_add(by)
+            .ok_or_else(|| crate::Error::InvalidOption {
+                option,
+                value: usize::try_from(by.as_secs()).unwrap_or(usize::MAX),
+                expected: "seconds the virtual clock can still count",
+            })
     }
 
     /// Moves virtual time to the next timer or arrival (not at all if something is due
@@ -512,11 +527,7 @@ impl Simulation {
         limit: Duration,
         done: impl FnMut(&mut Reactor) -> bool,
     ) -> Result<bool> {
-        let target = self
-            .clock
-            .get()
-            .checked_add(limit)
-            .unwrap_or(self.clock.get());
+        let target = self.after("Simulation::run_until", limit)?;
         self.run_to(target, done)
     }
 
