@@ -196,14 +196,23 @@ impl ListenOptions {
     /// assert_eq!(by_text, by_address);
     /// // Options compare by address, however it is spelled.
     /// assert_eq!(by_text, ListenOptions::new(0).interface("0:0:0:0:0:0:0:1"));
+    /// assert_eq!(
+    ///     ListenOptions::new(0).interface("FE80:0::1%2"),
+    ///     ListenOptions::new(0).interface("fe80::1%2"),
+    /// );
     /// ```
     pub fn interface(mut self, interface: impl std::fmt::Display) -> Self {
         let text = interface.to_string();
-        // An address literal is kept in its canonical spelling, so that options compare
-        // by address; anything else is checked when the port opens.
-        self.interface = match text.parse::<std::net::IpAddr>() {
-            Ok(ip) => ip.to_string(),
-            Err(_) => text,
+        // An address literal (with its scope, if any) is kept in its canonical spelling, so
+        // that options compare by address; anything else is checked when the port opens.
+        let (address, scope) = match text.split_once('%') {
+            Some((address, scope)) => (address, Some(scope)),
+            None => (text.as_str(), None),
+        };
+        self.interface = match (address.parse::<std::net::IpAddr>(), scope) {
+            (Ok(ip), None) => ip.to_string(),
+            (Ok(std::net::IpAddr::V6(ip)), Some(scope)) => format!("{ip}%{scope}"),
+            _ => text,
         };
         self
     }
