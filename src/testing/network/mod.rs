@@ -244,7 +244,7 @@ impl Network {
             1
         };
         for _ in 0..copies {
-            // Saturating: a link's delay may be any `Duration`, up to "never arrives".
+            // Saturating: a link's delay may be any `Duration`, up to the clock's end.
             let mut delay = link.delay.saturating_add(self.rng.below(link.jitter));
             if link.reorder > 0.0 && self.rng.chance(link.reorder) {
                 // Held back behind what is sent after it within a delay and a jitter.
